@@ -1,0 +1,32 @@
+# `make run` and `make test` bootstrap their own virtual environment. The CPU build of
+# torch is installed first and pinned, so the loose `torch>=2.4` in pyproject.toml is
+# already satisfied and pip never pulls the multi-GB CUDA wheels.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+CORES ?= 2
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install clean-results lint
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[workflow,structured,dev]"
+	touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES)
+
+test: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint
+
+clean-results:
+	rm -rf results/runs results/tables results/plots results/report.md
