@@ -1,0 +1,2 @@
+"""prunebench: reproducible benchmark of neural-network pruning methods."""
+__version__ = "0.1.0"

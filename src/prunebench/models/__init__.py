@@ -1,0 +1,10 @@
+"""Model zoo: `get_model(name, num_classes, input_shape)` builds a freshly initialised model.
+
+Every model registers its layers in forward order, so the Conv2d/Linear modules of
+`named_modules()` run from the first layer to the classifier, which comes last.
+"""
+
+from prunebench.models import conv, digits, lenet, resnet, vgg  # noqa: F401  (registration)
+from prunebench.models.registry import MODELS, get_model, model_names, register_model
+
+__all__ = ["MODELS", "get_model", "model_names", "register_model"]

@@ -1,0 +1,53 @@
+"""Small networks for the 8x8 scikit-learn digits (Alpaydin & Kaynak 1998, UCI "Optical
+Recognition of Handwritten Digits"): fast enough to run the whole benchmark on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from prunebench.models.init import init_weights
+from prunebench.models.registry import register_model, shape_error
+
+
+@register_model("mlp_digits")
+def mlp_digits(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """Flatten -> 128 -> 64 -> classes, ReLU (17,226 parameters on digits, 10 classes)."""
+    model = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(math.prod(input_shape), 128),
+        nn.ReLU(),
+        nn.Linear(128, 64),
+        nn.ReLU(),
+        nn.Linear(64, num_classes),
+    )
+    init_weights(model)
+    return model
+
+
+@register_model("cnn_digits")
+def cnn_digits(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """conv 16, conv 32, maxpool, conv 32 (3x3, padding 1, ReLU), then fc 64 and classes.
+
+    Convs and a hidden fc layer give both layer kinds to prune (47,530 parameters on digits).
+    """
+    channels, height, width = input_shape
+    if min(height, width) < 2:
+        raise shape_error("cnn_digits", input_shape, "needs H, W >= 2 (one max-pool)")
+    model = nn.Sequential(
+        nn.Conv2d(channels, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * (height // 2) * (width // 2), 64),
+        nn.ReLU(),
+        nn.Linear(64, num_classes),
+    )
+    init_weights(model)
+    return model

@@ -1,0 +1,48 @@
+"""Pruning core: masks, scopes and the method registry.
+
+Importing this package registers every method; a new method is one module plus one import
+line here.
+"""
+
+from prunebench.pruning import lottery, magnitude, random_pruning  # noqa: F401  (registers methods)
+from prunebench.pruning import erk  # noqa: F401  (registers methods)
+from prunebench.pruning import grasp  # noqa: F401  (registers methods)
+from prunebench.pruning import nm  # noqa: F401  (registers methods)
+from prunebench.pruning import snip  # noqa: F401  (registers methods)
+from prunebench.pruning import synflow  # noqa: F401  (registers methods)
+from prunebench.pruning import wanda  # noqa: F401  (registers methods)
+from prunebench.pruning.base import (
+    METHODS,
+    PruneContext,
+    PruningMethod,
+    check_sparsity,
+    register_method,
+)
+from prunebench.pruning.mask import (
+    Mask,
+    apply_mask,
+    global_topk_mask,
+    layerwise_topk_mask,
+    load_mask,
+    ones_mask,
+    save_mask,
+    sparsity_report,
+)
+from prunebench.pruning.scope import Scope
+
+__all__ = [
+    "METHODS",
+    "Mask",
+    "PruneContext",
+    "PruningMethod",
+    "Scope",
+    "apply_mask",
+    "check_sparsity",
+    "global_topk_mask",
+    "layerwise_topk_mask",
+    "load_mask",
+    "ones_mask",
+    "register_method",
+    "save_mask",
+    "sparsity_report",
+]

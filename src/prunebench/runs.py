@@ -1,0 +1,360 @@
+"""Runs: train, prune, fine-tune and lottery, each in a directory named by its config hash.
+
+A run's description (its resolved config, parents included) is hashed into its directory
+name, so identical work lands in the same place and is reused: a run whose `metrics.json`
+exists is done. Each run writes `config.json`, `metrics.json`, `log.txt` and its weights;
+every file is written atomically, so an interrupted run never looks finished.
+
+Descriptions nest: a fine-tune run's description contains its prune run's, which contains the
+dense training run's. Changing anything upstream changes every name downstream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunebench.config import DataConfig, MethodEntry, Study, TrainConfig, canonical, config_hash
+from prunebench.errors import ConfigError
+from prunebench.data import DataSplits, iterate_batches, load_dataset
+from prunebench.io import atomic_torch_save, atomic_write_json, read_json
+from prunebench.models import get_model
+from prunebench.pruning import (
+    METHODS,
+    Mask,
+    PruneContext,
+    Scope,
+    apply_mask,
+    load_mask,
+    ones_mask,
+    save_mask,
+    sparsity_report,
+)
+from prunebench.training import evaluate_splits, train
+
+log = logging.getLogger("prunebench")
+
+REINIT_SEED_OFFSET = 1_000_000  # fresh initialisation for the lottery-ticket control
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class Run:
+    """A directory holding one unit of work, named by the hash of its description."""
+
+    root: Path
+    kind: str
+    description: Mapping[str, Any]
+    meta: Mapping[str, Any]
+
+    @cached_property
+    def hash(self) -> str:
+        return config_hash(self.description)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.root) / self.kind / self.hash
+
+    @property
+    def done(self) -> bool:
+        return (self.path / "metrics.json").is_file()
+
+    def metrics(self) -> dict:
+        return read_json(self.path / "metrics.json")
+
+    def write_config(self) -> None:
+        atomic_write_json(
+            self.path / "config.json",
+            {"kind": self.kind, "hash": self.hash, **self.meta, "config": canonical(self.description)},
+        )
+
+    @contextlib.contextmanager
+    def logging(self) -> Iterator[None]:
+        """Send the prunebench logger to this run's log.txt for the duration."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.path / "log.txt")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        try:
+            yield
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+
+
+class Workspace:
+    """Everything a study's runs share: the data on the device, the runs root, the device."""
+
+    def __init__(self, study: Study, runs_root: str | Path = "results/runs", device: str = "auto",
+                 progress: bool | None = None):
+        self.study = study
+        self.root = Path(runs_root)
+        self.device = resolve_device(device)
+        self.progress = progress
+
+    @cached_property
+    def data(self) -> DataSplits:
+        d = self.study.data
+        return load_dataset(
+            d.name, d.root, mirror=d.mirror, download=d.download, val_size=d.val_size,
+            device=self.device, augment=d.augment,
+        )
+
+    def new_model(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        model = get_model(self.study.model.name, self.data.num_classes, self.data.input_shape)
+        return model.to(self.device)
+
+    def load_model(self, path: Path) -> nn.Module:
+        model = get_model(self.study.model.name, self.data.num_classes, self.data.input_shape)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.to(self.device)
+
+    def calibration_batches(self, seed: int):
+        """A fixed, seed-dependent sample of training batches for data-driven methods."""
+        n, bs = self.study.calibration_batches, self.study.train.batch_size
+
+        def batches():
+            gen = torch.Generator().manual_seed(seed)
+            it = iterate_batches(self.data.train_x, self.data.train_y, bs, shuffle=True, generator=gen)
+            for _ in range(n):
+                try:
+                    yield next(it)
+                except StopIteration:
+                    return
+
+        return batches
+
+    # ------------------------------------------------------------------ descriptions
+
+    def train_run(self, seed: int) -> Run:
+        s = self.study
+        desc = {"data": s.data, "model": s.model, "train": s.train, "seed": seed}
+        meta = {"study": s.name, "dataset": s.data.name, "model": s.model.name, "method": "dense",
+                "label": "dense", "target_sparsity": 0.0, "seed": seed,
+                "data": dataclasses.asdict(s.data)}
+        return Run(self.root, "train", desc, meta)
+
+    def prune_run(self, entry: MethodEntry, sparsity: float, seed: int) -> Run:
+        parent = self.train_run(seed)
+        desc = {"parent": parent.description, "scope": self.study.scope, "method": entry.method,
+                "options": dict(entry.options), "sparsity": sparsity}
+        if METHODS.get(entry.method).needs_data:
+            desc["calibration_batches"] = self.study.calibration_batches
+        meta = {**parent.meta, "method": entry.method, "label": entry.label, "target_sparsity": sparsity}
+        return Run(self.root, "prune", desc, meta)
+
+    def finetune_recipe(self, entry: MethodEntry) -> TrainConfig:
+        """Methods applied at initialisation train with the full recipe; others fine-tune."""
+        return self.study.train if METHODS.get(entry.method).when == "init" else self.study.finetune
+
+    def finetune_run(self, entry: MethodEntry, sparsity: float, seed: int) -> Run:
+        parent = self.prune_run(entry, sparsity, seed)
+        desc = {"parent": parent.description, "train": self.finetune_recipe(entry)}
+        return Run(self.root, "finetune", desc, {**parent.meta, "stage": "finetune"})
+
+    def lottery_level_run(self, entry: MethodEntry, schedule: Sequence[float], seed: int) -> Run:
+        parent = self.train_run(seed)
+        desc = {"parent": parent.description, "scope": self.study.scope, "method": entry.method,
+                "options": dict(entry.options), "levels": list(schedule)}
+        meta = {**parent.meta, "method": entry.method, "label": entry.label,
+                "target_sparsity": schedule[-1], "level": len(schedule)}
+        return Run(self.root, "lottery", desc, meta)
+
+    def reinit_run(self, level: Run) -> Run:
+        meta = {**level.meta, "method": f"{level.meta['method']}_reinit",
+                "label": f"{level.meta['label']}_reinit"}
+        return Run(self.root, "lottery_reinit", {"level": level.description}, meta)
+
+    # ------------------------------------------------------------------ execution
+
+    def _finish(self, run: Run, model: nn.Module, mask: Mask | None, extra: Mapping[str, Any]) -> dict:
+        metrics = {**evaluate_splits(model, self.data, self.study.eval_batch_size),
+                   **size_counts(model), **extra}
+        if mask is not None:
+            report = sparsity_report(mask)
+            metrics["weight_sparsity"] = report["weight_sparsity"]
+            atomic_write_json(run.path / "sparsity.json", report)
+            save_mask(mask, run.path / "mask.pt")
+        else:
+            metrics["weight_sparsity"] = 0.0
+        atomic_torch_save(model.state_dict(), run.path / "model.pt")
+        run.write_config()
+        atomic_write_json(run.path / "metrics.json", metrics)  # last: marks the run done
+        log.info("%s %s done: top1 %.4f", run.kind, run.hash, metrics["top1"])
+        return metrics
+
+    def _train(self, run: Run, model: nn.Module, recipe: TrainConfig, seed: int,
+               mask: Mask | None = None, **kw) -> float:
+        start = time.perf_counter()
+        train(model, self.data, recipe, seed=seed, mask=mask, run_dir=run.path,
+              eval_batch_size=self.study.eval_batch_size, progress=self.progress, **kw)
+        return time.perf_counter() - start
+
+    def run_train(self, seed: int) -> Run:
+        run = self.train_run(seed)
+        if run.done:
+            return run
+        with run.logging():
+            log.info("dense training %s (seed %d)", run.hash, seed)
+            model = self.new_model(seed)
+            atomic_torch_save(model.state_dict(), run.path / "init.pt")
+            elapsed = self._train(run, model, self.study.train, seed)
+            self._finish(run, model, None, {"train_time_s": elapsed})
+        return run
+
+    def run_prune(self, entry: MethodEntry, sparsity: float, seed: int) -> Run:
+        run = self.prune_run(entry, sparsity, seed)
+        if run.done:
+            return run
+        method = METHODS.get(entry.method)
+        if method.when not in ("trained", "init"):
+            raise ValueError(f"method {entry.method!r} is applied {method.when!r}, not in one shot")
+        parent = self.run_train(seed)
+        with run.logging():
+            weights = "init.pt" if method.when == "init" else "model.pt"
+            model = self.load_model(parent.path / weights)
+            start = time.perf_counter()
+            ctx = PruneContext(
+                model, Scope(**_asdict(self.study.scope)), entry.options,
+                torch.Generator().manual_seed(seed),
+                batches=self.calibration_batches(seed) if method.needs_data else None,
+            )
+            mask = method(ctx, sparsity)
+            apply_mask(model, mask)
+            log.info("pruned with %s to %.4f", entry.method, sparsity)
+            self._finish(run, model, mask, {"prune_time_s": time.perf_counter() - start})
+        return run
+
+    def run_finetune(self, entry: MethodEntry, sparsity: float, seed: int) -> Run:
+        run = self.finetune_run(entry, sparsity, seed)
+        if run.done:
+            return run
+        parent = self.run_prune(entry, sparsity, seed)
+        with run.logging():
+            model = self.load_model(parent.path / "model.pt")
+            mask = load_mask(parent.path / "mask.pt")
+            elapsed = self._train(run, model, self.finetune_recipe(entry), seed, mask)
+            oneshot = parent.metrics()
+            self._finish(run, model, mask, {
+                "train_time_s": elapsed, "prune_time_s": oneshot["prune_time_s"],
+                "oneshot_top1": oneshot["top1"], "oneshot_top5": oneshot["top5"],
+            })
+        return run
+
+    def lottery_schedule(self, entry: MethodEntry, target: float) -> list[float]:
+        """Sparsity after each round: prune `prune_fraction` of the remaining weights per
+        round (Frankle & Carbin), and land exactly on `target` in the last round."""
+        p = entry.options["prune_fraction"]
+        levels, density = [], 1.0
+        while True:
+            density *= 1.0 - p
+            if 1.0 - density >= target - 1e-9:
+                break
+            levels.append(1.0 - density)
+        return [*levels, target] if target > 0 else []
+
+    def rewind_weights(self, seed: int, iteration: int) -> dict:
+        """Weights at `iteration` of the dense run: the saved init, a saved checkpoint, or a
+        deterministic replay of dense training up to that iteration."""
+        parent = self.run_train(seed)
+        saved = parent.path / ("init.pt" if iteration == 0 else f"checkpoints/iter_{iteration}.pt")
+        if saved.exists():
+            return torch.load(saved, map_location="cpu", weights_only=True)
+        replay = self.root / "rewind" / f"{parent.hash}-iter{iteration}.pt"
+        if not replay.exists():
+            model = self.load_model(parent.path / "init.pt")
+            train(model, self.data, self.study.train, seed=seed, stop_at_iteration=iteration,
+                  progress=self.progress)
+            atomic_torch_save(model.state_dict(), replay)
+        return torch.load(replay, map_location="cpu", weights_only=True)
+
+    def run_lottery(self, entry: MethodEntry, target: float, seed: int) -> list[Run]:
+        """Iterative magnitude pruning with rewinding to `target`; returns the final level run
+        and, if enabled, its random-reinitialisation control."""
+        method = METHODS.get(entry.method)
+        opts = entry.options
+        schedule = self.lottery_schedule(entry, target)
+        rewind = self.rewind_weights(seed, opts["rewind_iteration"])
+        parent = self.run_train(seed)
+        previous, mask = parent, None
+        for i in range(1, len(schedule) + 1):
+            level = self.lottery_level_run(entry, schedule[:i], seed)
+            if not level.done:
+                with level.logging():
+                    trained = self.load_model(previous.path / "model.pt")
+                    ctx = PruneContext(trained, Scope(**_asdict(self.study.scope)), opts,
+                                       torch.Generator().manual_seed(seed), mask=mask)
+                    mask = method(ctx, schedule[i - 1])
+                    model = self.load_model_state(rewind)
+                    apply_mask(model, mask)
+                    log.info("level %d: sparsity %.4f, rewound to iteration %d", i,
+                             schedule[i - 1], opts["rewind_iteration"])
+                    elapsed = self._train(level, model, self.study.train, seed, mask)
+                    self._finish(level, model, mask, {"train_time_s": elapsed, "level": i})
+            mask = load_mask(level.path / "mask.pt")
+            previous = level
+        runs = [previous]
+        if opts["reinit_control"] and schedule:
+            runs.append(self.run_reinit(previous, seed))
+        return runs
+
+    def run_reinit(self, level: Run, seed: int) -> Run:
+        run = self.reinit_run(level)
+        if run.done:
+            return run
+        with run.logging():
+            mask = load_mask(level.path / "mask.pt")
+            model = self.new_model(seed + REINIT_SEED_OFFSET)
+            apply_mask(model, mask)
+            log.info("random reinitialisation control for %s", level.hash)
+            elapsed = self._train(run, model, self.study.train, seed, mask)
+            self._finish(run, model, mask, {"train_time_s": elapsed})
+        return run
+
+    def load_model_state(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
+        model = get_model(self.study.model.name, self.data.num_classes, self.data.input_shape)
+        model.load_state_dict(state)
+        return model.to(self.device)
+
+
+def evaluate_run_dir(path: str | Path, device: str = "auto") -> dict:
+    """Re-evaluate a finished run's `model.pt` on its dataset's test and validation splits."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file() or not (path / "model.pt").is_file():
+        raise ConfigError(f"{str(path)!r} is not a finished run directory (needs config.json and model.pt)")
+    meta = read_json(config_file)
+    d = DataConfig(**meta["data"])
+    dev = resolve_device(device)
+    data = load_dataset(d.name, d.root, mirror=d.mirror, download=d.download,
+                        val_size=d.val_size, device=dev, augment=False)
+    model = get_model(meta["model"], data.num_classes, data.input_shape)
+    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    return {"path": str(path), **evaluate_splits(model.to(dev), data), **size_counts(model)}
+
+
+def _asdict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def size_counts(model: nn.Module) -> dict[str, int]:
+    """All parameters (biases and BatchNorm included) and how many are nonzero."""
+    total = sum(p.numel() for p in model.parameters())
+    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    return {"params_total": total, "params_nonzero": nonzero}

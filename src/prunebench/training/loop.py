@@ -1,0 +1,224 @@
+"""The training loop: masked, deterministic, resumable.
+
+All state lives in a `TrainState` of plain tensors and modules (no globals), so a later step
+can stack several grid points into one batched model. Pruned weights stay exactly zero:
+the mask is applied before the forward pass, to the gradients, and to the weights after every
+optimizer step (which also undoes momentum and weight-decay updates on pruned weights).
+
+Determinism: the shuffle and augmentation of epoch e come from a generator seeded with
+(seed, e) alone, so a run resumed from its end-of-epoch checkpoint sees exactly the batches an
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from prunebench.config import TrainConfig
+from prunebench.data import DataSplits, iterate_batches, num_batches
+from prunebench.io import atomic_torch_save, atomic_write_text
+from prunebench.training.evaluate import evaluate
+from prunebench.training.schedule import build_optimizer, lr_factor, set_lr
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    mask: dict[str, Tensor] | None
+    steps_per_epoch: int
+    epoch: int = 0
+    iteration: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def set_mask(self, mask: Mapping[str, Tensor] | None) -> None:
+        """Install a new mask: weights and optimizer state of pruned entries become 0."""
+        self.mask = None if mask is None else {k: v.to(_device(self.model)) for k, v in mask.items()}
+        self._pairs = masked_pairs(self.model, self.mask)
+        enforce_mask(self._pairs)
+        params = dict(self.model.named_parameters())
+        for name, m in (self.mask or {}).items():
+            for buf in self.optimizer.state.get(params[name], {}).values():
+                if isinstance(buf, Tensor) and buf.shape == m.shape:
+                    buf.mul_(m)
+
+    @property
+    def pairs(self) -> list[tuple[nn.Parameter, Tensor]]:
+        return self._pairs
+
+
+class Callback(Protocol):
+    """Hooks into the loop; gradual pruning is one (it calls state.set_mask)."""
+
+    def on_step_end(self, state: TrainState) -> None: ...
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def masked_pairs(model: nn.Module, mask: Mapping[str, Tensor] | None) -> list[tuple[nn.Parameter, Tensor]]:
+    """(parameter, float mask) pairs: multiplying by a float mask is the cheapest enforcement."""
+    if not mask:
+        return []
+    params = dict(model.named_parameters())
+    return [(params[n], m.to(device=params[n].device, dtype=params[n].dtype)) for n, m in mask.items()]
+
+
+@torch.no_grad()
+def enforce_mask(pairs: Sequence[tuple[nn.Parameter, Tensor]]) -> None:
+    for p, m in pairs:
+        p.mul_(m)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def train(
+    model: nn.Module,
+    data: DataSplits,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    mask: Mapping[str, Tensor] | None = None,
+    run_dir: str | Path | None = None,
+    save_iterations: Sequence[int] = (),
+    stop_at_iteration: int | None = None,
+    callbacks: Sequence[Callback] = (),
+    eval_batch_size: int = 1000,
+    progress: bool | None = None,
+    on_epoch_end: Callable[[TrainState], None] | None = None,
+) -> TrainState:
+    """Train `model` in place on `data` with recipe `cfg`.
+
+    With `run_dir`, a checkpoint is written after every epoch and an existing one is resumed;
+    weights are saved at every iteration in `save_iterations` (`checkpoints/iter_<k>.pt`, for
+    rewinding); the per-epoch metrics go to `history.csv`. `stop_at_iteration` stops early
+    (used to replay a run up to a rewind point).
+    """
+    device = _device(model)
+    steps = num_batches(len(data.train_y), cfg.batch_size)
+    state = TrainState(model, build_optimizer(model.parameters(), cfg), None, steps)
+    state.set_mask(mask)
+    ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
+    torch.manual_seed(seed)
+    if ckpt_dir is not None and (ckpt_dir / "last.pt").exists():
+        _resume(state, ckpt_dir / "last.pt")
+        log.info("resumed from epoch %d (iteration %d)", state.epoch, state.iteration)
+    save_iterations = set(save_iterations)
+    if ckpt_dir is not None and state.iteration in save_iterations:
+        atomic_torch_save(model.state_dict(), ckpt_dir / f"iter_{state.iteration}.pt")
+    done = stop_at_iteration is not None and state.iteration >= stop_at_iteration
+
+    bar = tqdm(total=cfg.epochs, initial=state.epoch, desc="train", unit="epoch",
+               disable=None if progress is None else not progress, leave=False)
+    while state.epoch < cfg.epochs and not done:
+        model.train()
+        start = time.perf_counter()
+        gen = epoch_generator(seed, state.epoch)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
+        for xb, yb in iterate_batches(
+            data.train_x, data.train_y, cfg.batch_size, shuffle=True, generator=gen,
+            augment=data.augment,
+        ):
+            set_lr(state.optimizer, cfg.lr * lr_factor(cfg, state.iteration, steps))
+            loss, logits = _step(state, xb, yb, cfg.label_smoothing)
+            loss_sum += loss.detach() * len(yb)
+            correct += logits.argmax(1).eq(yb).sum()
+            seen += len(yb)
+            state.iteration += 1
+            for cb in callbacks:
+                cb.on_step_end(state)
+            if ckpt_dir is not None and state.iteration in save_iterations:
+                atomic_torch_save(model.state_dict(), ckpt_dir / f"iter_{state.iteration}.pt")
+            if stop_at_iteration is not None and state.iteration >= stop_at_iteration:
+                done = True
+                break
+        if done and seen < len(data.train_y):
+            break  # a partial epoch: a replay up to a rewind point, no epoch record
+        state.epoch += 1
+        record = {
+            "epoch": state.epoch,
+            "iteration": state.iteration,
+            "lr": state.optimizer.param_groups[0]["lr"],
+            "train_loss": (loss_sum / max(seen, 1)).item(),
+            "train_top1": correct.item() / max(seen, 1),
+            **{f"val_{k}": v for k, v in evaluate(model, data.val_x, data.val_y, eval_batch_size).items()},
+            "epoch_time_s": time.perf_counter() - start,
+        }
+        if not math.isfinite(record["train_loss"]):
+            raise FloatingPointError(f"training diverged at epoch {state.epoch} (loss {record['train_loss']})")
+        state.history.append(record)
+        log.info("epoch %d/%d loss %.4f val_top1 %.4f", state.epoch, cfg.epochs,
+                 record["train_loss"], record["val_top1"])
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{record['val_top1']:.3f}")
+        if ckpt_dir is not None:
+            _checkpoint(state, ckpt_dir / "last.pt")
+            write_history(state.history, Path(run_dir) / "history.csv")
+        if on_epoch_end is not None:
+            on_epoch_end(state)
+    bar.close()
+    return state
+
+
+def _step(state: TrainState, xb: Tensor, yb: Tensor, label_smoothing: float) -> tuple[Tensor, Tensor]:
+    pairs = state.pairs
+    state.optimizer.zero_grad(set_to_none=True)
+    logits = state.model(xb)
+    loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
+    loss.backward()
+    for p, m in pairs:
+        if p.grad is not None:
+            p.grad.mul_(m)
+    state.optimizer.step()
+    enforce_mask(pairs)
+    return loss, logits
+
+
+def _checkpoint(state: TrainState, path: Path) -> None:
+    atomic_torch_save(
+        {
+            "model": state.model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "mask": {k: v.cpu() for k, v in state.mask.items()} if state.mask else None,
+            "epoch": state.epoch,
+            "iteration": state.iteration,
+            "history": state.history,
+            "torch_rng": torch.get_rng_state(),
+        },
+        path,
+    )
+
+
+def _resume(state: TrainState, path: Path) -> None:
+    ckpt = torch.load(path, map_location=_device(state.model), weights_only=True)
+    state.model.load_state_dict(ckpt["model"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.set_mask(ckpt["mask"])
+    state.epoch, state.iteration, state.history = ckpt["epoch"], ckpt["iteration"], ckpt["history"]
+    torch.set_rng_state(ckpt["torch_rng"].cpu())
+
+
+def write_history(history: Sequence[Mapping], path: Path) -> None:
+    if not history:
+        return
+    keys = list(history[0])
+    lines = [",".join(keys)] + [",".join(f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k]) for k in keys) for row in history]
+    atomic_write_text(path, "\n".join(lines) + "\n")
