@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prunebench.errors import ConfigError
+from prunebench.io import atomic_write_json
 
 EXIT_BAD_INPUT = 2
 
@@ -29,6 +30,8 @@ def _common(p: argparse.ArgumentParser, grid: bool = True) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--seed", type=int, nargs="+", help="seeds (default: the study's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--manifest", type=Path,
+                   help="also write a JSON manifest of the finished runs here (used by the workflow)")
     if grid:
         p.add_argument("--method", required=True, help="method label in the study")
         p.add_argument("--sparsity", type=float, nargs="+",
@@ -45,7 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a finished run's model on test and validation")
     ev.add_argument("run", type=Path, help="a run directory (holding config.json and model.pt)")
     ev.add_argument("--device", default="auto")
+    data = sub.add_parser("data", help="fetch/verify a study's dataset (mirror or download)")
+    _common(data, grid=False)
     sub.add_parser("schema", help="print the JSON Schema of the params file")
+    pl = sub.add_parser("plan", help="print the jobs the params file asks for (JSON lines)")
+    pl.add_argument("--params", default="params.yaml")
+    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a top-level key, e.g. --set scale=all")
+    from prunebench.analysis.cli import add_subcommands
+
+    add_subcommands(sub)
     return parser
 
 
@@ -81,14 +93,11 @@ COMMAND_FOR = {"trained": "finetune", "init": "finetune", "iterative": "lottery"
                "during_training": "finetune"}
 
 
-def _emit(run) -> None:
+def _summary(run) -> dict:
     meta = {k: v for k, v in run.meta.items() if k != "data"}
-    print(json.dumps({"kind": run.kind, "path": str(run.path), **meta, **_headline(run)}))
-
-
-def _headline(run) -> dict:
     m = run.metrics()
-    return {k: m[k] for k in ("top1", "top5", "weight_sparsity") if k in m}
+    headline = {k: m[k] for k in ("top1", "top5", "weight_sparsity") if k in m}
+    return {"kind": run.kind, "path": str(run.path), **meta, **headline}
 
 
 def run_command(args) -> None:
@@ -97,15 +106,51 @@ def run_command(args) -> None:
 
         print(json.dumps(json_schema(), indent=2))
         return
+    if args.command == "plan":
+        from prunebench.config import apply_overrides, read_params
+        from prunebench.plan import plan
+
+        for job in plan(apply_overrides(read_params(args.params), args.overrides)):
+            print(json.dumps({**job.wildcards, "manifest": job.manifest, "inputs": job.inputs,
+                              "runs": job.runs}))
+        return
+    from prunebench.analysis.cli import COMMANDS, run_analysis
+
+    if args.command in COMMANDS:
+        run_analysis(args)
+        return
     if args.command == "evaluate":
         from prunebench.runs import evaluate_run_dir
 
         print(json.dumps(evaluate_run_dir(args.run, args.device)))
         return
     ws, seeds = _workspace(args)
+    if args.command == "data":
+        d = ws.data
+        summary = {"study": ws.study.name, "dataset": d.name, "num_classes": d.num_classes,
+                   "input_shape": list(d.input_shape), "train": len(d.train_y),
+                   "val": len(d.val_y), "test": len(d.test_y)}
+        print(json.dumps(summary))
+        if args.manifest is not None:
+            atomic_write_json(args.manifest, summary)
+        return
+    runs = list(_run_grid(args, ws, seeds))
+    if args.manifest is not None:
+        atomic_write_json(args.manifest, {"command": args.command, "study": ws.study.name,
+                                          "runs": [_summary(r) for r in runs]})
+
+
+def _run_grid(args, ws, seeds):
+    """Run the requested grid points in order, printing one JSON line per finished run."""
+    for run in _grid_runs(args, ws, seeds):
+        print(json.dumps(_summary(run)), flush=True)
+        yield run
+
+
+def _grid_runs(args, ws, seeds):
     if args.command == "train":
         for seed in seeds:
-            _emit(ws.run_train(seed))
+            yield ws.run_train(seed)
         return
     allowed = {"prune": ("trained", "init"), "finetune": ("trained", "init", "during_training"),
                "lottery": ("iterative",)}[args.command]
@@ -113,12 +158,11 @@ def run_command(args) -> None:
     for seed in seeds:
         for sparsity in sparsities:
             if args.command == "prune":
-                _emit(ws.run_prune(entry, sparsity, seed))
+                yield ws.run_prune(entry, sparsity, seed)
             elif args.command == "finetune":
-                _emit(ws.run_finetune(entry, sparsity, seed))
+                yield ws.run_finetune(entry, sparsity, seed)
             else:
-                for run in ws.run_lottery(entry, sparsity, seed):
-                    _emit(run)
+                yield from ws.run_lottery(entry, sparsity, seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

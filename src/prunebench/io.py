@@ -15,6 +15,9 @@ from typing import IO, Any
 
 import torch
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | Path, write: Callable[[IO], Any], mode: str = "w") -> Path:
     """Call write(fh) on a temp file next to `path`, then rename it into place."""
@@ -22,6 +25,7 @@ def atomic_write(path: str | Path, write: Callable[[IO], Any], mode: str = "w") 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are shared like any file
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()

@@ -1,0 +1,13 @@
+"""Datasets as device-resident tensors with fixed splits, and index-slice batching."""
+
+from prunebench.data.batching import iterate_batches, num_batches, random_crop_flip
+from prunebench.data.datasets import DATASETS, DataSplits, load_dataset
+
+__all__ = [
+    "DATASETS",
+    "DataSplits",
+    "iterate_batches",
+    "load_dataset",
+    "num_batches",
+    "random_crop_flip",
+]

@@ -1,0 +1,90 @@
+"""The job plan: which CLI invocations a params file asks for, and what each one produces.
+
+The workflow (Snakemake) schedules exactly this plan. A job's manifest path carries the hash
+of the runs it produces, so editing one method's options changes only that method's manifest
+paths: Snakemake then builds those and nothing else, without relying on file modification
+times (which DVC checkouts change). The heavy outputs are hash-named run directories that the
+CLI reuses when they are already finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunebench.config import Study, config_hash, selected_studies
+from prunebench.pruning import METHODS
+from prunebench.runs import Run, Workspace
+
+# The stage of each method's main job, by when the method is applied.
+STAGE_FOR = {"trained": "finetune", "init": "finetune", "iterative": "lottery",
+             "during_training": "finetune"}
+
+
+@dataclass(frozen=True)
+class Job:
+    stage: str
+    study: str
+    label: str
+    seed: int
+    hash: str
+    manifest: str
+    inputs: tuple[str, ...] = ()
+    runs: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def wildcards(self) -> dict[str, Any]:
+        return {"stage": self.stage, "study": self.study, "label": self.label,
+                "seed": self.seed, "hash": self.hash}
+
+
+def manifest_path(jobs_root: str | Path, stage: str, study: str, label: str, seed: int, h: str) -> str:
+    return str(Path(jobs_root) / study / stage / label / f"seed{seed}-{h}.json")
+
+
+def _job(jobs_root, stage, study: Study, label, seed, runs: list[Run], inputs=()) -> Job:
+    h = config_hash({"stage": stage, "runs": [r.description for r in runs]})
+    return Job(stage, study.name, label, seed, h,
+               manifest_path(jobs_root, stage, study.name, label, seed, h),
+               tuple(inputs), tuple(str(r.path) for r in runs))
+
+
+def study_jobs(study: Study, runs_root: str | Path, jobs_root: str | Path) -> list[Job]:
+    ws = Workspace(study, runs_root)
+    jobs = []
+    for seed in study.seeds:
+        train = _job(jobs_root, "train", study, "dense", seed, [ws.train_run(seed)])
+        jobs.append(train)
+        for entry in study.methods:
+            when = METHODS.get(entry.method).when
+            if when in ("trained", "init"):
+                prune = _job(jobs_root, "prune", study, entry.label, seed,
+                             [ws.prune_run(entry, s, seed) for s in study.sparsities], [train.manifest])
+                fine = _job(jobs_root, "finetune", study, entry.label, seed,
+                            [ws.finetune_run(entry, s, seed) for s in study.sparsities], [prune.manifest])
+                jobs += [prune, fine]
+            elif when == "iterative":
+                runs = []
+                for s in study.sparsities:
+                    level = ws.lottery_level_run(entry, ws.lottery_schedule(entry, s), seed)
+                    runs.append(level)
+                    if entry.options.get("reinit_control"):
+                        runs.append(ws.reinit_run(level))
+                jobs.append(_job(jobs_root, "lottery", study, entry.label, seed, runs, [train.manifest]))
+    return jobs
+
+
+def plan(raw_params: Mapping[str, Any], jobs_root: str | Path = "results/jobs") -> list[Job]:
+    """Every job of the studies that the params' `scale` switches on."""
+    runs_root = raw_params.get("runs_root", "results/runs")
+    jobs = []
+    for study in selected_studies(raw_params).values():
+        jobs += study_jobs(study, runs_root, jobs_root)
+    return jobs
+
+
+def final_jobs(jobs: list[Job]) -> list[Job]:
+    """The jobs whose runs are results (dense baselines, fine-tuned and lottery runs)."""
+    return [j for j in jobs if j.stage in ("train", "finetune", "lottery")]

@@ -1,0 +1,154 @@
+"""Masked training, schedules, determinism and crash-resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from prunebench.config import TrainConfig
+from prunebench.data import DataSplits
+from prunebench.pruning import PruneContext, Scope, METHODS, apply_mask
+from prunebench.training import evaluate, lr_factor, train
+
+
+def toy_data(n=256, d=12, classes=4, seed=0) -> DataSplits:
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, d, generator=g) * 2
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = centers[y] + torch.randn(n, d, generator=g)
+    x = x.view(n, 1, 3, 4)
+    return DataSplits("toy", classes, (1, 3, 4), x[:192], y[:192], x[192:224], y[192:224],
+                      x[224:], y[224:], None)
+
+
+def toy_model(seed=0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 4))
+
+
+def half_mask(model) -> dict:
+    ctx = PruneContext(model, Scope())
+    return METHODS.get("global_magnitude")(ctx, 0.5)
+
+
+@pytest.mark.parametrize("recipe", [
+    TrainConfig(epochs=3, batch_size=32, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
+                weight_decay=1e-2),
+    TrainConfig(epochs=3, batch_size=32, optimizer="adam", lr=1e-2, weight_decay=1e-2),
+])
+def test_masked_weights_stay_exactly_zero(recipe):
+    data = toy_data()
+    model = toy_model()
+    # Momentum/Adam state built up while dense, then a mask: stale state must not revive weights.
+    train(model, data, TrainConfig(**{**recipe.__dict__, "epochs": 1}), seed=0, progress=False)
+    mask = half_mask(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    state = train(model, data, recipe, seed=0, mask=mask, progress=False)
+    params = dict(model.named_parameters())
+    for name, m in mask.items():
+        assert torch.all(params[name][~m] == 0.0), name
+        assert not torch.equal(params[name][m], before[name][m]), "kept weights must train"
+    assert state.history[-1]["train_loss"] < state.history[0]["train_loss"] * 1.5
+
+
+def test_training_is_deterministic_and_seed_dependent():
+    data = toy_data()
+    a, b, c = toy_model(), toy_model(), toy_model()
+    cfg = TrainConfig(epochs=2, batch_size=16)
+    train(a, data, cfg, seed=3, progress=False)
+    train(b, data, cfg, seed=3, progress=False)
+    train(c, data, cfg, seed=4, progress=False)
+    for (n, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters()):
+        assert torch.equal(pa, pb), n
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
+    data = toy_data()
+    cfg = TrainConfig(epochs=4, batch_size=16, optimizer="sgd", lr=0.05, momentum=0.9,
+                      weight_decay=1e-3)
+    reference = toy_model()
+    mask = half_mask(toy_model())
+    train(reference, data, cfg, seed=1, mask=mask, progress=False)
+
+    crashed = toy_model()
+
+    def crash_after_two(state):
+        if state.epoch == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(crashed, data, cfg, seed=1, mask=mask, run_dir=tmp_path, progress=False,
+              on_epoch_end=crash_after_two)
+    resumed = toy_model(seed=99)  # fresh process: different in-memory weights
+    state = train(resumed, data, cfg, seed=1, mask=mask, run_dir=tmp_path, progress=False)
+    assert [h["epoch"] for h in state.history] == [1, 2, 3, 4]
+    for (n, p), q in zip(reference.named_parameters(), resumed.parameters()):
+        assert torch.equal(p, q), n
+    assert (tmp_path / "history.csv").read_text().count("\n") == 5
+
+
+def test_save_iterations_and_replay_give_identical_weights(tmp_path):
+    data = toy_data()
+    cfg = TrainConfig(epochs=2, batch_size=16)  # 12 steps per epoch
+    model = toy_model()
+    train(model, data, cfg, seed=0, run_dir=tmp_path, save_iterations=(0, 5, 17), progress=False)
+    replay = toy_model()
+    train(replay, data, cfg, seed=0, stop_at_iteration=17, progress=False)
+    saved = torch.load(tmp_path / "checkpoints" / "iter_17.pt", weights_only=True)
+    for name, value in replay.state_dict().items():
+        assert torch.equal(saved[name], value), name
+    init = torch.load(tmp_path / "checkpoints" / "iter_0.pt", weights_only=True)
+    assert all(torch.equal(init[k], v) for k, v in toy_model().state_dict().items())
+
+
+def test_schedules():
+    steps = 10
+    cos = TrainConfig(epochs=10, lr=1.0, schedule="cosine", warmup_epochs=1)
+    assert lr_factor(cos, 0, steps) == pytest.approx(0.1)
+    assert lr_factor(cos, 9, steps) == pytest.approx(1.0)
+    assert lr_factor(cos, 10, steps) == pytest.approx(1.0)
+    assert lr_factor(cos, 55, steps) == pytest.approx(0.5)
+    assert lr_factor(cos, 99, steps) < 0.01
+    step = TrainConfig(epochs=10, schedule="step", milestones=(3, 6), gamma=0.1)
+    assert [lr_factor(step, i * steps, steps) for i in (0, 2, 3, 5, 6, 9)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert lr_factor(TrainConfig(schedule="constant"), 123, steps) == 1.0
+
+
+def test_label_smoothing_changes_loss_not_argmax():
+    data = toy_data()
+    a, b = toy_model(), toy_model()
+    sa = train(a, data, TrainConfig(epochs=1, batch_size=32), seed=0, progress=False)
+    sb = train(b, data, TrainConfig(epochs=1, batch_size=32, label_smoothing=0.2), seed=0,
+               progress=False)
+    assert sa.history[0]["train_loss"] != sb.history[0]["train_loss"]
+
+
+def test_evaluate_top1_top5_against_hand_count():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 7)
+    x, y = torch.randn(50, 4), torch.randint(0, 7, (50,))
+    out = evaluate(model, x, y, batch_size=16)
+    logits = model(x)
+    top1 = sum(int(logits[i].argmax() == y[i]) for i in range(50)) / 50
+    top5 = sum(int(y[i] in logits[i].topk(5).indices) for i in range(50)) / 50
+    assert out["top1"] == pytest.approx(top1)
+    assert out["top5"] == pytest.approx(top5)
+    assert out["loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+    assert math.isnan(evaluate(model, x[:0], y[:0])["top1"])
+
+
+def test_apply_mask_zeroes_exactly():
+    model = toy_model()
+    mask = half_mask(model)
+    apply_mask(model, mask)
+    w = dict(model.named_parameters())
+    assert all(int((w[n] != 0).sum()) == int(m.sum()) for n, m in mask.items())
