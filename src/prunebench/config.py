@@ -336,12 +336,15 @@ def selected_studies(raw: Mapping[str, Any]) -> dict[str, Study]:
 
 
 def load_study(path: str | Path, name: str | None, overrides: Sequence[str] = ()) -> Study:
-    raw = apply_overrides(read_params(path), [f"studies.{name}.{o}" if name else o for o in overrides])
-    studies = validate_params(raw)
+    """One study of a params file; `overrides` are `key=value` relative to the study."""
+    raw = read_params(path)
     if name is None:
-        if len(studies) != 1:
-            raise ConfigError(f"--study is required; allowed: {', '.join(studies)}")
-        return next(iter(studies.values()))
+        names = list(raw.get("studies") or {})
+        if len(names) != 1:
+            raise ConfigError(f"--study is required; allowed: {', '.join(map(str, names))}")
+        name = names[0]
+    raw = apply_overrides(raw, [f"studies.{name}.{o}" for o in overrides])
+    studies = validate_params(raw)
     if name not in studies:
         raise ConfigError(f"unknown study {name!r} (key studies); allowed: {', '.join(studies)}")
     return studies[name]

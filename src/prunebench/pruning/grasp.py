@@ -19,7 +19,8 @@ therefore average over examples, as the default cross-entropy does.
 g and Hg are taken over every conv/linear weight of the model (not only those in the
 scope), because the gradient norm GraSP preserves is that of the whole network; only the
 weights in the scope are ranked. With a current mask the copy is masked and g is zero on
-pruned weights (they cannot move), so Hg is that of the masked network.
+pruned weights (they cannot move), so Hg is that of the masked network. As in SNIP, the
+copy keeps the model's train/eval mode and dropout is seeded from `ctx.generator`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from prunebench.errors import ConfigError
 from prunebench.pruning.base import METHODS, PruneContext, register_method
 from prunebench.pruning.mask import Mask, apply_mask, global_topk_mask
 from prunebench.pruning.scope import Scope
+from prunebench.pruning.snip import rng_from
 
 
 def sample_per_class(
@@ -58,8 +60,8 @@ def sample_per_class(
                 counts[label] += 1
                 take[i] = True
         if take.any():
-            xs.append(x[take])
-            ys.append(y[take])
+            xs.append(x[take.to(x.device)])
+            ys.append(y[take.to(y.device)])
         if bool((counts >= samples_per_class).all()):
             break
     if not xs:
@@ -101,7 +103,9 @@ def hessian_gradient_product(
     return dict(zip(names, g)), dict(zip(names, hg))
 
 
-def grasp_scores(ctx: PruneContext, temperature: float, samples_per_class: int) -> dict[str, Tensor]:
+def grasp_scores(
+    ctx: PruneContext, temperature: float, samples_per_class: int
+) -> dict[str, Tensor]:
     """S = -w * (H g) for the weights in the scope (higher = removed first)."""
     if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or (
         samples_per_class < 1
@@ -123,15 +127,16 @@ def grasp_scores(ctx: PruneContext, temperature: float, samples_per_class: int) 
     first = next(batches, None)
     if first is None:
         raise ConfigError("method 'grasp' found no calibration batches")
-    with torch.no_grad():
-        num_classes = model(first[0].to(device)).shape[1]
-    inputs, labels, chunk = sample_per_class(
-        itertools.chain([first], batches), samples_per_class, num_classes
-    )
-    _, hg = hessian_gradient_product(
-        model, weights, inputs.to(device), labels.to(device), ctx.loss_fn,
-        float(temperature), chunk, ctx.mask,
-    )
+    with rng_from(ctx.generator, device):
+        with torch.no_grad():
+            num_classes = model(first[0].to(device)).shape[1]
+        inputs, labels, chunk = sample_per_class(
+            itertools.chain([first], batches), samples_per_class, num_classes
+        )
+        _, hg = hessian_gradient_product(
+            model, weights, inputs.to(device), labels.to(device), ctx.loss_fn,
+            float(temperature), chunk, ctx.mask,
+        )
     return {name: -w.detach() * hg[name] for name, w in ctx.scope.params(model).items()}
 
 

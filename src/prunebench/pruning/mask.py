@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from prunebench.errors import ConfigError
 from prunebench.io import atomic_torch_save
 
 Mask = dict[str, Tensor]
@@ -63,6 +64,14 @@ def keep_count(n_active: int, fraction_to_prune: float) -> int:
     return n_active - int(math.floor(fraction_to_prune * n_active + 0.5))
 
 
+def _check_reachable(n_keep: int, active: Tensor, where: str) -> None:
+    if n_keep > int(active.sum()):
+        raise ConfigError(
+            f"target sparsity is below the current mask's sparsity ({where}); "
+            "pruned weights never come back, so the target must not decrease"
+        )
+
+
 def _prepare(scores: Mapping[str, Tensor], current: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
     """Scores as float64, with already-pruned weights at -inf so they never come back."""
     out = {}
@@ -84,8 +93,9 @@ def global_topk_mask(
     """
     s = _prepare(scores, current)
     flat = torch.cat([v.flatten() for v in s.values()])
-    keep = _ranked_keep(flat, keep_count(flat.numel(), sparsity))
-    return _unflatten(keep, s)
+    n_keep = keep_count(flat.numel(), sparsity)
+    _check_reachable(n_keep, flat > -math.inf, "all layers")
+    return _unflatten(_ranked_keep(flat, n_keep), s)
 
 
 def layerwise_topk_mask(
@@ -98,7 +108,9 @@ def layerwise_topk_mask(
     out = {}
     for name, v in s.items():
         layer_sparsity = sparsity[name] if isinstance(sparsity, Mapping) else sparsity
-        out[name] = _ranked_keep(v.flatten(), keep_count(v.numel(), layer_sparsity)).view_as(v)
+        n_keep = keep_count(v.numel(), layer_sparsity)
+        _check_reachable(n_keep, v > -math.inf, name)
+        out[name] = _ranked_keep(v.flatten(), n_keep).view_as(v)
     return out
 
 

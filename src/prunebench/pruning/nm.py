@@ -32,7 +32,7 @@ SCORES = ("magnitude",)
 
 
 def _to_groups_layout(t: Tensor) -> Tensor:
-    """Move the input dimension (dim 1) last: (out, in) stays, (out, in, kh, kw) -> (out, kh, kw, in)."""
+    """Move the input dimension (dim 1) last: (out, in, kh, kw) -> (out, kh, kw, in)."""
     return t.movedim(1, -1)
 
 
@@ -56,7 +56,7 @@ def nm_keep(scores: Tensor, n: int, m: int) -> Tensor:
     """Keep the n highest scores in every group of m along dim 1 (which must divide by m)."""
     grouped = _to_groups_layout(scores)
     keep = rowwise_keep(grouped.reshape(-1, m), n).view(grouped.shape)
-    return _from_groups_layout(keep)
+    return _from_groups_layout(keep).contiguous()
 
 
 def _check_pattern(n, m, sparsity: float) -> None:
@@ -74,7 +74,7 @@ def _check_pattern(n, m, sparsity: float) -> None:
 
 @register_method("nm", when="trained", n=2, m=4, score="magnitude")
 def nm(ctx: PruneContext, sparsity: float) -> Mask:
-    """N:M masks on every eligible layer; layers whose input dimension M does not divide stay dense."""
+    """N:M masks on every layer whose input dimension divides by M; the others stay dense."""
     options = METHODS.get("nm").resolve_options(ctx.options)
     n, m, score = options["n"], options["m"], options["score"]
     _check_pattern(n, m, sparsity)

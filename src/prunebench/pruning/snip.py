@@ -6,13 +6,16 @@ averaged (the gradient of the mean loss when the batches are the same size) befo
 the absolute value, so `batches=1` is the paper's single mini-batch. The score is computed
 on a copy of the model, in its current train/eval mode, so BatchNorm running statistics
 of the real model are untouched; with a current mask the gradient is that of the masked
-network and pruned weights stay pruned.
+network and pruned weights stay pruned. In train mode, dropout draws from a global RNG
+seeded from `ctx.generator` (and restored afterwards), so a fixed seed gives a fixed mask.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -20,6 +23,15 @@ from torch import Tensor
 from prunebench.errors import ConfigError
 from prunebench.pruning.base import METHODS, PruneContext, register_method
 from prunebench.pruning.mask import Mask, apply_mask, global_topk_mask
+
+
+@contextlib.contextmanager
+def rng_from(generator: torch.Generator, device: torch.device) -> Iterator[None]:
+    """Seed the global RNG (used by dropout) from `generator`; restore it on exit."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def snip_scores(ctx: PruneContext, batches: int) -> dict[str, Tensor]:
@@ -35,12 +47,13 @@ def snip_scores(ctx: PruneContext, batches: int) -> dict[str, Tensor]:
     device = next(iter(params.values())).device
     grads = {name: torch.zeros_like(p) for name, p in params.items()}
     used = 0
-    # islice never pulls the batch after the last one it returns.
-    for x, y in itertools.islice(ctx.require_batches("snip")(), batches):
-        loss = ctx.loss_fn(model(x.to(device)), y.to(device))
-        for g, dg in zip(grads.values(), torch.autograd.grad(loss, list(params.values()))):
-            g.add_(dg)
-        used += 1
+    with rng_from(ctx.generator, device):
+        # islice never pulls the batch after the last one it returns.
+        for x, y in itertools.islice(ctx.require_batches("snip")(), batches):
+            loss = ctx.loss_fn(model(x.to(device)), y.to(device))
+            for g, dg in zip(grads.values(), torch.autograd.grad(loss, list(params.values()))):
+                g.add_(dg)
+            used += 1
     if used < batches:
         raise ConfigError(
             f"methods.snip.batches is {batches} but the calibration data has only {used} batches"

@@ -80,7 +80,9 @@ def _input_shape(ctx: PruneContext, option) -> tuple[int, ...]:
         )
     first = next(iter(ctx.batches()), None)
     if first is None:
-        raise ConfigError("method 'synflow' found no calibration batch to take the input shape from")
+        raise ConfigError(
+            "method 'synflow' found no calibration batch to take the input shape from"
+        )
     return tuple(first[0].shape[1:])
 
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from prunebench.errors import ConfigError
 from prunebench.pruning.base import METHODS, PruneContext, register_method
-from prunebench.pruning.mask import Mask, keep_count
+from prunebench.pruning.mask import Mask, apply_mask, keep_count
 
 
 def rowwise_keep(scores: Tensor, n_keep: int) -> Tensor:
@@ -54,9 +54,9 @@ def input_features(layer: nn.Module, x: Tensor) -> Tensor:
     if isinstance(layer.padding, str):
         if layer.padding == "valid":
             pads = (0, 0, 0, 0)
-        else:  # "same": total padding dilation * (k - 1) per side pair, extra on the right
-            total = [d * (k - 1) for d, k in zip(layer.dilation, layer.kernel_size)]
-            pads = (total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2)
+        else:  # "same": dilation * (k - 1) per dimension, an odd pixel at the bottom/right
+            th, tw = (d * (k - 1) for d, k in zip(layer.dilation, layer.kernel_size))
+            pads = (tw // 2, tw - tw // 2, th // 2, th - th // 2)
     else:
         ph, pw = layer.padding
         pads = (pw, pw, ph, ph)
@@ -69,13 +69,27 @@ def input_features(layer: nn.Module, x: Tensor) -> Tensor:
     return patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
 
-def input_norms(model: nn.Module, layer: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> Tensor:
+def feature_square_sums(layer: nn.Module, x: Tensor) -> Tensor:
+    """Sum over samples and positions of each input feature squared.
+
+    For Conv2d, squaring and summing over samples commute with padding and unfolding, so one
+    summed image is unfolded instead of the whole batch (memory of one sample, not N).
+    """
+    x = x.double().pow(2)
+    if isinstance(layer, nn.Linear):
+        return x.reshape(-1, layer.in_features).sum(0)
+    return input_features(layer, x.sum(0, keepdim=True)).sum(0)
+
+
+def input_norms(
+    model: nn.Module, layer: nn.Module, batches: list[tuple[Tensor, Tensor]]
+) -> Tensor:
     """||X_j||_2 for every input feature j of `layer`, over all batches (float64)."""
     device = layer.weight.device
     squares = torch.zeros(layer.weight[0].numel(), dtype=torch.float64, device=device)
 
     def hook(module, args, output):
-        squares.add_(input_features(module, args[0].detach().double()).pow(2).sum(0))
+        squares.add_(feature_square_sums(module, args[0].detach()))
 
     handle = layer.register_forward_hook(hook)
     try:
@@ -134,10 +148,8 @@ def wanda(ctx: PruneContext, sparsity: float) -> Mask:
                 f"groups={layer.groups} (exclude it from the scope or use another method)"
             )
     device = next(iter(layers.values())).weight.device
-    with torch.no_grad():
-        if ctx.mask is not None:
-            for name, layer in layers.items():
-                layer.weight.mul_(ctx.mask[name].to(device, layer.weight.dtype))
+    if ctx.mask is not None:
+        apply_mask(model, ctx.mask)
 
     mask: Mask = {}
     for name in execution_order(model, layers, batches[0][0].to(device)):
@@ -151,6 +163,5 @@ def wanda(ctx: PruneContext, sparsity: float) -> Mask:
         if current is not None:
             keep &= current
         mask[name] = keep.view_as(layer.weight)
-        with torch.no_grad():
-            layer.weight.mul_(mask[name].to(layer.weight.dtype))
+        apply_mask(model, {name: mask[name]})
     return {name: mask[name] for name in layers}

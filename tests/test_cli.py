@@ -1,0 +1,123 @@
+"""The CLI: run directories named by config hash, reuse, and clean failures on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prunebench.cli import main
+from prunebench.config import DataConfig, TrainConfig, canonical, config_hash
+
+TINY = {
+    "runs_root": "runs",
+    "studies": {
+        "tiny": {
+            "data": {"name": "digits"},
+            "model": {"name": "mlp_digits"},
+            "train": {"epochs": 2, "batch_size": 128, "lr": 0.05},
+            "finetune": {"epochs": 1},
+            "methods": {"global_magnitude": {}, "lottery": {"prune_fraction": 0.5}},
+            "sparsities": [0.5],
+            "seeds": [0],
+        }
+    },
+}
+
+
+def write_params(tmp_path: Path, params=TINY) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path)
+    return tmp_path
+
+
+def test_run_names_are_pinned_hashes_without_defaults():
+    # Changing these pins renames every existing run directory: do it only deliberately.
+    assert canonical({"train": TrainConfig()}) == {"train": {}}
+    assert config_hash({"data": DataConfig(), "train": TrainConfig(epochs=3)}) == "c0ab8c4971980eaf"
+    assert config_hash({"train": TrainConfig(epochs=3)}) == "45412674671cd210"
+    # Fields that do not change results (where data lives) are not part of the name.
+    assert config_hash({"data": DataConfig(root="/elsewhere", mirror="/m")}) == config_hash(
+        {"data": DataConfig()})
+    assert config_hash({"train": TrainConfig(epochs=3.0)}) == config_hash({"train": TrainConfig(epochs=3)})
+
+
+def test_train_finetune_lottery_write_runs_and_reuse_them(in_tmp, capsys):
+    assert main(["train", "--no-progress"]) == 0
+    train_line = json.loads(capsys.readouterr().out.splitlines()[0])
+    run_dir = in_tmp / train_line["path"]
+    config = json.loads((run_dir / "config.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert config["kind"] == "train" and config["config"]["train"]["epochs"] == 2
+    assert 0.5 < metrics["top1"] <= 1.0
+    assert 0.99 * metrics["params_total"] < metrics["params_nonzero"] <= metrics["params_total"]
+    stamp = (run_dir / "metrics.json").stat().st_mtime_ns
+
+    assert main(["finetune", "--method", "global_magnitude", "--no-progress",
+                 "--manifest", "m.json"]) == 0
+    fine = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert fine["kind"] == "finetune" and fine["weight_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    manifest = json.loads((in_tmp / "m.json").read_text())
+    assert [r["path"] for r in manifest["runs"]] == [fine["path"]]
+    assert (run_dir / "metrics.json").stat().st_mtime_ns == stamp  # dense run reused
+
+    assert main(["lottery", "--method", "lottery", "--no-progress"]) == 0
+    kinds = [json.loads(line)["kind"] for line in capsys.readouterr().out.splitlines()]
+    assert kinds == ["lottery", "lottery_reinit"]
+
+    # Same config => same directory; an override => a new one.
+    assert main(["train", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["path"] == train_line["path"]
+    assert main(["train", "--no-progress", "--set", "train.epochs=1"]) == 0
+    assert json.loads(capsys.readouterr().out)["path"] != train_line["path"]
+
+    ev = subprocess.run([sys.executable, "-m", "prunebench.cli", "evaluate", str(run_dir)],
+                        capture_output=True, text=True, cwd=in_tmp, check=True)
+    assert json.loads(ev.stdout)["top1"] == pytest.approx(metrics["top1"])
+
+
+BAD = [
+    (["train", "--set", "model.name=resnet1000"], "model.name", "lenet_300_100"),
+    (["train", "--set", "data.name=imagenet"], "data.name", "cifar10"),
+    (["finetune", "--method", "magic"], "methods", "global_magnitude"),
+    (["train", "--set", "methods.global_magnitude.method=magic"], "methods.global_magnitude", "random"),
+    (["finetune", "--method", "global_magnitude", "--sparsity", "1.0"], "sparsity", "[0, 1)"),
+    (["train", "--set", "sparsities=[0.5, -0.1]"], "sparsities", "[0, 1)"),
+    (["train", "--set", "train.optimizer=rmsprop"], "train.optimizer", "sgd"),
+    (["train", "--set", "train.epochs=many"], "train.epochs", "int"),
+    (["train", "--set", "train.colour=red"], "train.colour", "batch_size"),
+    (["train", "--set", "data.name=mnist", "--set", "data.download=false",
+      "--set", "data.root=nowhere"], "train-images-idx3-ubyte", "data.mirror"),
+    (["lottery", "--method", "global_magnitude"], "global_magnitude", "finetune"),
+    (["train", "--study", "nope"], "nope", "tiny"),
+]
+
+
+@pytest.mark.parametrize("args,names,allowed", BAD, ids=[b[1] for b in BAD])
+def test_bad_input_is_one_line_names_key_exits_2_writes_nothing(in_tmp, capsys, args, names, allowed,
+                                                                 monkeypatch):
+    monkeypatch.delenv("PRUNEBENCH_DATA_MIRROR", raising=False)
+    assert main([*args, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    message = [line for line in err if line.startswith("prunebench: error:")]
+    assert len(message) == 1, err
+    assert names in message[0] and allowed in message[0]
+    assert not (in_tmp / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "prune", "finetune", "lottery", "evaluate", "data"])
+def test_every_command_has_help(command):
+    out = subprocess.run([sys.executable, "-m", "prunebench.cli", command, "--help"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "usage: prunebench" in out.stdout
