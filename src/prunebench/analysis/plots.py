@@ -1,0 +1,244 @@
+"""Figures per study: accuracy and its loss against sparsity, parameters left, training curves.
+
+Figures are built with `matplotlib.figure.Figure` directly (no pyplot), so nothing depends on
+a global backend or figure registry; PNGs are rendered by Agg. Each `*_figure` function
+returns its Figure, so tests can inspect the lines it drew.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from prunebench.analysis.aggregate import DENSE_LABEL, ordered_labels, studies
+from prunebench.io import atomic_write
+
+DPI = 120
+FIGSIZE = (6.4, 4.2)
+DENSE_COLOR = "black"
+MARKERS = "osD^vPX*"  # distinct markers keep overlapping lines apart
+PLOT_NAMES = ("accuracy_vs_sparsity", "delta_vs_dense", "params_remaining", "training_curves")
+
+
+# ---------------------------------------------------------------- axes helpers
+
+
+def _log_density(s):
+    """Sparsity -> -log10(density): 0.9 -> 1, 0.99 -> 2, so high sparsities spread out."""
+    return -np.log10(np.clip(1.0 - np.asarray(s, dtype=float), 1e-9, None))
+
+
+def _inverse_log_density(y):
+    return 1.0 - np.power(10.0, -np.asarray(y, dtype=float))
+
+
+def _fmt_sparsity(s: float) -> str:
+    return f"{s:.3f}".rstrip("0").rstrip(".") if s else "0"
+
+
+def _sparsity_axis(ax: Axes, ticks: Sequence[float], label: str) -> None:
+    """A log-density x axis with ticks at the grid sparsities."""
+    ticks = sorted({float(t) for t in ticks})
+    ax.set_xscale("function", functions=(_log_density, _inverse_log_density))
+    if ticks:
+        lo, hi = _log_density(min(ticks)), _log_density(max(ticks))
+        pad = max(0.08 * (hi - lo), 0.1)
+        ax.set_xlim(_inverse_log_density(max(lo - pad, 0.0)), _inverse_log_density(hi + pad))
+        ax.set_xticks(ticks, [_fmt_sparsity(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel(label)
+
+
+def _styles(labels: Sequence[str]) -> dict[str, dict]:
+    """One stable colour and marker per method label (dense is always black)."""
+    methods = [x for x in ordered_labels(labels) if x != DENSE_LABEL]
+    return {DENSE_LABEL: {"color": DENSE_COLOR},
+            **{label: {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)]}
+               for i, label in enumerate(methods)}}
+
+
+def _new_figure(title: str) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="tight")
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _std(values: pd.Series) -> np.ndarray:
+    """Std for a band: a single seed has no spread (NaN) and gets none drawn."""
+    return values.fillna(0.0).to_numpy(dtype=float)
+
+
+def _methods(summary: pd.DataFrame) -> list[str]:
+    return [x for x in ordered_labels(summary["label"]) if x != DENSE_LABEL]
+
+
+def _dense(summary: pd.DataFrame) -> pd.Series | None:
+    rows = summary[summary["label"] == DENSE_LABEL]
+    return rows.iloc[0] if len(rows) else None
+
+
+def _grid_sparsities(summary: pd.DataFrame) -> list[float]:
+    return sorted(summary.loc[summary["label"] != DENSE_LABEL, "target_sparsity"].unique())
+
+
+# ---------------------------------------------------------------- figures
+
+
+def accuracy_figure(summary: pd.DataFrame, study: str) -> Figure:
+    """Top-1 (%) against achieved weight sparsity: one line per method with a ±std band, and
+    the dense model as a dashed horizontal line with its band."""
+    rows = summary[summary["study"] == study]
+    styles = _styles(rows["label"])
+    fig, ax = _new_figure(f"{study}: test top-1 accuracy vs. sparsity")
+    dense = _dense(rows)
+    if dense is not None:
+        mean, std = 100 * dense["top1_mean"], 100 * _std(pd.Series([dense["top1_std"]]))[0]
+        ax.axhline(mean, color=DENSE_COLOR, linestyle="--", linewidth=1.2,
+                   label=f"{DENSE_LABEL} (n={int(dense['n'])})")
+        if std > 0:
+            ax.axhspan(mean - std, mean + std, color=DENSE_COLOR, alpha=0.08, linewidth=0)
+    for label in _methods(rows):
+        m = rows[rows["label"] == label].sort_values("target_sparsity")
+        x = m["weight_sparsity_mean"].to_numpy(dtype=float)
+        y, err = 100 * m["top1_mean"].to_numpy(dtype=float), 100 * _std(m["top1_std"])
+        ax.plot(x, y, label=label, **styles[label])
+        ax.fill_between(x, y - err, y + err, color=styles[label]["color"], alpha=0.15,
+                        linewidth=0)
+    _sparsity_axis(ax, _grid_sparsities(rows), "achieved weight sparsity (log-density scale)")
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+def delta_figure(summary: pd.DataFrame, study: str) -> Figure:
+    """Top-1 difference to dense (percentage points) per method, grouped by target sparsity;
+    error bars are the method's std over seeds."""
+    rows = summary[summary["study"] == study]
+    styles = _styles(rows["label"])
+    methods = _methods(rows)
+    grid = _grid_sparsities(rows)
+    fig, ax = _new_figure(f"{study}: top-1 change vs. dense")
+    width = 0.8 / max(len(methods), 1)
+    for i, label in enumerate(methods):
+        m = rows[rows["label"] == label].set_index("target_sparsity").reindex(grid)
+        pos = np.arange(len(grid)) - 0.4 + width * (i + 0.5)
+        ax.bar(pos, 100 * m["delta_top1_vs_dense"].to_numpy(dtype=float), width,
+               yerr=100 * _std(m["top1_std"]), capsize=3, color=styles[label]["color"],
+               label=label)
+    ax.axhline(0.0, color=DENSE_COLOR, linewidth=1.0)
+    ax.set_xticks(np.arange(len(grid)), [_fmt_sparsity(s) for s in grid])
+    ax.set_xlabel("target weight sparsity")
+    ax.set_ylabel("Δ top-1 vs. dense (percentage points)")
+    if methods:
+        ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+def params_figure(summary: pd.DataFrame, study: str) -> Figure:
+    """Fraction of all parameters that are nonzero (biases included) per method, against the
+    target sparsity, with 1 − sparsity (prunable weights only) as reference."""
+    rows = summary[summary["study"] == study]
+    styles = _styles(rows["label"])
+    grid = _grid_sparsities(rows)
+    fig, ax = _new_figure(f"{study}: parameters remaining")
+    ax.axhline(100.0, color=DENSE_COLOR, linestyle="--", linewidth=1.2, label=DENSE_LABEL)
+    if grid:
+        ax.plot(grid, [100 * (1 - s) for s in grid], color="grey", linestyle=":",
+                label="1 − target sparsity")
+    for label in _methods(rows):
+        m = rows[rows["label"] == label].sort_values("target_sparsity")
+        ax.plot(m["target_sparsity"], 100 * m["params_remaining_frac_mean"], label=label,
+                **styles[label])
+    _sparsity_axis(ax, grid, "target weight sparsity (log-density scale)")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylabel("nonzero / total parameters (%)")
+    ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+def read_history(run_dir: str | Path) -> pd.DataFrame | None:
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return None
+    history = pd.read_csv(path)
+    return history if {"epoch", "val_top1"} <= set(history.columns) and len(history) else None
+
+
+def curve_runs(runs: pd.DataFrame, study: str) -> dict[str, pd.DataFrame]:
+    """The runs whose curves are drawn: dense, and each method at its highest sparsity."""
+    rows = runs[runs["study"] == study]
+    picked = {}
+    for label in ordered_labels(rows["label"]):
+        m = rows[rows["label"] == label]
+        picked[label] = m[m["target_sparsity"] == m["target_sparsity"].max()]
+    return picked
+
+
+def curves_figure(runs: pd.DataFrame, study: str,
+                  read: Callable[[str], pd.DataFrame | None] = read_history) -> Figure:
+    """Validation top-1 per epoch, averaged over seeds (band: ±std), for dense and for each
+    method at its highest target sparsity."""
+    styles = _styles(runs.loc[runs["study"] == study, "label"])
+    fig, ax = _new_figure(f"{study}: validation accuracy during training")
+    drawn = 0
+    for label, picked in curve_runs(runs, study).items():
+        histories = [h for h in map(read, picked["run_dir"]) if h is not None]
+        if not histories:
+            continue
+        per_epoch = pd.concat(histories).groupby("epoch")["val_top1"].agg(["mean", "std"])
+        x = per_epoch.index.to_numpy(dtype=float)
+        y, err = 100 * per_epoch["mean"].to_numpy(), 100 * _std(per_epoch["std"])
+        sparsity = picked["target_sparsity"].iloc[0]
+        name = label if label == DENSE_LABEL else f"{label} @ {_fmt_sparsity(sparsity)}"
+        ax.plot(x, y, color=styles[label]["color"], label=name,
+                linestyle="--" if label == DENSE_LABEL else "-")
+        ax.fill_between(x, y - err, y + err, color=styles[label]["color"], alpha=0.12,
+                        linewidth=0)
+        drawn += 1
+    if drawn:
+        ax.legend(loc="lower right", fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no history.csv found in the run directories",
+                ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("epoch (of the run's own training or fine-tuning)")
+    ax.set_ylabel("validation top-1 accuracy (%)")
+    return fig
+
+
+# ---------------------------------------------------------------- writing
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Render to a temp file next to `path`, then rename it into place."""
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI), mode="wb")
+
+
+def write_plots(runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """All figures of every study as `<study>_<name>.png` in `out_dir`; returns their paths."""
+    out_dir = Path(out_dir)
+    written = []
+    for study in studies(summary):
+        figures = {
+            "accuracy_vs_sparsity": accuracy_figure(summary, study),
+            "delta_vs_dense": delta_figure(summary, study),
+            "params_remaining": params_figure(summary, study),
+            "training_curves": curves_figure(runs, study),
+        }
+        for name in PLOT_NAMES:
+            written.append(save_figure(figures[name], out_dir / plot_filename(study, name)))
+    return written
+
+
+def plot_filename(study: str, name: str) -> str:
+    return f"{study}_{name}.png"
