@@ -4,27 +4,17 @@ Recognition of Handwritten Digits"): fast enough to run the whole benchmark on a
 
 from __future__ import annotations
 
-import math
-
 from torch import nn
 
 from prunebench.models.init import init_weights
+from prunebench.models.lenet import mlp
 from prunebench.models.registry import register_model, shape_error
 
 
 @register_model("mlp_digits")
 def mlp_digits(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     """Flatten -> 128 -> 64 -> classes, ReLU (17,226 parameters on digits, 10 classes)."""
-    model = nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(math.prod(input_shape), 128),
-        nn.ReLU(),
-        nn.Linear(128, 64),
-        nn.ReLU(),
-        nn.Linear(64, num_classes),
-    )
-    init_weights(model)
-    return model
+    return mlp(input_shape, (128, 64), num_classes)
 
 
 @register_model("cnn_digits")

@@ -6,6 +6,7 @@ Frankle & Carbin 2019.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -13,19 +14,21 @@ from prunebench.models.init import init_weights
 from prunebench.models.registry import register_model, shape_error
 
 
+def mlp(input_shape: tuple[int, ...], hidden: Sequence[int], num_classes: int) -> nn.Module:
+    """Flatten, then fully connected ReLU layers of the given widths, then the classifier."""
+    widths = [math.prod(input_shape), *hidden]
+    layers: list[nn.Module] = [nn.Flatten()]
+    for fan_in, fan_out in zip(widths, widths[1:]):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(widths[-1], num_classes))
+    init_weights(model)
+    return model
+
+
 @register_model("lenet_300_100")
 def lenet_300_100(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     """Flatten -> 300 -> 100 -> classes, ReLU. 266,610 parameters on MNIST, 10 classes."""
-    model = nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(math.prod(input_shape), 300),
-        nn.ReLU(),
-        nn.Linear(300, 100),
-        nn.ReLU(),
-        nn.Linear(100, num_classes),
-    )
-    init_weights(model)
-    return model
+    return mlp(input_shape, (300, 100), num_classes)
 
 
 @register_model("lenet5")
