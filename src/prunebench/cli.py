@@ -1,4 +1,4 @@
-"""Command-line interface: `prunebench train | prune | finetune | lottery | evaluate`.
+"""Command-line interface: `prunebench train | prune | finetune | lottery | sensitivity | evaluate`.
 
 Every command reads a study from the params file (plus `--set key=value` overrides),
 validates it and loads the data before writing anything, then runs the requested grid points
@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sub.add_parser("prune", help="prune trained (or initial) weights in one shot"))
     _common(sub.add_parser("finetune", help="prune, then retrain with the mask fixed"))
     _common(sub.add_parser("lottery", help="lottery-ticket iterative pruning with rewinding"))
+    sens = sub.add_parser("sensitivity", help="per-layer sensitivity curves of the dense model(s)")
+    _common(sens, grid=False)
+    sens.add_argument("--method", help="a `sensitivity` method label whose sweep to use "
+                      "(default: the study's, if its sensitivity methods share one sweep)")
     ev = sub.add_parser("evaluate", help="evaluate a finished run's model on test and validation")
     ev.add_argument("run", type=Path, help="a run directory (holding config.json and model.pt)")
     ev.add_argument("--device", default="auto")
@@ -91,6 +95,24 @@ def _grid(args, ws, allowed_when: Sequence[str]):
 
 COMMAND_FOR = {"trained": "finetune", "init": "finetune", "iterative": "lottery",
                "during_training": "finetune"}
+
+
+def _sensitivity_sweep(args, ws) -> tuple[float, ...]:
+    """The sweep of the `--method` entry, else the one sweep of the study's sensitivity
+    methods, else the method's default."""
+    from prunebench.pruning import METHODS
+
+    if args.method is not None:
+        entry = ws.study.method(args.method)
+        if entry.method != "sensitivity":
+            raise ConfigError(f"--method {args.method!r} is method {entry.method!r}, not 'sensitivity'")
+        return tuple(entry.options["sweep"])
+    sweeps = {tuple(e.options["sweep"]) for e in ws.study.methods if e.method == "sensitivity"}
+    if len(sweeps) > 1:
+        labels = [e.label for e in ws.study.methods if e.method == "sensitivity"]
+        raise ConfigError(f"the study's sensitivity methods differ in sweep: --method is "
+                          f"required; allowed: {', '.join(labels)}")
+    return sweeps.pop() if sweeps else tuple(METHODS.get("sensitivity").defaults["sweep"])
 
 
 def _summary(run) -> dict:
@@ -151,6 +173,11 @@ def _grid_runs(args, ws, seeds):
     if args.command == "train":
         for seed in seeds:
             yield ws.run_train(seed)
+        return
+    if args.command == "sensitivity":
+        sweep = _sensitivity_sweep(args, ws)
+        for seed in seeds:
+            yield ws.run_sensitivity(seed, sweep)
         return
     allowed = {"prune": ("trained", "init"), "finetune": ("trained", "init", "during_training"),
                "lottery": ("iterative",)}[args.command]

@@ -39,7 +39,7 @@ class DataConfig:
     root: str = field(default="data", metadata={"help": "data root in torchvision's layout", "hash": False})
     mirror: str | None = field(default=None, metadata={"help": "local mirror copied from before downloading (env PRUNEBENCH_DATA_MIRROR)", "hash": False})
     download: bool = field(default=True, metadata={"help": "download missing files (checksum-verified)", "hash": False})
-    val_size: float = field(default=0.1, metadata={"help": "validation split held out from train: fraction in [0,1) or a count"})
+    val_size: int | float = field(default=0.1, metadata={"help": "validation split held out from train: fraction in [0,1) or a count"})
     augment: bool | None = field(default=None, metadata={"help": "null = dataset default (crop+flip for CIFAR)"})
 
 
@@ -208,8 +208,10 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
         raise ConfigError(
             f"unknown dataset {data.name!r} (key {key}.data.name); allowed: {', '.join(DATASETS)}"
         )
-    if isinstance(data.val_size, float) and not 0.0 <= data.val_size < 1.0 and data.val_size != int(data.val_size):
-        raise ConfigError(f"{key}.data.val_size must be a fraction in [0, 1) or a count")
+    if (data.val_size < 0) or (isinstance(data.val_size, float) and data.val_size >= 1.0):
+        raise ConfigError(
+            f"{key}.data.val_size must be a fraction in [0, 1) or a count >= 0, got {data.val_size!r}"
+        )
     model = from_dict(ModelConfig, raw.get("model"), f"{key}.model")
     if model.name not in MODELS:
         raise ConfigError(

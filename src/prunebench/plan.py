@@ -5,6 +5,12 @@ of the runs it produces, so editing one method's options changes only that metho
 paths: Snakemake then builds those and nothing else, without relying on file modification
 times (which DVC checkouts change). The heavy outputs are hash-named run directories that the
 CLI reuses when they are already finished.
+
+Per study and seed: `train` (dense); for a method applied to trained or initial weights,
+`prune` then `finetune`; for one applied during training (gradual pruning), a single
+`finetune` job that trains from the dense run's initialisation; for `lottery`, one `lottery`
+job. The `sensitivity` method also gets a `sensitivity` job (`prunebench sensitivity`, the
+per-layer curves), which its `prune` job waits for.
 """
 
 from __future__ import annotations
@@ -60,11 +66,21 @@ def study_jobs(study: Study, runs_root: str | Path, jobs_root: str | Path) -> li
         for entry in study.methods:
             when = METHODS.get(entry.method).when
             if when in ("trained", "init"):
+                prune_inputs = [train.manifest]
+                if entry.method == "sensitivity":
+                    sens = _job(jobs_root, "sensitivity", study, entry.label, seed,
+                                [ws.sensitivity_run(seed, entry.options["sweep"])], [train.manifest])
+                    jobs.append(sens)
+                    prune_inputs.append(sens.manifest)
                 prune = _job(jobs_root, "prune", study, entry.label, seed,
-                             [ws.prune_run(entry, s, seed) for s in study.sparsities], [train.manifest])
+                             [ws.prune_run(entry, s, seed) for s in study.sparsities], prune_inputs)
                 fine = _job(jobs_root, "finetune", study, entry.label, seed,
                             [ws.finetune_run(entry, s, seed) for s in study.sparsities], [prune.manifest])
                 jobs += [prune, fine]
+            elif when == "during_training":
+                jobs.append(_job(jobs_root, "finetune", study, entry.label, seed,
+                                 [ws.finetune_run(entry, s, seed) for s in study.sparsities],
+                                 [train.manifest]))
             elif when == "iterative":
                 runs = []
                 for s in study.sparsities:

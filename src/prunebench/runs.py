@@ -1,4 +1,5 @@
-"""Runs: train, prune, fine-tune and lottery, each in a directory named by its config hash.
+"""Runs: train, prune, fine-tune, lottery and sensitivity, each in a directory named by its
+config hash.
 
 A run's description (its resolved config, parents included) is hashed into its directory
 name, so identical work lands in the same place and is reused: a run whose `metrics.json`
@@ -6,7 +7,9 @@ exists is done. Each run writes `config.json`, `metrics.json`, `log.txt` and its
 every file is written atomically, so an interrupted run never looks finished.
 
 Descriptions nest: a fine-tune run's description contains its prune run's, which contains the
-dense training run's. Changing anything upstream changes every name downstream.
+dense training run's. Changing anything upstream changes every name downstream. A method
+applied during training (gradual pruning) has no prune run: its fine-tune run trains the dense
+run's initialisation and names the method, options and sparsity itself.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from torch import nn
 
 from prunebench.config import DataConfig, MethodEntry, Study, TrainConfig, canonical, config_hash
 from prunebench.errors import ConfigError
-from prunebench.data import DataSplits, iterate_batches, load_dataset
+from prunebench.data import DataSplits, iterate_batches, load_dataset, num_batches
 from prunebench.io import atomic_torch_save, atomic_write_json, read_json
 from prunebench.models import get_model
 from prunebench.pruning import (
@@ -40,11 +43,23 @@ from prunebench.pruning import (
     save_mask,
     sparsity_report,
 )
-from prunebench.training import evaluate_splits, train
+from prunebench.pruning.base import Batches
+from prunebench.pruning.gradual import GradualPruning, resolve_schedule
+from prunebench.pruning.sensitivity import (
+    DEFAULT_SWEEP,
+    batch_evaluator,
+    drop_sparsity,
+    layer_sensitivity,
+    plot_sensitivity,
+    write_sensitivity_csv,
+)
+from prunebench.training import TrainState, evaluate_splits, train
 
 log = logging.getLogger("prunebench")
 
 REINIT_SEED_OFFSET = 1_000_000  # fresh initialisation for the lottery-ticket control
+SENSITIVITY_DROP = 0.01  # metrics.json of a sensitivity run: where a layer costs > 1 point top-1
+VAL_FALLBACK_FRACTION = 0.1
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -140,6 +155,21 @@ class Workspace:
 
         return batches
 
+    def val_batches(self) -> Batches:
+        """The validation split in evaluation batches, for methods that compare masks.
+
+        With no validation split (data.val_size: 0) this falls back to the last 10% of the
+        training split. The model has trained on those samples, so the estimates are
+        optimistic; a study that uses `sensitivity` should hold out a validation split.
+        """
+        x, y = self.data.val_x, self.data.val_y
+        if len(y) == 0:
+            n = max(1, int(VAL_FALLBACK_FRACTION * len(self.data.train_y)))
+            log.warning("no validation split: evaluating on the last %d training samples", n)
+            x, y = self.data.train_x[-n:], self.data.train_y[-n:]
+        batch_size = self.study.eval_batch_size
+        return lambda: iterate_batches(x, y, batch_size)
+
     # ------------------------------------------------------------------ descriptions
 
     def train_run(self, seed: int) -> Run:
@@ -160,13 +190,29 @@ class Workspace:
         return Run(self.root, "prune", desc, meta)
 
     def finetune_recipe(self, entry: MethodEntry) -> TrainConfig:
-        """Methods applied at initialisation train with the full recipe; others fine-tune."""
-        return self.study.train if METHODS.get(entry.method).when == "init" else self.study.finetune
+        """Methods applied at initialisation or during training train with the full recipe;
+        methods applied to trained weights fine-tune."""
+        when = METHODS.get(entry.method).when
+        return self.study.train if when in ("init", "during_training") else self.study.finetune
 
     def finetune_run(self, entry: MethodEntry, sparsity: float, seed: int) -> Run:
+        if METHODS.get(entry.method).when == "during_training":
+            parent = self.train_run(seed)
+            desc = {"parent": parent.description, "scope": self.study.scope, "method": entry.method,
+                    "options": dict(entry.options), "sparsity": sparsity,
+                    "train": self.finetune_recipe(entry)}
+            meta = {**parent.meta, "method": entry.method, "label": entry.label,
+                    "target_sparsity": sparsity, "stage": "finetune"}
+            return Run(self.root, "finetune", desc, meta)
         parent = self.prune_run(entry, sparsity, seed)
         desc = {"parent": parent.description, "train": self.finetune_recipe(entry)}
         return Run(self.root, "finetune", desc, {**parent.meta, "stage": "finetune"})
+
+    def sensitivity_run(self, seed: int, sweep: Sequence[float] = DEFAULT_SWEEP) -> Run:
+        parent = self.train_run(seed)
+        desc = {"parent": parent.description, "scope": self.study.scope, "sweep": list(sweep)}
+        meta = {k: v for k, v in parent.meta.items() if k != "target_sparsity"}
+        return Run(self.root, "sensitivity", desc, {**meta, "method": "sensitivity", "label": "sensitivity"})
 
     def lottery_level_run(self, entry: MethodEntry, schedule: Sequence[float], seed: int) -> Run:
         parent = self.train_run(seed)
@@ -200,11 +246,11 @@ class Workspace:
         return metrics
 
     def _train(self, run: Run, model: nn.Module, recipe: TrainConfig, seed: int,
-               mask: Mask | None = None, **kw) -> float:
+               mask: Mask | None = None, **kw) -> tuple[float, TrainState]:
         start = time.perf_counter()
-        train(model, self.data, recipe, seed=seed, mask=mask, run_dir=run.path,
-              eval_batch_size=self.study.eval_batch_size, progress=self.progress, **kw)
-        return time.perf_counter() - start
+        state = train(model, self.data, recipe, seed=seed, mask=mask, run_dir=run.path,
+                      eval_batch_size=self.study.eval_batch_size, progress=self.progress, **kw)
+        return time.perf_counter() - start, state
 
     def run_train(self, seed: int) -> Run:
         run = self.train_run(seed)
@@ -214,7 +260,7 @@ class Workspace:
             log.info("dense training %s (seed %d)", run.hash, seed)
             model = self.new_model(seed)
             atomic_torch_save(model.state_dict(), run.path / "init.pt")
-            elapsed = self._train(run, model, self.study.train, seed)
+            elapsed, _ = self._train(run, model, self.study.train, seed)
             self._finish(run, model, None, {"train_time_s": elapsed})
         return run
 
@@ -234,6 +280,7 @@ class Workspace:
                 model, Scope(**_asdict(self.study.scope)), entry.options,
                 torch.Generator().manual_seed(seed),
                 batches=self.calibration_batches(seed) if method.needs_data else None,
+                val_batches=self.val_batches() if method.needs_data else None,
             )
             mask = method(ctx, sparsity)
             apply_mask(model, mask)
@@ -245,16 +292,67 @@ class Workspace:
         run = self.finetune_run(entry, sparsity, seed)
         if run.done:
             return run
+        if METHODS.get(entry.method).when == "during_training":
+            return self._run_during_training(run, entry, sparsity, seed)
         parent = self.run_prune(entry, sparsity, seed)
         with run.logging():
             model = self.load_model(parent.path / "model.pt")
             mask = load_mask(parent.path / "mask.pt")
-            elapsed = self._train(run, model, self.finetune_recipe(entry), seed, mask)
+            elapsed, _ = self._train(run, model, self.finetune_recipe(entry), seed, mask)
             oneshot = parent.metrics()
             self._finish(run, model, mask, {
                 "train_time_s": elapsed, "prune_time_s": oneshot["prune_time_s"],
                 "oneshot_top1": oneshot["top1"], "oneshot_top5": oneshot["top5"],
             })
+        return run
+
+    def _run_during_training(self, run: Run, entry: MethodEntry, sparsity: float, seed: int) -> Run:
+        """Train the dense run's initialisation with the full recipe while a callback prunes
+        on the method's schedule; `schedule.json` lists the pruning steps and history.csv the
+        weight sparsity after every epoch."""
+        recipe = self.finetune_recipe(entry)
+        schedule = resolve_schedule(entry.options, sparsity,
+                                    num_batches(len(self.data.train_y), recipe.batch_size),
+                                    recipe.epochs)  # first: bad options must not leave a run behind
+        parent = self.run_train(seed)
+        with run.logging():
+            atomic_write_json(run.path / "schedule.json",
+                              {**dataclasses.asdict(schedule), "steps": schedule.steps()})
+            model = self.load_model(parent.path / "init.pt")
+            pruner = GradualPruning(METHODS.get(entry.method), entry.options,
+                                    Scope(**_asdict(self.study.scope)), schedule,
+                                    torch.Generator().manual_seed(seed))
+            log.info("training with %s to %.4f: pruning at iterations %d..%d", entry.method,
+                     sparsity, schedule.start_iteration, schedule.end_iteration)
+            elapsed, state = self._train(run, model, recipe, seed, pruner.initial_mask(model),
+                                         callbacks=[pruner])
+            self._finish(run, model, state.mask, {"train_time_s": elapsed})
+        return run
+
+    def run_sensitivity(self, seed: int, sweep: Sequence[float] = DEFAULT_SWEEP) -> Run:
+        """Per-layer sensitivity curves of the trained dense model on the validation split:
+        `sensitivity.csv`, `sensitivity.png`, and in `metrics.json` the dense validation
+        top-1 and, per layer, the first swept sparsity that costs more than 1 point."""
+        run = self.sensitivity_run(seed, sweep)
+        if run.done:
+            return run
+        parent = self.run_train(seed)
+        with run.logging():
+            model = self.load_model(parent.path / "model.pt")
+            start = time.perf_counter()
+            rows = layer_sensitivity(model, Scope(**_asdict(self.study.scope)),
+                                     batch_evaluator(self.val_batches()), sweep)
+            elapsed = time.perf_counter() - start
+            write_sensitivity_csv(rows, run.path / "sensitivity.csv")
+            plot_sensitivity(rows, run.path / "sensitivity.png")
+            run.write_config()
+            metrics = {"val_top1": rows[0]["top1"], "val_loss": rows[0]["loss"],
+                       "top1_drop": SENSITIVITY_DROP,
+                       "sparsity_at_top1_drop": drop_sparsity(rows, SENSITIVITY_DROP),
+                       "sensitivity_time_s": elapsed}
+            atomic_write_json(run.path / "metrics.json", metrics)  # last: marks the run done
+            log.info("sensitivity %s done: %d layers x %d sparsities", run.hash,
+                     len(metrics["sparsity_at_top1_drop"]), len(sweep))
         return run
 
     def lottery_schedule(self, entry: MethodEntry, target: float) -> list[float]:
@@ -305,7 +403,7 @@ class Workspace:
                     apply_mask(model, mask)
                     log.info("level %d: sparsity %.4f, rewound to iteration %d", i,
                              schedule[i - 1], opts["rewind_iteration"])
-                    elapsed = self._train(level, model, self.study.train, seed, mask)
+                    elapsed, _ = self._train(level, model, self.study.train, seed, mask)
                     self._finish(level, model, mask, {"train_time_s": elapsed, "level": i})
             mask = load_mask(level.path / "mask.pt")
             previous = level
@@ -323,7 +421,7 @@ class Workspace:
             model = self.new_model(seed + REINIT_SEED_OFFSET)
             apply_mask(model, mask)
             log.info("random reinitialisation control for %s", level.hash)
-            elapsed = self._train(run, model, self.study.train, seed, mask)
+            elapsed, _ = self._train(run, model, self.study.train, seed, mask)
             self._finish(run, model, mask, {"train_time_s": elapsed})
         return run
 

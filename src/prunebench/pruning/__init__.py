@@ -6,8 +6,10 @@ line here.
 
 from prunebench.pruning import lottery, magnitude, random_pruning  # noqa: F401  (registers methods)
 from prunebench.pruning import erk  # noqa: F401  (registers methods)
+from prunebench.pruning import gradual  # noqa: F401  (registers methods)
 from prunebench.pruning import grasp  # noqa: F401  (registers methods)
 from prunebench.pruning import nm  # noqa: F401  (registers methods)
+from prunebench.pruning import sensitivity  # noqa: F401  (registers methods)
 from prunebench.pruning import snip  # noqa: F401  (registers methods)
 from prunebench.pruning import synflow  # noqa: F401  (registers methods)
 from prunebench.pruning import wanda  # noqa: F401  (registers methods)

@@ -39,6 +39,8 @@ class PruneContext:
     mask: Mask | None = None
     batches: Batches | None = None
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
+    # Held-out batches for methods that evaluate candidate masks (the validation split).
+    val_batches: Batches | None = None
 
     @property
     def params(self) -> dict[str, nn.Parameter]:
@@ -48,6 +50,11 @@ class PruneContext:
         if self.batches is None:
             raise ConfigError(f"method {method!r} needs calibration data batches")
         return self.batches
+
+    def require_val_batches(self, method: str) -> Batches:
+        if self.val_batches is None:
+            raise ConfigError(f"method {method!r} needs validation batches (ctx.val_batches)")
+        return self.val_batches
 
 
 MethodFn = Callable[[PruneContext, float], Mask]

@@ -84,6 +84,13 @@ def enforce_mask(pairs: Sequence[tuple[nn.Parameter, Tensor]]) -> None:
         p.mul_(m)
 
 
+def mask_sparsity(mask: Mapping[str, Tensor]) -> float:
+    """The fraction of the masked weights that are pruned."""
+    total = sum(m.numel() for m in mask.values())
+    kept = sum(int(m.sum()) for m in mask.values())
+    return 1.0 - kept / total
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
@@ -162,6 +169,8 @@ def train(
             **{f"val_{k}": v for k, v in evaluate(model, data.val_x, data.val_y, eval_batch_size).items()},
             "epoch_time_s": time.perf_counter() - start,
         }
+        if state.mask:  # a callback may change it (gradual pruning): log its trajectory
+            record["weight_sparsity"] = mask_sparsity(state.mask)
         if not math.isfinite(record["train_loss"]):
             raise FloatingPointError(f"training diverged at epoch {state.epoch} (loss {record['train_loss']})")
         state.history.append(record)

@@ -1,0 +1,207 @@
+"""Gradual magnitude pruning inside one training run (Zhu & Gupta 2017).
+
+Training starts dense from the initialisation and the sparsity rises on a schedule while the
+network trains, reaching the target at `end_epoch` and staying there until training ends:
+
+    cubic:  s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0))**3      (Zhu & Gupta)
+    linear: s_t = s_i + (s_f - s_i) * (t - t0) / (t1 - t0)
+
+for t0 <= t <= t1, s_i before t0 and s_f after t1 (t counts optimizer iterations). Pruning
+happens every `frequency` iterations from t0, plus once at t1 (so a last, shorter interval
+when t1 - t0 is not a multiple of it). Each step keeps the largest-magnitude weights among
+the ones still active; pruned weights never come back (`ctx.mask` is respected), so every
+mask is a subset of the previous one, and the exact count of the top-k helpers makes the
+last step land exactly on the target.
+
+Options:
+  schedule          cubic (default) | linear
+  scope             global (default: one magnitude threshold across the prunable layers) |
+                    layer (the same sparsity in every layer)
+  start_epoch       first pruning step, in epochs (float allowed); null = 10% of training
+  end_epoch         the step that reaches the target, in epochs; null = 75% of training,
+                    leaving a quarter of the run to recover at the final sparsity
+  frequency         iterations between pruning steps; null = once per epoch
+  initial_sparsity  s_i, the sparsity of the first step (0 = start dense)
+
+The method function is one pruning step (to `sparsity`, given `ctx.mask`); `GradualPruning`
+is the training-loop callback that calls it on the schedule. `Workspace.run_finetune` trains
+the dense run's initialisation with the full `train` recipe and this callback.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from prunebench.errors import ConfigError
+from prunebench.pruning.base import METHODS, PruneContext, PruningMethod, register_method
+from prunebench.pruning.magnitude import magnitude_scores
+from prunebench.pruning.mask import Mask, global_topk_mask, layerwise_topk_mask, ones_mask
+from prunebench.pruning.scope import Scope
+
+if TYPE_CHECKING:
+    from prunebench.training.loop import TrainState
+
+SCHEDULES = ("cubic", "linear")
+SCOPES = ("global", "layer")
+DEFAULT_START_FRACTION = 0.1  # of the training run, when start_epoch is null
+DEFAULT_END_FRACTION = 0.75
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_options(opts: Mapping[str, Any]) -> None:
+    key = "methods.gradual_magnitude"
+    if opts["schedule"] not in SCHEDULES:
+        raise ConfigError(
+            f"{key}.schedule must be one of {', '.join(SCHEDULES)}, got {opts['schedule']!r}")
+    if opts["scope"] not in SCOPES:
+        raise ConfigError(f"{key}.scope must be one of {', '.join(SCOPES)}, got {opts['scope']!r}")
+    for name in ("start_epoch", "end_epoch"):
+        value = opts[name]
+        if value is not None and (not _is_number(value) or value < 0):
+            raise ConfigError(
+                f"{key}.{name} must be null or a number of epochs >= 0, got {value!r}")
+    if opts["start_epoch"] is not None and opts["end_epoch"] is not None and (
+        opts["start_epoch"] > opts["end_epoch"]
+    ):
+        raise ConfigError(f"{key}.start_epoch must be <= end_epoch, got "
+                          f"{opts['start_epoch']!r} > {opts['end_epoch']!r}")
+    freq = opts["frequency"]
+    if freq is not None and (not isinstance(freq, int) or isinstance(freq, bool) or freq < 1):
+        raise ConfigError(
+            f"{key}.frequency must be null (once per epoch) or an integer >= 1, got {freq!r}")
+    s_i = opts["initial_sparsity"]
+    if not _is_number(s_i) or not 0.0 <= s_i < 1.0:
+        raise ConfigError(f"{key}.initial_sparsity must be a number in [0, 1), got {s_i!r}")
+
+
+def scheduled_sparsity(
+    iteration: int, final_sparsity: float, start_iteration: int, end_iteration: int,
+    initial_sparsity: float = 0.0, schedule: str = "cubic",
+) -> float:
+    """The target sparsity at `iteration` (before t0: initial; from t1 on: final)."""
+    if iteration < start_iteration:
+        return initial_sparsity
+    if iteration >= end_iteration:
+        return final_sparsity
+    progress = (iteration - start_iteration) / (end_iteration - start_iteration)
+    if schedule == "cubic":
+        return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - progress) ** 3
+    if schedule == "linear":
+        return initial_sparsity + (final_sparsity - initial_sparsity) * progress
+    raise ConfigError(f"unknown schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
+
+
+@dataclass(frozen=True)
+class GradualSchedule:
+    """A schedule resolved to iterations of one training run."""
+
+    final_sparsity: float
+    initial_sparsity: float
+    start_iteration: int
+    end_iteration: int
+    frequency: int
+    schedule: str
+
+    def sparsity_at(self, iteration: int) -> float:
+        return scheduled_sparsity(iteration, self.final_sparsity, self.start_iteration,
+                                  self.end_iteration, self.initial_sparsity, self.schedule)
+
+    def pruning_iterations(self) -> list[int]:
+        """The iterations after which a pruning step runs: t0, t0 + frequency, ..., t1."""
+        t0, t1 = self.start_iteration, self.end_iteration
+        return [*range(t0, t1, self.frequency), t1]
+
+    def steps(self) -> list[dict[str, float]]:
+        """Every pruning step with its target sparsity (what `schedule.json` records)."""
+        return [{"iteration": t, "weight_sparsity": self.sparsity_at(t)}
+                for t in self.pruning_iterations()]
+
+
+def _epoch_to_iteration(epoch: float, steps_per_epoch: int) -> int:
+    return int(math.floor(epoch * steps_per_epoch + 0.5))
+
+
+def resolve_schedule(
+    options: Mapping[str, Any], final_sparsity: float, steps_per_epoch: int, epochs: int
+) -> GradualSchedule:
+    """Epoch-valued options to iterations of a run of `epochs` x `steps_per_epoch`."""
+    opts = METHODS.get("gradual_magnitude").resolve_options(options)
+    key = "methods.gradual_magnitude"
+    if epochs < 1:
+        raise ConfigError("gradual pruning needs a training run: train.epochs must be >= 1")
+    start, end = opts["start_epoch"], opts["end_epoch"]
+    start = DEFAULT_START_FRACTION * epochs if start is None else start
+    end = DEFAULT_END_FRACTION * epochs if end is None else end
+    if end > epochs:
+        raise ConfigError(
+            f"{key}.end_epoch ({end}) is past the end of training (train.epochs = {epochs})")
+    if start > end:
+        raise ConfigError(f"{key}.start_epoch ({start}) must be <= end_epoch ({end}, null = "
+                          f"{DEFAULT_END_FRACTION:g} of train.epochs)")
+    if opts["initial_sparsity"] > final_sparsity:
+        raise ConfigError(f"{key}.initial_sparsity ({opts['initial_sparsity']}) is above the "
+                          f"target sparsity {final_sparsity}")
+    return GradualSchedule(
+        final_sparsity=final_sparsity,
+        initial_sparsity=float(opts["initial_sparsity"]),
+        start_iteration=_epoch_to_iteration(start, steps_per_epoch),
+        end_iteration=_epoch_to_iteration(end, steps_per_epoch),
+        frequency=opts["frequency"] or steps_per_epoch,
+        schedule=opts["schedule"],
+    )
+
+
+@register_method(
+    "gradual_magnitude", when="during_training", validate=check_options,
+    schedule="cubic", scope="global", start_epoch=None, end_epoch=None, frequency=None,
+    initial_sparsity=0.0,
+)
+def gradual_magnitude(ctx: PruneContext, sparsity: float) -> Mask:
+    """One step: the largest-magnitude active weights survive so that `sparsity` is reached."""
+    opts = METHODS.get("gradual_magnitude").resolve_options(ctx.options)
+    select = global_topk_mask if opts["scope"] == "global" else layerwise_topk_mask
+    return select(magnitude_scores(ctx), sparsity, ctx.mask)
+
+
+class GradualPruning:
+    """Training-loop callback: after each scheduled iteration, prune to the scheduled sparsity.
+
+    `state.set_mask` zeroes the newly pruned weights and their optimizer state, so the mask is
+    in force before the next forward pass; the loop keeps it on gradients and after each step.
+    The schedule depends on the iteration alone, so a run resumed from a checkpoint (which
+    holds the mask) continues exactly.
+    """
+
+    def __init__(self, method: PruningMethod, options: Mapping[str, Any], scope: Scope,
+                 schedule: GradualSchedule, generator: torch.Generator):
+        self.method = method
+        self.options = options
+        self.scope = scope
+        self.schedule = schedule
+        self.generator = generator
+        self._iterations = set(schedule.pruning_iterations())
+
+    def prune(self, model: nn.Module, mask: Mask | None, sparsity: float) -> Mask:
+        ctx = PruneContext(model, self.scope, self.options, self.generator, mask=mask)
+        return self.method(ctx, sparsity)
+
+    def initial_mask(self, model: nn.Module) -> Mask:
+        """The mask to start training with: dense, unless the schedule prunes at iteration 0."""
+        sparsity = self.schedule.sparsity_at(0)
+        if 0 in self._iterations and sparsity > 0:
+            return self.prune(model, None, sparsity)
+        return ones_mask(self.scope.params(model))
+
+    def on_step_end(self, state: TrainState) -> None:
+        if state.iteration in self._iterations:
+            sparsity = self.schedule.sparsity_at(state.iteration)
+            state.set_mask(self.prune(state.model, state.mask, sparsity))
