@@ -236,3 +236,11 @@ def test_same_seed_same_mask_and_exact_sparsity(method, sparsity):
     first, second = run(3), run(3)
     assert same(first, second)
     assert abs(kept(first) - keep_count(total(first), sparsity)) <= len(first)
+
+
+def test_nm_runs_only_at_the_sparsity_it_implies():
+    from prunebench.pruning import METHODS
+
+    nm = METHODS.get("nm")
+    assert nm.sparsities(nm.resolve_options({"n": 1, "m": 4}), (0.5, 0.8)) == (0.75,)
+    assert METHODS.get("random").sparsities({}, (0.5, 0.8)) == (0.5, 0.8)

@@ -89,7 +89,7 @@ def _grid(args, ws, allowed_when: Sequence[str]):
             f"method {args.method!r} ({entry.method}, applied '{when}') runs with "
             f"`prunebench {COMMAND_FOR[when]}`, not `{args.command}`"
         )
-    sparsities = args.sparsity if args.sparsity is not None else ws.study.sparsities
+    sparsities = args.sparsity if args.sparsity is not None else ws.sparsities(entry)
     return entry, [check_sparsity(s, "--sparsity") for s in sparsities]
 
 

@@ -73,17 +73,17 @@ def study_jobs(study: Study, runs_root: str | Path, jobs_root: str | Path) -> li
                     jobs.append(sens)
                     prune_inputs.append(sens.manifest)
                 prune = _job(jobs_root, "prune", study, entry.label, seed,
-                             [ws.prune_run(entry, s, seed) for s in study.sparsities], prune_inputs)
+                             [ws.prune_run(entry, s, seed) for s in ws.sparsities(entry)], prune_inputs)
                 fine = _job(jobs_root, "finetune", study, entry.label, seed,
-                            [ws.finetune_run(entry, s, seed) for s in study.sparsities], [prune.manifest])
+                            [ws.finetune_run(entry, s, seed) for s in ws.sparsities(entry)], [prune.manifest])
                 jobs += [prune, fine]
             elif when == "during_training":
                 jobs.append(_job(jobs_root, "finetune", study, entry.label, seed,
-                                 [ws.finetune_run(entry, s, seed) for s in study.sparsities],
+                                 [ws.finetune_run(entry, s, seed) for s in ws.sparsities(entry)],
                                  [train.manifest]))
             elif when == "iterative":
                 runs = []
-                for s in study.sparsities:
+                for s in ws.sparsities(entry):
                     level = ws.lottery_level_run(entry, ws.lottery_schedule(entry, s), seed)
                     runs.append(level)
                     if entry.options.get("reinit_control"):

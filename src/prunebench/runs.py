@@ -170,6 +170,10 @@ class Workspace:
         batch_size = self.study.eval_batch_size
         return lambda: iterate_batches(x, y, batch_size)
 
+    def sparsities(self, entry: MethodEntry) -> tuple[float, ...]:
+        """The study's sparsities, or the one a method's options fix (N:M)."""
+        return METHODS.get(entry.method).sparsities(entry.options, self.study.sparsities)
+
     # ------------------------------------------------------------------ descriptions
 
     def train_run(self, seed: int) -> Run:
@@ -281,6 +285,7 @@ class Workspace:
                 torch.Generator().manual_seed(seed),
                 batches=self.calibration_batches(seed) if method.needs_data else None,
                 val_batches=self.val_batches() if method.needs_data else None,
+                input_shape=self.data.input_shape,
             )
             mask = method(ctx, sparsity)
             apply_mask(model, mask)

@@ -8,7 +8,7 @@ randomness comes from `ctx.generator`, so a fixed seed gives a fixed mask.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,6 +41,7 @@ class PruneContext:
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
     # Held-out batches for methods that evaluate candidate masks (the validation split).
     val_batches: Batches | None = None
+    input_shape: tuple[int, ...] | None = None  # one example's shape, for data-free methods
 
     @property
     def params(self) -> dict[str, nn.Parameter]:
@@ -69,6 +70,11 @@ class PruningMethod:
     needs_data: bool = False
     structured: bool = False
     validate: Callable[[Mapping[str, Any]], None] | None = None
+    fixed_sparsity: Callable[[Mapping[str, Any]], float] | None = None
+
+    def sparsities(self, options: Mapping[str, Any], grid: Sequence[float]) -> tuple[float, ...]:
+        """The grid sparsities this method runs at: its own one if its options fix it (N:M)."""
+        return (self.fixed_sparsity(options),) if self.fixed_sparsity else tuple(grid)
 
     def resolve_options(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
         """Method defaults overridden by user options; unknown options are an error."""
@@ -99,6 +105,7 @@ def register_method(
     needs_data: bool = False,
     structured: bool = False,
     validate: Callable[[Mapping[str, Any]], None] | None = None,
+    fixed_sparsity: Callable[[Mapping[str, Any]], float] | None = None,
     **defaults: Any,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register `fn` as method `name`; keyword arguments are its options with their defaults.
@@ -109,7 +116,10 @@ def register_method(
 
     def deco(fn: MethodFn) -> MethodFn:
         METHODS.register(
-            name, PruningMethod(name, fn, when, dict(defaults), needs_data, structured, validate)
+            name,
+            PruningMethod(
+                name, fn, when, dict(defaults), needs_data, structured, validate, fixed_sparsity
+            ),
         )
         return fn
 

@@ -72,7 +72,10 @@ def _check_pattern(n, m, sparsity: float) -> None:
         )
 
 
-@register_method("nm", when="trained", n=2, m=4, score="magnitude")
+@register_method(
+    "nm", when="trained", fixed_sparsity=lambda o: 1.0 - o["n"] / o["m"],
+    n=2, m=4, score="magnitude",
+)
 def nm(ctx: PruneContext, sparsity: float) -> Mask:
     """N:M masks on every layer whose input dimension divides by M; the others stay dense."""
     options = METHODS.get("nm").resolve_options(ctx.options)

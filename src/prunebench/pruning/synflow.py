@@ -73,10 +73,12 @@ def _input_shape(ctx: PruneContext, option) -> tuple[int, ...]:
                 f"(one example, no batch dimension), got {option!r}"
             )
         return tuple(option)
+    if ctx.input_shape is not None:
+        return tuple(ctx.input_shape)
     if ctx.batches is None:
         raise ConfigError(
             "method 'synflow' needs methods.synflow.input_shape (one example's shape, e.g. "
-            "[3, 32, 32]) when no calibration batches are given"
+            "[3, 32, 32]) when the dataset's input shape is not known"
         )
     first = next(iter(ctx.batches()), None)
     if first is None:
