@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The default params run the offline digits study; paper scale (datasets + GPU):
+#   make run SNAKEMAKE_ARGS="--config scale=paper"
+# The Snakefile is at the root, so Snakemake does not find workflow/profiles/default alone.
 run: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) \
+		--workflow-profile workflow/profiles/default $(SNAKEMAKE_ARGS)
 
 test: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q

@@ -9,6 +9,7 @@ selects models on the same samples and the test set is never looked at during tr
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,9 +123,17 @@ def _parse_cifar(
     return RawSplits(*read([n for n in paths if n != test_name]), *read([test_name]))
 
 
-def _load_digits(root: Path, mirror: Path | None, download: bool) -> RawSplits:
+def _digits_source(folder: str, root: Path, mirror: Path | None, download: bool) -> dict[str, Path]:
+    """The data file inside scikit-learn, found without importing it (that takes ~1 s, and
+    the tensor cache makes the import unnecessary after the first load)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("dataset 'digits' (key data.name) needs scikit-learn installed")
+    return {"digits.csv.gz": Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"}
+
+
+def _parse_digits(paths: dict[str, Path]) -> RawSplits:
     """scikit-learn's bundled 8x8 digits (values 0..16): the dataset that needs no files."""
-    # sklearn is slow to import and only this offline default needs it.
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -158,7 +167,7 @@ def _cifar_spec(
 
 _SPECS: dict[str, _Spec] = {
     # digits: mean/std of the fixed 1,437-sample train split after /16.
-    "digits": _Spec(10, _load_digits, 16.0, (0.3054,), (0.3761,), None),
+    "digits": _Spec(10, partial(_load_cached, "digits", _digits_source, _parse_digits), 16.0, (0.3054,), (0.3761,), None),
     "mnist": _idx_spec("MNIST", 0.1307, 0.3081),
     "fashion_mnist": _idx_spec("FashionMNIST", 0.2860, 0.3530),
     "cifar10": _cifar_spec(

@@ -1,0 +1,302 @@
+"""The Snakemake workflow and its DVC stage, run for real on a tiny digits study.
+
+One build is shared (a module fixture: a git + DVC repository where `dvc repro` ran
+Snakemake); tests that change something work on a copy of it (`shutil.copytree` keeps
+modification times and Snakemake's metadata).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prunebench.config import json_schema
+from prunebench.plan import plan
+
+pytest.importorskip("snakemake", reason="the workflow extra is not installed")
+pytest.importorskip("dvc", reason="the workflow extra is not installed")
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's bin: snakemake, dvc and prunebench
+ENV = {
+    **os.environ,
+    "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    "DVC_NO_ANALYTICS": "1",
+    "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
+}
+TINY = {
+    "scale": "default",
+    "runs_root": "results/runs",
+    "studies": {
+        "tiny": {
+            "data": {"name": "digits", "val_size": 0.1},
+            "model": {"name": "mlp_digits"},
+            "train": {"optimizer": "sgd", "lr": 0.05, "epochs": 2, "batch_size": 64},
+            "finetune": {"epochs": 1, "lr": 0.01},
+            "methods": {
+                "global_magnitude": {},
+                "random": {"distribution": "uniform"},
+                "lottery": {"prune_fraction": 0.5, "reinit_control": False},
+            },
+            "sparsities": [0.5, 0.8],
+            "seeds": [0],
+        }
+    },
+}
+RULE_FOR_STAGE = {"train": "train_dense", "sensitivity": "sensitivity", "prune": "prune",
+                  "finetune": "retrain", "lottery": "rewind"}
+ANALYSIS = ["aggregate", "plot", "report", "granularity"]
+PLOTS = ["accuracy_vs_sparsity", "delta_vs_dense", "params_remaining", "training_curves"]
+NOTHING_TO_DO = "Nothing to be done"
+
+
+def copy_workflow(dest: Path, params: dict = TINY) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(ROOT / "Snakefile", dest)
+    shutil.copytree(ROOT / "workflow", dest / "workflow",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dest
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with its stderr merged into `stdout`."""
+    proc = subprocess.run(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=300, check=False)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-4000:]}")
+    return proc
+
+
+def snakemake(cwd: Path, *args: str, check: bool = True) -> str:
+    """Snakemake as `make run` calls it; its output."""
+    cmd = ["snakemake", "--workflow-profile", "workflow/profiles/default", *args]
+    return run(cmd, cwd, check).stdout
+
+
+def planned_jobs(dry_run: str) -> list[tuple[str, str | None]]:
+    """(rule, label wildcard) of every job a Snakemake dry run lists."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", dry_run):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        if rule:
+            label = re.search(r"wildcards:.*\blabel=(\w+)", block)
+            jobs.append((rule.group(1), label.group(1) if label else None))
+    return jobs
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    """Modification time and content hash of every file under `root`."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def copy_build(built: Path, dest: Path) -> Path:
+    shutil.copytree(built, dest, symlinks=True)
+    return dest
+
+
+def git(cwd: Path, *args: str) -> str:
+    return run(["git", *args], cwd).stdout
+
+
+def dvc(cwd: Path, *args: str) -> str:
+    return run(["dvc", *args], cwd).stdout
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """A git + DVC repository of the workflow on the tiny study, built by `dvc repro`."""
+    repo = copy_workflow(tmp_path_factory.mktemp("repo"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy2(ROOT / name, repo)
+    shutil.copytree(ROOT / "src/prunebench", repo / "src/prunebench",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    git(repo, "init", "-q")
+    dvc(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "workflow")
+    assert "Running stage 'workflow'" in dvc(repo, "repro")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "results")
+    return repo
+
+
+# ------------------------------------------------------------------------- no build needed
+
+
+def test_committed_schema_is_the_generated_one():
+    committed = json.loads((ROOT / "workflow/schemas/params.schema.json").read_text())
+    regenerate = "prunebench schema > workflow/schemas/params.schema.json"
+    assert committed == json_schema(), f"stale schema; regenerate it: {regenerate}"
+
+
+def test_lint_is_clean(tmp_path):
+    out = run(["snakemake", "--lint"], copy_workflow(tmp_path)).stdout
+    assert "Congratulations, your workflow is in a good condition!" in out, out
+    assert "Lints for" not in out
+
+
+def test_dry_run_lists_the_whole_grid(tmp_path):
+    out = snakemake(copy_workflow(tmp_path), "-n")
+    jobs = Counter(rule for rule, _ in planned_jobs(out))
+    expected = Counter(RULE_FOR_STAGE[j.stage] for j in plan(TINY))
+    expected.update(["download", *ANALYSIS, "all"])
+    assert jobs == expected
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda s: s.update(bogus=1), "studies.tiny.bogus"),
+    (lambda s: s.update(sparsities=[0.5, 1.5]), "studies.tiny.sparsities"),
+])
+def test_bad_params_fail_cleanly_naming_the_key(tmp_path, edit, key):
+    params = json.loads(json.dumps(TINY))
+    edit(params["studies"]["tiny"])
+    work = copy_workflow(tmp_path, params)
+    proc = run(["snakemake", "--cores", "2"], work, check=False)
+    assert proc.returncode != 0
+    assert "invalid params.yaml" in proc.stdout and key in proc.stdout, proc.stdout
+    assert "Traceback" not in proc.stdout
+    assert not (work / "results").exists()
+
+
+def test_slurm_profile_resolves_the_resources(tmp_path):
+    out = snakemake(copy_workflow(tmp_path), "--profile", "workflow/profiles/slurm", "-n")
+    train = next(b for b in re.split(r"\n(?=rule )", out) if b.startswith("rule train_dense:"))
+    assert "slurm_partition=gpu" in train and "gpu=1" in train and "runtime=240" in train
+
+
+# ------------------------------------------------------------------------- on the build
+# The first of these pays for the build (~40 s on 2 cores), so all are marked slow.
+
+
+@pytest.mark.slow
+def test_tables_have_every_method_and_sparsity(built):
+    with open(built / "results/tables/runs.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    points = Counter((r["label"], float(r["target_sparsity"])) for r in rows)
+    expected = {("dense", 0.0)} | {
+        (label, s) for label in ("global_magnitude", "random", "lottery") for s in (0.5, 0.8)
+    }
+    assert set(points) == expected and set(points.values()) == {1}
+    for r in rows:
+        assert float(r["weight_sparsity"]) == pytest.approx(float(r["target_sparsity"]), abs=0.01)
+        assert 0.0 < float(r["top1"]) <= 1.0
+    with open(built / "results/tables/summary.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == len(expected)
+    assert "tiny" in (built / "results/report.md").read_text()
+    for plot in PLOTS:
+        assert (built / f"results/plots/tiny_{plot}.png").stat().st_size > 0
+    assert "top1" in (built / "results/metrics.json").read_text()
+    granularity = json.loads((built / "results/granularity.json").read_text())
+    assert granularity["jobs"] == len(plan(TINY)) + 4  # + download, aggregate, plot, report
+    assert 0.0 < granularity["startup_share"] < 1.0
+
+
+@pytest.mark.slow
+def test_every_job_writes_its_log_and_benchmark(built):
+    for job in plan(TINY):
+        stem = Path(job.manifest).relative_to("results/jobs").with_suffix("")
+        log = built / "results/logs" / stem.with_suffix(".log")
+        assert log.stat().st_size > 0, log
+        assert (built / "results/benchmarks" / stem.with_suffix(".tsv")).is_file()
+
+
+@pytest.mark.slow
+def test_second_run_does_nothing(built):
+    before = snapshot(built / "results")
+    out = snakemake(built, "--cores", "2")
+    assert NOTHING_TO_DO in out
+    assert snapshot(built / "results") == before
+
+
+@pytest.mark.slow
+def test_new_timestamps_rerun_nothing(built, tmp_path):
+    work = copy_build(built, tmp_path / "work")
+    results = work / "results"
+    now = time.time_ns()
+
+    def set_mtime(subdirs, ns):
+        for sub in subdirs:
+            path = results / sub
+            for f in [path] if path.is_file() else path.rglob("*"):
+                os.utime(f, ns=(ns, ns))
+
+    # Upstream files newer than everything downstream: Snakemake finds their checksums
+    # unchanged in its metadata.
+    set_mtime(["data", "jobs", "tables", "benchmarks", "metrics.json"], now + 60 * 10**9)
+    assert NOTHING_TO_DO in snakemake(work, "-n")
+    # Without the metadata (as in a fresh clone) the jobs still go by the hash in their
+    # paths alone: their inputs are ancient().
+    shutil.rmtree(work / ".snakemake")
+    set_mtime(["."], now)
+    set_mtime(["data", "jobs"], now + 60 * 10**9)
+    assert NOTHING_TO_DO in snakemake(work, "-n")
+
+
+@pytest.mark.slow
+def test_method_option_change_reruns_only_that_method(built, tmp_path):
+    work = copy_build(built, tmp_path / "work")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["studies"]["tiny"]["methods"]["random"]["distribution"] = "global"
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    jobs = Counter(planned_jobs(snakemake(work, "-n")))
+    # (The DVC test runs this change for real and checks the other jobs' files stay as they were.)
+    assert jobs == Counter([("prune", "random"), ("retrain", "random")]
+                           + [(rule, None) for rule in [*ANALYSIS, "all"]])
+
+
+# ------------------------------------------------------------------------- DVC
+
+
+@pytest.mark.slow
+def test_dvc_stage_versions_and_reruns_the_workflow(built, tmp_path):
+    repo = copy_build(built, tmp_path / "repo")
+    assert "didn't change" in dvc(repo, "repro")
+    assert "top1" in dvc(repo, "metrics", "show")
+    dvc(repo, "plots", "show")
+    assert (repo / "dvc_plots/index.html").is_file()
+
+    dvc(repo, "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    git(repo, "commit", "-qam", "remote")
+    dvc(repo, "push")
+    jobs = snapshot(repo / "results/jobs")
+    shutil.rmtree(repo / "results/jobs")
+    dvc(repo, "pull")
+    restored = snapshot(repo / "results/jobs")
+    assert {k: v[1] for k, v in restored.items()} == {k: v[1] for k, v in jobs.items()}
+
+    # A fresh clone gets the results from the remote and nothing is out of date.
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    dvc(clone, "pull")
+    assert "up to date" in dvc(clone, "status")
+    rules = {rule for rule, _ in planned_jobs(snakemake(clone, "-n"))}
+    assert not rules & {"download", *RULE_FOR_STAGE.values(), "aggregate"}
+
+    # An experiment on one method's option reruns that method's jobs only: DVC keeps the
+    # persistent outputs and Snakemake leaves the other jobs' files alone.
+    jobs_dir = repo / "results/jobs"
+    kept = [p for p in jobs_dir.rglob("*.json") if "/random/" not in str(p)]
+    kept_state = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in kept}
+    dvc(repo, "exp", "run", "-S", "studies.tiny.methods.random.distribution=global")
+    changed = yaml.safe_load((repo / "params.yaml").read_text())
+    assert changed["studies"]["tiny"]["methods"]["random"]["distribution"] == "global"
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in kept} == kept_state
+    assert len(list((jobs_dir / "tiny/finetune/random").glob("*.json"))) == 2
+    assert "didn't change" in dvc(repo, "repro")

@@ -1,0 +1,98 @@
+# Config validation, the job plan, and the lookups the rules' input functions use.
+#
+# Which jobs exist is decided by `prunebench.plan`, not here: a job's manifest path carries
+# the hash of the runs it produces, so an edited option yields new paths and only those jobs
+# run. Inputs are marked ancient(): modification times never trigger a rerun (DVC checkouts
+# and `dvc pull` change them); the hash in the path and the params/input/code triggers do.
+import json
+import re
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from prunebench.config import canonical, read_params, validate_params
+from prunebench.errors import ConfigError
+from prunebench.plan import final_jobs, plan
+
+# The jobs read their study from this file (the CLI's --params), so the grid must live
+# there: `--config` may pick `scale` and `runs_root`, not edit studies.
+PARAMS_FILE = "params.yaml"
+JOBS_ROOT = "results/jobs"
+RUNS_ROOT = config.get("runs_root", "results/runs")
+PLOTS = (
+    "accuracy_vs_sparsity",
+    "delta_vs_dense",
+    "params_remaining",
+    "training_curves",
+)
+
+try:
+    STUDIES = validate_params(config)
+except ConfigError as err:
+    raise WorkflowError(f"invalid {PARAMS_FILE}: {err}") from None
+validate(config, "../schemas/params.schema.json", set_default=False)
+if config["studies"] != read_params(PARAMS_FILE)["studies"]:
+    raise WorkflowError(
+        f"studies differ from {PARAMS_FILE}, which the jobs read: edit the grid there "
+        "(--config/--configfile may only set scale and runs_root)"
+    )
+
+JOBS = plan(config, JOBS_ROOT)
+PLANNED = {(j.stage, j.study, j.label, j.seed, j.hash): j for j in JOBS}
+SELECTED = sorted({j.study for j in JOBS})
+
+
+wildcard_constraints:
+    study="|".join(map(re.escape, STUDIES)),
+    label=r"[A-Za-z0-9_]+",
+    seed=r"\d+",
+    hash=r"[0-9a-f]{16}",
+
+
+def planned_job(stage, wildcards, label=None):
+    label = label or wildcards.label
+    key = (stage, wildcards.study, label, int(wildcards.seed), wildcards.hash)
+    if key not in PLANNED:
+        raise WorkflowError(
+            f"{stage} job {wildcards.study}/{label}/seed{wildcards.seed}-{wildcards.hash}"
+            f" is not in the plan of {PARAMS_FILE}: its hash names a configuration that"
+            " the params (with this scale) do not ask for"
+        )
+    return PLANNED[key]
+
+
+def planned_inputs(stage, label=None):
+    """Input function: the manifests of the parent jobs that the plan lists."""
+
+    def inputs(wildcards):
+        return ancient(list(planned_job(stage, wildcards, label).inputs))
+
+    return inputs
+
+
+def data_params(wildcards):
+    """The hashed part of a study's data config: a change reruns `download`."""
+    return json.dumps(canonical(STUDIES[wildcards.study].data), sort_keys=True)
+
+
+def all_manifests():
+    return [j.manifest for j in JOBS]
+
+
+def result_manifests():
+    """Manifests of the jobs whose runs are results (dense, retrained, rewound)."""
+    return [j.manifest for j in final_jobs(JOBS)]
+
+
+def plot_files():
+    return [f"results/plots/{study}_{plot}.png" for study in SELECTED for plot in PLOTS]
+
+
+def job_benchmarks():
+    """The `benchmark:` file of every planned job, download and analysis included."""
+    files = [f"results/benchmarks/{study}/download.tsv" for study in SELECTED]
+    for j in JOBS:
+        stem = Path(j.manifest).relative_to(JOBS_ROOT).with_suffix(".tsv")
+        files.append(str(Path("results/benchmarks") / stem))
+    return files + [f"results/benchmarks/{r}.tsv" for r in ("aggregate", "plot", "report")]

@@ -1,0 +1,80 @@
+# One job per study x method x seed runs all of the study's sparsities: a job is one process,
+# and per-sparsity jobs would spend most of their time starting up (see granularity).
+
+
+# One-shot pruning of trained (or initial) weights.
+rule prune:
+    input:
+        planned_inputs("prune"),
+    output:
+        "results/jobs/{study}/prune/{label}/seed{seed}-{hash}.json",
+    log:
+        "results/logs/{study}/prune/{label}/seed{seed}-{hash}.log",
+    benchmark:
+        "results/benchmarks/{study}/prune/{label}/seed{seed}-{hash}.tsv"
+    conda:
+        "../envs/prunebench.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+        gpu=0,
+    params:
+        params_file=PARAMS_FILE,
+        runs_root=RUNS_ROOT,
+    shell:
+        "prunebench prune --params {params.params_file} --study {wildcards.study}"
+        " --method {wildcards.label} --seed {wildcards.seed} --runs-root {params.runs_root}"
+        " --manifest {output} --no-progress > {log} 2>&1"
+
+
+# Retraining with the mask fixed (the plan's "finetune" jobs); reuses the prune runs.
+rule retrain:
+    input:
+        planned_inputs("finetune"),
+    output:
+        "results/jobs/{study}/finetune/{label}/seed{seed}-{hash}.json",
+    log:
+        "results/logs/{study}/finetune/{label}/seed{seed}-{hash}.log",
+    benchmark:
+        "results/benchmarks/{study}/finetune/{label}/seed{seed}-{hash}.tsv"
+    conda:
+        "../envs/prunebench.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=120,
+        gpu=0,
+    params:
+        params_file=PARAMS_FILE,
+        runs_root=RUNS_ROOT,
+    shell:
+        "prunebench finetune --params {params.params_file} --study {wildcards.study}"
+        " --method {wildcards.label} --seed {wildcards.seed} --runs-root {params.runs_root}"
+        " --manifest {output} --no-progress > {log} 2>&1"
+
+
+# Lottery tickets: iterative pruning with rewinding (the plan's "lottery" jobs).
+rule rewind:
+    input:
+        planned_inputs("lottery"),
+    output:
+        "results/jobs/{study}/lottery/{label}/seed{seed}-{hash}.json",
+    log:
+        "results/logs/{study}/lottery/{label}/seed{seed}-{hash}.log",
+    benchmark:
+        "results/benchmarks/{study}/lottery/{label}/seed{seed}-{hash}.tsv"
+    conda:
+        "../envs/prunebench.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=240,
+        gpu=0,
+    params:
+        params_file=PARAMS_FILE,
+        runs_root=RUNS_ROOT,
+    shell:
+        "prunebench lottery --params {params.params_file} --study {wildcards.study}"
+        " --method {wildcards.label} --seed {wildcards.seed} --runs-root {params.runs_root}"
+        " --manifest {output} --no-progress > {log} 2>&1"
