@@ -29,6 +29,9 @@ def _common(p: argparse.ArgumentParser, grid: bool = True) -> None:
     p.add_argument("--runs-root", help="where run directories go (default: params runs_root)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--seed", type=int, nargs="+", help="seeds (default: the study's)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for torch (default: torch's; set it to the job's share of "
+                        "cores, or parallel jobs oversubscribe the CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--manifest", type=Path,
                    help="also write a JSON manifest of the finished runs here (used by the workflow)")
@@ -70,6 +73,12 @@ def _workspace(args):
     from prunebench.runs import Workspace
 
     study = load_study(args.params, args.study, args.overrides)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     runs_root = args.runs_root or read_params(args.params).get("runs_root", "results/runs")
     ws = Workspace(study, runs_root, args.device, progress=False if args.no_progress else None)
     seeds = args.seed if args.seed is not None else study.seeds

@@ -24,17 +24,19 @@ from prunebench.config import Study, config_hash, selected_studies
 from prunebench.pruning import METHODS
 from prunebench.runs import Run, Workspace
 
-# The stage of each method's main job, by when the method is applied.
-STAGE_FOR = {"trained": "finetune", "init": "finetune", "iterative": "lottery",
-             "during_training": "finetune"}
-
-
 @dataclass(frozen=True)
 class Job:
+    """One CLI call: a stage of one method of a study, over all the study's seeds.
+
+    A job covers every seed (and sparsity) of its method because each job is a process that
+    pays ~1.5 s of Python and torch start-up; per-seed or per-sparsity jobs on the small
+    default study would spend most of their time starting (see results/granularity.json).
+    Jobs stay per method, so editing one method's options reruns only that method's jobs.
+    """
+
     stage: str
     study: str
     label: str
-    seed: int
     hash: str
     manifest: str
     inputs: tuple[str, ...] = ()
@@ -42,53 +44,51 @@ class Job:
 
     @property
     def wildcards(self) -> dict[str, Any]:
-        return {"stage": self.stage, "study": self.study, "label": self.label,
-                "seed": self.seed, "hash": self.hash}
+        return {"stage": self.stage, "study": self.study, "label": self.label, "hash": self.hash}
 
 
-def manifest_path(jobs_root: str | Path, stage: str, study: str, label: str, seed: int, h: str) -> str:
-    return str(Path(jobs_root) / study / stage / label / f"seed{seed}-{h}.json")
+def manifest_path(jobs_root: str | Path, stage: str, study: str, label: str, h: str) -> str:
+    return str(Path(jobs_root) / study / stage / f"{label}-{h}.json")
 
 
-def _job(jobs_root, stage, study: Study, label, seed, runs: list[Run], inputs=()) -> Job:
+def _job(jobs_root, stage, study: Study, label, runs: list[Run], inputs=()) -> Job:
     h = config_hash({"stage": stage, "runs": [r.description for r in runs]})
-    return Job(stage, study.name, label, seed, h,
-               manifest_path(jobs_root, stage, study.name, label, seed, h),
+    return Job(stage, study.name, label, h, manifest_path(jobs_root, stage, study.name, label, h),
                tuple(inputs), tuple(str(r.path) for r in runs))
 
 
 def study_jobs(study: Study, runs_root: str | Path, jobs_root: str | Path) -> list[Job]:
     ws = Workspace(study, runs_root)
-    jobs = []
-    for seed in study.seeds:
-        train = _job(jobs_root, "train", study, "dense", seed, [ws.train_run(seed)])
-        jobs.append(train)
-        for entry in study.methods:
-            when = METHODS.get(entry.method).when
-            if when in ("trained", "init"):
-                prune_inputs = [train.manifest]
-                if entry.method == "sensitivity":
-                    sens = _job(jobs_root, "sensitivity", study, entry.label, seed,
-                                [ws.sensitivity_run(seed, entry.options["sweep"])], [train.manifest])
-                    jobs.append(sens)
-                    prune_inputs.append(sens.manifest)
-                prune = _job(jobs_root, "prune", study, entry.label, seed,
-                             [ws.prune_run(entry, s, seed) for s in ws.sparsities(entry)], prune_inputs)
-                fine = _job(jobs_root, "finetune", study, entry.label, seed,
-                            [ws.finetune_run(entry, s, seed) for s in ws.sparsities(entry)], [prune.manifest])
-                jobs += [prune, fine]
-            elif when == "during_training":
-                jobs.append(_job(jobs_root, "finetune", study, entry.label, seed,
-                                 [ws.finetune_run(entry, s, seed) for s in ws.sparsities(entry)],
-                                 [train.manifest]))
-            elif when == "iterative":
-                runs = []
-                for s in ws.sparsities(entry):
-                    level = ws.lottery_level_run(entry, ws.lottery_schedule(entry, s), seed)
-                    runs.append(level)
-                    if entry.options.get("reinit_control"):
-                        runs.append(ws.reinit_run(level))
-                jobs.append(_job(jobs_root, "lottery", study, entry.label, seed, runs, [train.manifest]))
+    seeds = study.seeds
+    train = _job(jobs_root, "train", study, "dense", [ws.train_run(seed) for seed in seeds])
+    jobs = [train]
+    for entry in study.methods:
+        when = METHODS.get(entry.method).when
+        grid = [(seed, s) for seed in seeds for s in ws.sparsities(entry)]
+        if when in ("trained", "init"):
+            prune_inputs = [train.manifest]
+            if entry.method == "sensitivity":
+                sens = _job(jobs_root, "sensitivity", study, entry.label,
+                            [ws.sensitivity_run(seed, entry.options["sweep"]) for seed in seeds],
+                            [train.manifest])
+                jobs.append(sens)
+                prune_inputs.append(sens.manifest)
+            prune = _job(jobs_root, "prune", study, entry.label,
+                         [ws.prune_run(entry, s, seed) for seed, s in grid], prune_inputs)
+            fine = _job(jobs_root, "finetune", study, entry.label,
+                        [ws.finetune_run(entry, s, seed) for seed, s in grid], [prune.manifest])
+            jobs += [prune, fine]
+        elif when == "during_training":
+            jobs.append(_job(jobs_root, "finetune", study, entry.label,
+                             [ws.finetune_run(entry, s, seed) for seed, s in grid], [train.manifest]))
+        elif when == "iterative":
+            runs = []
+            for seed, s in grid:
+                level = ws.lottery_level_run(entry, ws.lottery_schedule(entry, s), seed)
+                runs.append(level)
+                if entry.options.get("reinit_control"):
+                    runs.append(ws.reinit_run(level))
+            jobs.append(_job(jobs_root, "lottery", study, entry.label, runs, [train.manifest]))
     return jobs
 
 

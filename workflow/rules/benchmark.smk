@@ -10,11 +10,11 @@ rule benchmark:
     input:
         planned_inputs("benchmark"),
     output:
-        "results/jobs/{study}/benchmark/{label}/seed{seed}-{hash}.json",
+        "results/jobs/{study}/benchmark/{label}-{hash}.json",
     log:
-        "results/logs/{study}/benchmark/{label}/seed{seed}-{hash}.log",
+        "results/logs/{study}/benchmark/{label}-{hash}.log",
     benchmark:
-        "results/benchmarks/{study}/benchmark/{label}/seed{seed}-{hash}.tsv"
+        "results/benchmarks/{study}/benchmark/{label}-{hash}.tsv"
     conda:
         "../envs/prunebench.yaml"
     threads: 1
@@ -27,5 +27,5 @@ rule benchmark:
         runs_root=RUNS_ROOT,
     shell:
         "prunebench benchmark --params {params.params_file} --study {wildcards.study}"
-        " --method {wildcards.label} --seed {wildcards.seed} --runs-root {params.runs_root}"
+        " --method {wildcards.label} --runs-root {params.runs_root}"
         " --manifest {output} --no-progress > {log} 2>&1"

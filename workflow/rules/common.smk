@@ -39,23 +39,22 @@ if config["studies"] != read_params(PARAMS_FILE)["studies"]:
     )
 
 JOBS = plan(config, JOBS_ROOT)
-PLANNED = {(j.stage, j.study, j.label, j.seed, j.hash): j for j in JOBS}
+PLANNED = {(j.stage, j.study, j.label, j.hash): j for j in JOBS}
 SELECTED = sorted({j.study for j in JOBS})
 
 
 wildcard_constraints:
     study="|".join(map(re.escape, STUDIES)),
     label=r"[A-Za-z0-9_]+",
-    seed=r"\d+",
     hash=r"[0-9a-f]{16}",
 
 
 def planned_job(stage, wildcards, label=None):
     label = label or wildcards.label
-    key = (stage, wildcards.study, label, int(wildcards.seed), wildcards.hash)
+    key = (stage, wildcards.study, label, wildcards.hash)
     if key not in PLANNED:
         raise WorkflowError(
-            f"{stage} job {wildcards.study}/{label}/seed{wildcards.seed}-{wildcards.hash}"
+            f"{stage} job {wildcards.study}/{label}-{wildcards.hash}"
             f" is not in the plan of {PARAMS_FILE}: its hash names a configuration that"
             " the params (with this scale) do not ask for"
         )

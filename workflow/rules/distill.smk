@@ -10,11 +10,11 @@ rule distill:
     input:
         planned_inputs("distill"),
     output:
-        "results/jobs/{study}/distill/{label}/seed{seed}-{hash}.json",
+        "results/jobs/{study}/distill/{label}-{hash}.json",
     log:
-        "results/logs/{study}/distill/{label}/seed{seed}-{hash}.log",
+        "results/logs/{study}/distill/{label}-{hash}.log",
     benchmark:
-        "results/benchmarks/{study}/distill/{label}/seed{seed}-{hash}.tsv"
+        "results/benchmarks/{study}/distill/{label}-{hash}.tsv"
     conda:
         "../envs/prunebench.yaml"
     threads: 1
@@ -27,5 +27,5 @@ rule distill:
         runs_root=RUNS_ROOT,
     shell:
         "prunebench distill --params {params.params_file} --study {wildcards.study}"
-        " --method {wildcards.label} --seed {wildcards.seed} --runs-root {params.runs_root}"
+        " --method {wildcards.label} --runs-root {params.runs_root}"
         " --manifest {output} --no-progress > {log} 2>&1"

@@ -1,4 +1,4 @@
-# One job per study x method x seed runs all of the study's sparsities: a job is one process,
+# One job per study x method runs all of the study's seeds and sparsities: a job is one process,
 # and per-sparsity jobs would spend most of their time starting up (see granularity).
 
 
@@ -7,11 +7,11 @@ rule prune:
     input:
         planned_inputs("prune"),
     output:
-        "results/jobs/{study}/prune/{label}/seed{seed}-{hash}.json",
+        "results/jobs/{study}/prune/{label}-{hash}.json",
     log:
-        "results/logs/{study}/prune/{label}/seed{seed}-{hash}.log",
+        "results/logs/{study}/prune/{label}-{hash}.log",
     benchmark:
-        "results/benchmarks/{study}/prune/{label}/seed{seed}-{hash}.tsv"
+        "results/benchmarks/{study}/prune/{label}-{hash}.tsv"
     conda:
         "../envs/prunebench.yaml"
     threads: 1
@@ -24,8 +24,8 @@ rule prune:
         runs_root=RUNS_ROOT,
     shell:
         "prunebench prune --params {params.params_file} --study {wildcards.study}"
-        " --method {wildcards.label} --seed {wildcards.seed} --runs-root {params.runs_root}"
-        " --manifest {output} --no-progress > {log} 2>&1"
+        " --method {wildcards.label} --runs-root {params.runs_root}"
+        " --manifest {output} --threads {threads} --no-progress > {log} 2>&1"
 
 
 # Retraining with the mask fixed (the plan's "finetune" jobs); reuses the prune runs.
@@ -33,11 +33,11 @@ rule retrain:
     input:
         planned_inputs("finetune"),
     output:
-        "results/jobs/{study}/finetune/{label}/seed{seed}-{hash}.json",
+        "results/jobs/{study}/finetune/{label}-{hash}.json",
     log:
-        "results/logs/{study}/finetune/{label}/seed{seed}-{hash}.log",
+        "results/logs/{study}/finetune/{label}-{hash}.log",
     benchmark:
-        "results/benchmarks/{study}/finetune/{label}/seed{seed}-{hash}.tsv"
+        "results/benchmarks/{study}/finetune/{label}-{hash}.tsv"
     conda:
         "../envs/prunebench.yaml"
     threads: 1
@@ -50,8 +50,8 @@ rule retrain:
         runs_root=RUNS_ROOT,
     shell:
         "prunebench finetune --params {params.params_file} --study {wildcards.study}"
-        " --method {wildcards.label} --seed {wildcards.seed} --runs-root {params.runs_root}"
-        " --manifest {output} --no-progress > {log} 2>&1"
+        " --method {wildcards.label} --runs-root {params.runs_root}"
+        " --manifest {output} --threads {threads} --no-progress > {log} 2>&1"
 
 
 # Lottery tickets: iterative pruning with rewinding (the plan's "lottery" jobs).
@@ -59,11 +59,11 @@ rule rewind:
     input:
         planned_inputs("lottery"),
     output:
-        "results/jobs/{study}/lottery/{label}/seed{seed}-{hash}.json",
+        "results/jobs/{study}/lottery/{label}-{hash}.json",
     log:
-        "results/logs/{study}/lottery/{label}/seed{seed}-{hash}.log",
+        "results/logs/{study}/lottery/{label}-{hash}.log",
     benchmark:
-        "results/benchmarks/{study}/lottery/{label}/seed{seed}-{hash}.tsv"
+        "results/benchmarks/{study}/lottery/{label}-{hash}.tsv"
     conda:
         "../envs/prunebench.yaml"
     threads: 1
@@ -76,5 +76,5 @@ rule rewind:
         runs_root=RUNS_ROOT,
     shell:
         "prunebench lottery --params {params.params_file} --study {wildcards.study}"
-        " --method {wildcards.label} --seed {wildcards.seed} --runs-root {params.runs_root}"
-        " --manifest {output} --no-progress > {log} 2>&1"
+        " --method {wildcards.label} --runs-root {params.runs_root}"
+        " --manifest {output} --threads {threads} --no-progress > {log} 2>&1"

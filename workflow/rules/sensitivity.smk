@@ -1,14 +1,14 @@
-# Per-layer sensitivity sweep of the dense model, one job per study x `sensitivity` method x
-# seed; the plan lists it among the inputs of that method's prune job.
+# Per-layer sensitivity sweep of the dense models, one job per study x `sensitivity` method
+# (all seeds); the plan lists it among the inputs of that method's prune job.
 rule sensitivity:
     input:
         planned_inputs("sensitivity"),
     output:
-        "results/jobs/{study}/sensitivity/{label}/seed{seed}-{hash}.json",
+        "results/jobs/{study}/sensitivity/{label}-{hash}.json",
     log:
-        "results/logs/{study}/sensitivity/{label}/seed{seed}-{hash}.log",
+        "results/logs/{study}/sensitivity/{label}-{hash}.log",
     benchmark:
-        "results/benchmarks/{study}/sensitivity/{label}/seed{seed}-{hash}.tsv"
+        "results/benchmarks/{study}/sensitivity/{label}-{hash}.tsv"
     conda:
         "../envs/prunebench.yaml"
     threads: 1
@@ -21,5 +21,5 @@ rule sensitivity:
         runs_root=RUNS_ROOT,
     shell:
         "prunebench sensitivity --params {params.params_file} --study {wildcards.study}"
-        " --method {wildcards.label} --seed {wildcards.seed} --runs-root {params.runs_root}"
-        " --manifest {output} --no-progress > {log} 2>&1"
+        " --method {wildcards.label} --runs-root {params.runs_root}"
+        " --manifest {output} --threads {threads} --no-progress > {log} 2>&1"

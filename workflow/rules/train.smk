@@ -3,11 +3,11 @@ rule train_dense:
         data=ancient("results/data/{study}.json"),
         parents=planned_inputs("train", label="dense"),
     output:
-        "results/jobs/{study}/train/dense/seed{seed}-{hash}.json",
+        "results/jobs/{study}/train/dense-{hash}.json",
     log:
-        "results/logs/{study}/train/dense/seed{seed}-{hash}.log",
+        "results/logs/{study}/train/dense-{hash}.log",
     benchmark:
-        "results/benchmarks/{study}/train/dense/seed{seed}-{hash}.tsv"
+        "results/benchmarks/{study}/train/dense-{hash}.tsv"
     conda:
         "../envs/prunebench.yaml"
     threads: 1
@@ -20,5 +20,5 @@ rule train_dense:
         runs_root=RUNS_ROOT,
     shell:
         "prunebench train --params {params.params_file} --study {wildcards.study}"
-        " --seed {wildcards.seed} --runs-root {params.runs_root} --manifest {output}"
-        " --no-progress > {log} 2>&1"
+        " --runs-root {params.runs_root} --manifest {output}"
+        " --threads {threads} --no-progress > {log} 2>&1"

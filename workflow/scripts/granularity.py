@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from prunebench.io import atomic_write_json
+
 IMPORTS = "import prunebench.runs, prunebench.cli"
 TARGET_SHARE = 0.15
 
@@ -81,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         p for p in args.root.rglob("*.tsv") if p.name != "granularity.tsv"
     )
     result = granularity(tsvs, args.root, args.repeats)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     print(json.dumps(result))
     return 0
 
