@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
@@ -58,8 +59,11 @@ def _sparsity_axis(ax: Axes, ticks: Sequence[float], label: str) -> None:
 def _styles(labels: Sequence[str]) -> dict[str, dict]:
     """One stable colour and marker per method label (dense is always black)."""
     methods = [x for x in ordered_labels(labels) if x != DENSE_LABEL]
+    # tab20 holds 10 dark/light pairs: the 10 dark ones first, then the light ones.
+    palette = matplotlib.colormaps["tab20"].colors
     return {DENSE_LABEL: {"color": DENSE_COLOR},
-            **{label: {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)]}
+            **{label: {"color": palette[(2 * i) % 20 + (2 * i) // 20 % 2],
+                       "marker": MARKERS[i % len(MARKERS)]}
                for i, label in enumerate(methods)}}
 
 
@@ -110,11 +114,12 @@ def accuracy_figure(summary: pd.DataFrame, study: str) -> Figure:
         x = m["weight_sparsity_mean"].to_numpy(dtype=float)
         y, err = 100 * m["top1_mean"].to_numpy(dtype=float), 100 * _std(m["top1_std"])
         ax.plot(x, y, label=label, **styles[label])
-        ax.fill_between(x, y - err, y + err, color=styles[label]["color"], alpha=0.15,
-                        linewidth=0)
+        ax.fill_between(x, np.clip(y - err, 0, 100), np.clip(y + err, 0, 100),
+                        color=styles[label]["color"], alpha=0.15, linewidth=0)
     _sparsity_axis(ax, _grid_sparsities(rows), "achieved weight sparsity (log-density scale)")
     ax.set_ylabel("test top-1 accuracy (%)")
-    ax.legend(loc="best", fontsize="small")
+    ax.set_ylim(top=100.5)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
     return fig
 
 
