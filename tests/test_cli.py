@@ -121,3 +121,17 @@ def test_every_command_has_help(command):
     out = subprocess.run([sys.executable, "-m", "prunebench.cli", command, "--help"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "usage: prunebench" in out.stdout
+
+
+def test_repository_params_are_valid_and_every_study_plans():
+    from prunebench.config import apply_overrides, read_params, validate_params
+    from prunebench.plan import plan
+
+    raw = read_params(Path(__file__).parents[1] / "params.yaml")
+    studies = validate_params(raw)
+    assert {s.scale for s in studies.values()} == {"default", "paper"}
+    jobs = plan(apply_overrides(raw, ["scale=all"]))
+    assert {j.study for j in jobs} == set(studies)
+    default = plan(raw)
+    labels = {j.label for j in default if j.stage in ("finetune", "lottery")}
+    assert labels == {e.label for s in studies.values() if s.scale == "default" for e in s.methods}

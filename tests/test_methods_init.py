@@ -16,6 +16,7 @@ from prunebench.pruning.grasp import grasp_scores, hessian_gradient_product, sam
 from prunebench.pruning.mask import apply_mask, keep_count
 from prunebench.pruning.snip import snip_scores
 from prunebench.pruning.synflow import linearised_copy, round_sparsities, synflow_scores
+from maskutil import kept, same, total
 
 N_CLASSES = 3
 
@@ -60,18 +61,6 @@ def data(n_batches: int = 3, batch_size: int = 6, seed: int = 1):
 def nan_batch(batch_size: int = 6):
     x = torch.full((batch_size, 4, 6, 6), float("nan"))
     return x, torch.zeros(batch_size, dtype=torch.long)
-
-
-def same(a, b) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
-
-
-def kept(mask) -> int:
-    return sum(int(m.sum()) for m in mask.values())
-
-
-def total(mask) -> int:
-    return sum(m.numel() for m in mask.values())
 
 
 # --- SNIP -------------------------------------------------------------------------------

@@ -15,18 +15,7 @@ from prunebench.pruning import METHODS, PruneContext
 from prunebench.pruning.mask import keep_count
 from prunebench.pruning.nm import is_nm_sparse
 from prunebench.pruning.wanda import input_features, input_norms
-
-
-def same(a, b) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
-
-
-def kept(mask) -> int:
-    return sum(int(m.sum()) for m in mask.values())
-
-
-def total(mask) -> int:
-    return sum(m.numel() for m in mask.values())
+from maskutil import kept, same, total
 
 
 def conv_net(seed: int = 0) -> nn.Module:
