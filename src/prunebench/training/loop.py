@@ -2,8 +2,13 @@
 
 All state lives in a `TrainState` of plain tensors and modules (no globals), so a later step
 can stack several grid points into one batched model. Pruned weights stay exactly zero:
-the mask is applied before the forward pass, to the gradients, and to the weights after every
-optimizer step (which also undoes momentum and weight-decay updates on pruned weights).
+the mask is applied to the weights when it is installed and after every optimizer step, so
+every forward pass sees them at zero (this also undoes momentum, Adam and weight-decay
+updates on pruned weights). Gradients of pruned weights are not masked: with element-wise
+optimisers they only feed those weights' own optimiser state, which never reaches a kept
+weight, and zeroing them makes Adam's second moment exactly zero, where torch's CPU sqrt is
+about 6x slower (measured: 310 us vs 44 us on a 300x784 tensor) -- that alone cost 30 % of a
+LeNet-300-100 training step.
 
 Determinism: the shuffle and augmentation of epoch e come from a generator seeded with
 (seed, e) alone, so a run resumed from its end-of-epoch checkpoint sees exactly the batches an
@@ -193,9 +198,6 @@ def _step(state: TrainState, xb: Tensor, yb: Tensor, label_smoothing: float) -> 
     logits = state.model(xb)
     loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
     loss.backward()
-    for p, m in pairs:
-        if p.grad is not None:
-            p.grad.mul_(m)
     state.optimizer.step()
     enforce_mask(pairs)
     return loss, logits
