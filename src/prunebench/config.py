@@ -20,7 +20,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -449,5 +449,3 @@ def json_schema() -> dict:
         },
     }
 
-
-Literal  # re-exported for annotations in callers
