@@ -68,6 +68,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def load_data(d: DataConfig, device: torch.device, augment: bool | None = None) -> DataSplits:
+    """The dataset a data config names; `augment` overrides the config's setting."""
+    return load_dataset(d.name, d.root, mirror=d.mirror, download=d.download,
+                        val_size=d.val_size, device=device,
+                        augment=d.augment if augment is None else augment)
+
+
 @dataclass
 class Run:
     """A directory holding one unit of work, named by the hash of its description."""
@@ -124,11 +131,11 @@ class Workspace:
 
     @cached_property
     def data(self) -> DataSplits:
-        d = self.study.data
-        return load_dataset(
-            d.name, d.root, mirror=d.mirror, download=d.download, val_size=d.val_size,
-            device=self.device, augment=d.augment,
-        )
+        return load_data(self.study.data, self.device)
+
+    @cached_property
+    def scope(self) -> Scope:
+        return Scope(**dataclasses.asdict(self.study.scope))
 
     def new_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
@@ -136,9 +143,7 @@ class Workspace:
         return model.to(self.device)
 
     def load_model(self, path: Path) -> nn.Module:
-        model = get_model(self.study.model.name, self.data.num_classes, self.data.input_shape)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.to(self.device)
+        return self.load_model_state(torch.load(path, map_location="cpu", weights_only=True))
 
     def calibration_batches(self, seed: int):
         """A fixed, seed-dependent sample of training batches for data-driven methods."""
@@ -281,7 +286,7 @@ class Workspace:
             model = self.load_model(parent.path / weights)
             start = time.perf_counter()
             ctx = PruneContext(
-                model, Scope(**_asdict(self.study.scope)), entry.options,
+                model, self.scope, entry.options,
                 torch.Generator().manual_seed(seed),
                 batches=self.calibration_batches(seed) if method.needs_data else None,
                 val_batches=self.val_batches() if method.needs_data else None,
@@ -325,7 +330,7 @@ class Workspace:
                               {**dataclasses.asdict(schedule), "steps": schedule.steps()})
             model = self.load_model(parent.path / "init.pt")
             pruner = GradualPruning(METHODS.get(entry.method), entry.options,
-                                    Scope(**_asdict(self.study.scope)), schedule,
+                                    self.scope, schedule,
                                     torch.Generator().manual_seed(seed))
             log.info("training with %s to %.4f: pruning at iterations %d..%d", entry.method,
                      sparsity, schedule.start_iteration, schedule.end_iteration)
@@ -345,7 +350,7 @@ class Workspace:
         with run.logging():
             model = self.load_model(parent.path / "model.pt")
             start = time.perf_counter()
-            rows = layer_sensitivity(model, Scope(**_asdict(self.study.scope)),
+            rows = layer_sensitivity(model, self.scope,
                                      batch_evaluator(self.val_batches()), sweep)
             elapsed = time.perf_counter() - start
             write_sensitivity_csv(rows, run.path / "sensitivity.csv")
@@ -401,7 +406,7 @@ class Workspace:
             if not level.done:
                 with level.logging():
                     trained = self.load_model(previous.path / "model.pt")
-                    ctx = PruneContext(trained, Scope(**_asdict(self.study.scope)), opts,
+                    ctx = PruneContext(trained, self.scope, opts,
                                        torch.Generator().manual_seed(seed), mask=mask)
                     mask = method(ctx, schedule[i - 1])
                     model = self.load_model_state(rewind)
@@ -443,17 +448,11 @@ def evaluate_run_dir(path: str | Path, device: str = "auto") -> dict:
     if not config_file.is_file() or not (path / "model.pt").is_file():
         raise ConfigError(f"{str(path)!r} is not a finished run directory (needs config.json and model.pt)")
     meta = read_json(config_file)
-    d = DataConfig(**meta["data"])
     dev = resolve_device(device)
-    data = load_dataset(d.name, d.root, mirror=d.mirror, download=d.download,
-                        val_size=d.val_size, device=dev, augment=False)
+    data = load_data(DataConfig(**meta["data"]), dev, augment=False)
     model = get_model(meta["model"], data.num_classes, data.input_shape)
     model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     return {"path": str(path), **evaluate_splits(model.to(dev), data), **size_counts(model)}
-
-
-def _asdict(obj) -> dict:
-    return dataclasses.asdict(obj)
 
 
 def size_counts(model: nn.Module) -> dict[str, int]:
