@@ -1,8 +1,10 @@
-"""Command-line interface: `prunebench train | prune | finetune | lottery | sensitivity | evaluate`.
+"""Command-line interface: one verb per stage (`prunebench train | sensitivity | prune |
+finetune | distill | lottery`), plus `evaluate`, `data`, `plan`, `schema` and the analysis.
 
-Every command reads a study from the params file (plus `--set key=value` overrides),
-validates it and loads the data before writing anything, then runs the requested grid points
-into hash-named run directories (finished ones are reused) and prints one JSON line per run.
+Every stage verb reads a study from the params file (plus `--set key=value` overrides),
+validates it and loads the data before writing anything, then makes the requested runs of
+that stage (their parent runs first) in hash-named run directories (finished ones are
+reused) and prints one JSON line per run.
 Bad input prints a one-line error naming the key and what is allowed, and exits with 2.
 """
 
@@ -36,22 +38,21 @@ def _common(p: argparse.ArgumentParser, grid: bool = True) -> None:
     p.add_argument("--manifest", type=Path,
                    help="also write a JSON manifest of the finished runs here (used by the workflow)")
     if grid:
-        p.add_argument("--method", required=True, help="method label in the study")
+        p.add_argument("--method", help="method label in the study (default: every label of "
+                       "the stage; `train`: dense)")
         p.add_argument("--sparsity", type=float, nargs="+",
-                       help="target weight sparsities in [0, 1) (default: the study's)")
+                       help="targets in [0, 1): weight sparsities, or channel sparsities for "
+                            "structured methods (default: the study's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from prunebench.stages import STAGES
+
     parser = argparse.ArgumentParser(prog="prunebench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    _common(sub.add_parser("train", help="train the dense model(s)"), grid=False)
-    _common(sub.add_parser("prune", help="prune trained (or initial) weights in one shot"))
-    _common(sub.add_parser("finetune", help="prune, then retrain with the mask fixed"))
-    _common(sub.add_parser("lottery", help="lottery-ticket iterative pruning with rewinding"))
-    sens = sub.add_parser("sensitivity", help="per-layer sensitivity curves of the dense model(s)")
-    _common(sens, grid=False)
-    sens.add_argument("--method", help="a `sensitivity` method label whose sweep to use "
-                      "(default: the study's, if its sensitivity methods share one sweep)")
+    for stage in STAGES.values():
+        p = sub.add_parser(stage.name, help=stage.help)
+        _common(p)
     ev = sub.add_parser("evaluate", help="evaluate a finished run's model on test and validation")
     ev.add_argument("run", type=Path, help="a run directory (holding config.json and model.pt)")
     ev.add_argument("--device", default="auto")
@@ -69,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _workspace(args):
-    from prunebench.config import load_study, read_params
+    from prunebench.config import read_params
     from prunebench.runs import Workspace
+    from prunebench.study import load_study
 
     study = load_study(args.params, args.study, args.overrides)
     if args.threads is not None:
@@ -84,56 +86,66 @@ def _workspace(args):
     seeds = args.seed if args.seed is not None else study.seeds
     if any(s < 0 for s in seeds):
         raise ConfigError(f"--seed must be >= 0, got {seeds}")
-    ws.data  # noqa: B018  (load now: a missing data file must fail before any run writes)
     return ws, seeds
 
 
-def _grid(args, ws, allowed_when: Sequence[str]):
-    from prunebench.pruning import METHODS, check_sparsity
+def select_runs(stage, ws, label: str | None, seeds, targets) -> list:
+    """The stage's runs for one method label (all labels if None), seeds and targets
+    (weight or channel sparsities); an empty selection names what is allowed."""
+    from prunebench.stages import STAGES
+    from prunebench.study import check_fraction
 
-    entry = ws.study.method(args.method)
-    when = METHODS.get(entry.method).when
-    if when not in allowed_when:
-        raise ConfigError(
-            f"method {args.method!r} ({entry.method}, applied '{when}') runs with "
-            f"`prunebench {COMMAND_FOR[when]}`, not `{args.command}`"
-        )
-    sparsities = args.sparsity if args.sparsity is not None else ws.sparsities(entry)
-    return entry, [check_sparsity(s, "--sparsity") for s in sparsities]
+    targets = None if targets is None else [check_fraction(t, "--sparsity") for t in targets]
+    if seeds != list(ws.study.seeds):
+        ws = _with_seeds(ws, seeds)
+    runs = stage.runs(ws)
+    labels = sorted({r.label for r in runs})
+    if label is not None:
+        if label != "dense":
+            ws.study.method(label)  # an unknown label names the study's methods
+        runs = [r for r in runs if r.label == label]
+        if not runs:
+            owners = [s.name for s in STAGES.values() if any(r.label == label for r in s.runs(ws))]
+            raise ConfigError(
+                f"method {label!r} has no `{stage.name}` runs in study {ws.study.name!r}; "
+                f"its runs are made by: {', '.join(f'prunebench {o}' for o in owners) or 'none'}"
+                f" (labels with {stage.name} runs: {', '.join(labels) or 'none'})")
+    if targets is not None:
+        runs = [r for r in runs if _target(r) in targets]
+        if not runs:
+            raise ConfigError(f"--sparsity {targets} matches no {stage.name} run of "
+                              f"{label or 'the study'}")
+    return runs
 
 
-COMMAND_FOR = {"trained": "finetune", "init": "finetune", "iterative": "lottery",
-               "during_training": "finetune"}
+def _target(run) -> float | None:
+    spec = run.spec
+    return spec.get("target", spec.get("sparsity", run.meta.get("target_sparsity")))
 
 
-def _sensitivity_sweep(args, ws) -> tuple[float, ...]:
-    """The sweep of the `--method` entry, else the one sweep of the study's sensitivity
-    methods, else the method's default."""
-    from prunebench.pruning import METHODS
+def _with_seeds(ws, seeds):
+    import dataclasses
 
-    if args.method is not None:
-        entry = ws.study.method(args.method)
-        if entry.method != "sensitivity":
-            raise ConfigError(f"--method {args.method!r} is method {entry.method!r}, not 'sensitivity'")
-        return tuple(entry.options["sweep"])
-    sweeps = {tuple(e.options["sweep"]) for e in ws.study.methods if e.method == "sensitivity"}
-    if len(sweeps) > 1:
-        labels = [e.label for e in ws.study.methods if e.method == "sensitivity"]
-        raise ConfigError(f"the study's sensitivity methods differ in sweep: --method is "
-                          f"required; allowed: {', '.join(labels)}")
-    return sweeps.pop() if sweeps else tuple(METHODS.get("sensitivity").defaults["sweep"])
+    from prunebench.runs import Workspace
+
+    study = dataclasses.replace(ws.study, seeds=tuple(seeds))
+    new = Workspace(study, ws.root, str(ws.device), ws.progress)
+    return new
 
 
 def _summary(run) -> dict:
     meta = {k: v for k, v in run.meta.items() if k != "data"}
     m = run.metrics()
-    headline = {k: m[k] for k in ("top1", "top5", "weight_sparsity") if k in m}
+    headline = {k: m[k] for k in ("top1", "top5", "weight_sparsity", "param_reduction",
+                                  "macs_reduction") if k in m}
     return {"kind": run.kind, "path": str(run.path), **meta, **headline}
 
 
 def run_command(args) -> None:
+    from prunebench.stages import STAGES
+
     if args.command == "schema":
-        from prunebench.config import json_schema
+        from prunebench.study import json_schema
 
         print(json.dumps(json_schema(), indent=2))
         return
@@ -165,40 +177,16 @@ def run_command(args) -> None:
         if args.manifest is not None:
             atomic_write_json(args.manifest, summary)
         return
-    runs = list(_run_grid(args, ws, seeds))
+    stage = STAGES[args.command]
+    label = args.method if args.method is not None else stage.default_label
+    runs = select_runs(stage, ws, label, list(seeds), args.sparsity)
+    ws.data  # noqa: B018  (load now: a missing data file must fail before any run writes)
+    for run in runs:
+        ws.ensure(run)
+        print(json.dumps(_summary(run)), flush=True)
     if args.manifest is not None:
         atomic_write_json(args.manifest, {"command": args.command, "study": ws.study.name,
                                           "runs": [_summary(r) for r in runs]})
-
-
-def _run_grid(args, ws, seeds):
-    """Run the requested grid points in order, printing one JSON line per finished run."""
-    for run in _grid_runs(args, ws, seeds):
-        print(json.dumps(_summary(run)), flush=True)
-        yield run
-
-
-def _grid_runs(args, ws, seeds):
-    if args.command == "train":
-        for seed in seeds:
-            yield ws.run_train(seed)
-        return
-    if args.command == "sensitivity":
-        sweep = _sensitivity_sweep(args, ws)
-        for seed in seeds:
-            yield ws.run_sensitivity(seed, sweep)
-        return
-    allowed = {"prune": ("trained", "init"), "finetune": ("trained", "init", "during_training"),
-               "lottery": ("iterative",)}[args.command]
-    entry, sparsities = _grid(args, ws, allowed)
-    for seed in seeds:
-        for sparsity in sparsities:
-            if args.command == "prune":
-                yield ws.run_prune(entry, sparsity, seed)
-            elif args.command == "finetune":
-                yield ws.run_finetune(entry, sparsity, seed)
-            else:
-                yield from ws.run_lottery(entry, sparsity, seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,9 +4,9 @@ Hyperparameters are frozen dataclasses (as in OpenLTH). A run is named by a hash
 resolved configuration with default values left out, so identical configs share a directory
 (finished work is reused) and adding a field with a no-op default keeps old names valid.
 
-`params.yaml` holds studies; `load_study` resolves one study (plus command-line overrides)
-into a `Study`, validating every key before anything runs. The JSON Schema used by the
-workflow is generated from these dataclasses (`json_schema`), so the grid is defined once.
+This module is a leaf (no registries, no torch): `prunebench.study` parses and validates a
+params file into `Study` objects against the method, model and data registries, and
+generates the JSON Schema from these dataclasses and the methods' declared options.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -64,12 +65,21 @@ class TrainConfig:
     milestones: tuple[float, ...] = field(default=(), metadata={"help": "step schedule: epochs where lr *= gamma"})
     gamma: float = 0.1
     label_smoothing: float = 0.0
+    bn_l1: float = field(default=0.0, metadata={"help": "L1 penalty on BatchNorm scales (network slimming's sparsity training)"})
 
 
 @dataclass(frozen=True)
 class ScopeConfig:
     exclude_first: bool = False
     exclude_last: bool = False
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation (Hinton et al. 2015) from the dense model of the same seed."""
+
+    temperature: float = field(default=4.0, metadata={"help": "softmax temperature T (> 0); the soft term is scaled by T^2"})
+    alpha: float = field(default=0.9, metadata={"help": "weight of the soft (teacher) term in [0, 1]; 1 - alpha on the labels"})
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,10 @@ class Study:
     scale: str = "default"
     calibration_batches: int = 8
     eval_batch_size: int = 1000
+    # Structured methods are asked for the fraction of channels to remove, not of weights.
+    channel_sparsities: tuple[float, ...] = (0.25, 0.5, 0.75)
+    recover: tuple[str, ...] = ("finetune",)
+    distill: DistillConfig = DistillConfig()
 
     def method(self, label: str) -> MethodEntry:
         for entry in self.methods:
@@ -104,23 +118,6 @@ class Study:
             f"method {label!r} is not in study {self.name!r} (key studies.{self.name}.methods); "
             f"allowed: {', '.join(e.label for e in self.methods)}"
         )
-
-
-STUDY_KEYS = {
-    "data": DataConfig,
-    "model": ModelConfig,
-    "train": TrainConfig,
-    "finetune": None,  # a partial TrainConfig applied on top of `train`
-    "scope": ScopeConfig,
-    "methods": None,
-    "sparsities": None,
-    "seeds": None,
-    "scale": None,
-    "calibration_batches": None,
-    "eval_batch_size": None,
-}
-SCALES = ("default", "paper")
-TOP_KEYS = ("scale", "runs_root", "studies")
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
@@ -163,124 +160,17 @@ def from_dict(cls: type, values: Mapping[str, Any] | None, key: str):
             raise ConfigError(f"{key}.{name} must be one of {', '.join(choices)}, got {value!r}")
         if typing.get_origin(hints[name]) is tuple:
             value = tuple(value)
-        elif hints[name] is float and value is not None:
-            value = float(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}.{name} must be a finite number, got {value!r}")
+            if hints[name] is float:
+                value = float(value)
         out[name] = value
     return cls(**out)
 
 
 def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
-
-def _positive(value: Any, key: str, *, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-
-
-def _check_train(t: TrainConfig, key: str) -> None:
-    _positive(t.epochs, f"{key}.epochs", allow_zero=True)
-    _positive(t.batch_size, f"{key}.batch_size")
-    _positive(t.lr, f"{key}.lr")
-    _positive(t.weight_decay, f"{key}.weight_decay", allow_zero=True)
-    _positive(t.warmup_epochs, f"{key}.warmup_epochs", allow_zero=True)
-    if not 0.0 <= t.label_smoothing < 1.0:
-        raise ConfigError(f"{key}.label_smoothing must be in [0, 1), got {t.label_smoothing!r}")
-    if not 0.0 <= t.momentum < 1.0:
-        raise ConfigError(f"{key}.momentum must be in [0, 1), got {t.momentum!r}")
-
-
-def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
-    """Validate one study mapping from params.yaml into a `Study`."""
-    # Imported here: the registries pull in torch, which the schema/CLI help do not need.
-    from prunebench.data import DATASETS
-    from prunebench.models import MODELS
-    from prunebench.pruning import METHODS, check_sparsity
-
-    key = f"studies.{name}"
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{key} must be a mapping")
-    unknown = sorted(set(raw) - set(STUDY_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown key {key}.{unknown[0]}; allowed: {', '.join(STUDY_KEYS)}")
-    data = from_dict(DataConfig, raw.get("data"), f"{key}.data")
-    if data.name not in DATASETS:
-        raise ConfigError(
-            f"unknown dataset {data.name!r} (key {key}.data.name); allowed: {', '.join(DATASETS)}"
-        )
-    if (data.val_size < 0) or (isinstance(data.val_size, float) and data.val_size >= 1.0):
-        raise ConfigError(
-            f"{key}.data.val_size must be a fraction in [0, 1) or a count >= 0, got {data.val_size!r}"
-        )
-    model = from_dict(ModelConfig, raw.get("model"), f"{key}.model")
-    if model.name not in MODELS:
-        raise ConfigError(
-            f"unknown model {model.name!r} (key {key}.model.name); allowed: {', '.join(sorted(MODELS))}"
-        )
-    train = from_dict(TrainConfig, raw.get("train"), f"{key}.train")
-    _check_train(train, f"{key}.train")
-    finetune_raw = raw.get("finetune") or {}
-    from_dict(TrainConfig, finetune_raw, f"{key}.finetune")  # key/type check
-    finetune = dataclasses.replace(train, **from_dict_partial(TrainConfig, finetune_raw))
-    _check_train(finetune, f"{key}.finetune")
-    scope = from_dict(ScopeConfig, raw.get("scope"), f"{key}.scope")
-
-    methods_raw = raw.get("methods") or {}
-    if not isinstance(methods_raw, Mapping) or not methods_raw:
-        raise ConfigError(f"{key}.methods must be a non-empty mapping of label -> options")
-    methods = []
-    for label, opts in methods_raw.items():
-        opts = dict(opts or {})
-        if not isinstance(label, str) or not label.replace("_", "").isalnum():
-            raise ConfigError(f"{key}.methods: label {label!r} must be letters, digits and _")
-        method_name = opts.pop("method", label)
-        try:
-            method = METHODS.get(method_name)
-        except ConfigError:
-            raise ConfigError(
-                f"unknown method {method_name!r} (key {key}.methods.{label}); "
-                f"allowed: {', '.join(METHODS.names())}"
-            ) from None
-        try:
-            resolved = method.resolve_options(opts)
-        except ConfigError as err:
-            raise ConfigError(str(err).replace("key methods.", f"key {key}.methods.")) from None
-        methods.append(MethodEntry(label, method_name, _freeze(resolved)))
-
-    sparsities = raw.get("sparsities", [0.5, 0.8, 0.9])
-    if not isinstance(sparsities, Sequence) or not sparsities:
-        raise ConfigError(f"{key}.sparsities must be a non-empty list of numbers in [0, 1)")
-    sparsities = tuple(check_sparsity(s, f"{key}.sparsities") for s in sparsities)
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, Sequence) or not seeds or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
-    ):
-        raise ConfigError(f"{key}.seeds must be a non-empty list of integers >= 0, got {seeds!r}")
-    scale = raw.get("scale", "default")
-    if scale not in SCALES:
-        raise ConfigError(f"{key}.scale must be one of {', '.join(SCALES)}, got {scale!r}")
-    extra = {}
-    for k in ("calibration_batches", "eval_batch_size"):
-        if k in raw:
-            if not isinstance(raw[k], int) or isinstance(raw[k], bool) or raw[k] <= 0:
-                raise ConfigError(f"{key}.{k} must be a positive integer, got {raw[k]!r}")
-            extra[k] = raw[k]
-    return Study(
-        name, data, model, train, finetune, scope, tuple(methods), sparsities, tuple(seeds),
-        scale, **extra,
-    )
-
-
-def from_dict_partial(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The validated, converted fields of a partial mapping (for overrides on a base config)."""
-    full = from_dict(cls, values, "finetune")
-    return {k: getattr(full, k) for k in values}
-
-
-def _freeze(options: Mapping[str, Any]) -> Mapping[str, Any]:
-    return types.MappingProxyType(
-        {k: tuple(v) if isinstance(v, list) else v for k, v in sorted(options.items())}
-    )
 
 
 # ----------------------------------------------------------------------------- params file
@@ -314,42 +204,6 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
                 raise ConfigError(f"override {dotted!r}: {part!r} is not a mapping")
         node[parts[-1]] = yaml.safe_load(value)
     return raw
-
-
-def validate_params(raw: Mapping[str, Any]) -> dict[str, Study]:
-    """Validate the whole params mapping; returns every study by name."""
-    unknown = sorted(set(raw) - set(TOP_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown top-level key {unknown[0]!r}; allowed: {', '.join(TOP_KEYS)}")
-    scale = raw.get("scale", "default")
-    if scale not in (*SCALES, "all"):
-        raise ConfigError(f"scale must be one of default, paper, all; got {scale!r}")
-    studies = raw.get("studies")
-    if not isinstance(studies, Mapping) or not studies:
-        raise ConfigError("studies must be a non-empty mapping of study name -> study")
-    return {name: parse_study(name, study) for name, study in studies.items()}
-
-
-def selected_studies(raw: Mapping[str, Any]) -> dict[str, Study]:
-    """The studies that `scale` switches on (default: the offline `digits` ones)."""
-    studies = validate_params(raw)
-    scale = raw.get("scale", "default")
-    return {n: s for n, s in studies.items() if scale == "all" or s.scale == scale}
-
-
-def load_study(path: str | Path, name: str | None, overrides: Sequence[str] = ()) -> Study:
-    """One study of a params file; `overrides` are `key=value` relative to the study."""
-    raw = read_params(path)
-    if name is None:
-        names = list(raw.get("studies") or {})
-        if len(names) != 1:
-            raise ConfigError(f"--study is required; allowed: {', '.join(map(str, names))}")
-        name = names[0]
-    raw = apply_overrides(raw, [f"studies.{name}.{o}" for o in overrides])
-    studies = validate_params(raw)
-    if name not in studies:
-        raise ConfigError(f"unknown study {name!r} (key studies); allowed: {', '.join(studies)}")
-    return studies[name]
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -410,42 +264,4 @@ def dataclass_schema(cls: type) -> dict:
         props[f.name] = prop
     return {"type": "object", "additionalProperties": False, "properties": props}
 
-
-def json_schema() -> dict:
-    """JSON Schema of params.yaml (defaults documented), generated from the dataclasses."""
-    train = dataclass_schema(TrainConfig)
-    study = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["methods"],
-        "properties": {
-            "data": dataclass_schema(DataConfig),
-            "model": dataclass_schema(ModelConfig),
-            "train": train,
-            "finetune": {**train, "description": "overrides of `train` for retraining after pruning"},
-            "scope": dataclass_schema(ScopeConfig),
-            "methods": {
-                "type": "object",
-                "description": "label -> options; `method:` names the registry entry (default: the label)",
-                "additionalProperties": {"type": ["object", "null"]},
-            },
-            "sparsities": {"type": "array", "items": {"type": "number", "minimum": 0, "exclusiveMaximum": 1}, "default": [0.5, 0.8, 0.9]},
-            "seeds": {"type": "array", "items": {"type": "integer", "minimum": 0}, "default": [0]},
-            "scale": {"enum": list(SCALES), "default": "default"},
-            "calibration_batches": {"type": "integer", "minimum": 1, "default": 8},
-            "eval_batch_size": {"type": "integer", "minimum": 1, "default": 1000},
-        },
-    }
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "prunebench params.yaml",
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["studies"],
-        "properties": {
-            "scale": {"enum": [*SCALES, "all"], "default": "default", "description": "which studies run: default (offline digits), paper, or all"},
-            "runs_root": {"type": "string", "default": "results/runs"},
-            "studies": {"type": "object", "additionalProperties": study},
-        },
-    }
 

@@ -1,16 +1,15 @@
 """The job plan: which CLI invocations a params file asks for, and what each one produces.
 
+The plan iterates over the stages (`prunebench.stages.STAGES`); each stage lists its runs,
+one per grid point, with their parent runs. Runs are grouped into jobs by stage and label
+(one job per stage x method of a study, covering its seeds and targets), and a job's inputs
+are the jobs that hold its runs' parents. Nothing here knows about particular methods.
+
 The workflow (Snakemake) schedules exactly this plan. A job's manifest path carries the hash
 of the runs it produces, so editing one method's options changes only that method's manifest
 paths: Snakemake then builds those and nothing else, without relying on file modification
 times (which DVC checkouts change). The heavy outputs are hash-named run directories that the
 CLI reuses when they are already finished.
-
-Per study and seed: `train` (dense); for a method applied to trained or initial weights,
-`prune` then `finetune`; for one applied during training (gradual pruning), a single
-`finetune` job that trains from the dense run's initialisation; for `lottery`, one `lottery`
-job. The `sensitivity` method also gets a `sensitivity` job (`prunebench sensitivity`, the
-per-layer curves), which its `prune` job waits for.
 """
 
 from __future__ import annotations
@@ -20,15 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunebench.config import Study, config_hash, selected_studies
-from prunebench.pruning import METHODS
+from prunebench.config import Study, config_hash
 from prunebench.runs import Run, Workspace
+from prunebench.stages import STAGES
+from prunebench.study import selected_studies
+
 
 @dataclass(frozen=True)
 class Job:
     """One CLI call: a stage of one method of a study, over all the study's seeds.
 
-    A job covers every seed (and sparsity) of its method because each job is a process that
+    A job covers every seed (and target) of its method because each job is a process that
     pays ~1.5 s of Python and torch start-up; per-seed or per-sparsity jobs on the small
     default study would spend most of their time starting (see results/granularity.json).
     Jobs stay per method, so editing one method's options reruns only that method's jobs.
@@ -51,45 +52,34 @@ def manifest_path(jobs_root: str | Path, stage: str, study: str, label: str, h: 
     return str(Path(jobs_root) / study / stage / f"{label}-{h}.json")
 
 
-def _job(jobs_root, stage, study: Study, label, runs: list[Run], inputs=()) -> Job:
-    h = config_hash({"stage": stage, "runs": [r.description for r in runs]})
-    return Job(stage, study.name, label, h, manifest_path(jobs_root, stage, study.name, label, h),
-               tuple(inputs), tuple(str(r.path) for r in runs))
-
-
 def study_jobs(study: Study, runs_root: str | Path, jobs_root: str | Path) -> list[Job]:
     ws = Workspace(study, runs_root)
-    seeds = study.seeds
-    train = _job(jobs_root, "train", study, "dense", [ws.train_run(seed) for seed in seeds])
-    jobs = [train]
-    for entry in study.methods:
-        when = METHODS.get(entry.method).when
-        grid = [(seed, s) for seed in seeds for s in ws.sparsities(entry)]
-        if when in ("trained", "init"):
-            prune_inputs = [train.manifest]
-            if entry.method == "sensitivity":
-                sens = _job(jobs_root, "sensitivity", study, entry.label,
-                            [ws.sensitivity_run(seed, entry.options["sweep"]) for seed in seeds],
-                            [train.manifest])
-                jobs.append(sens)
-                prune_inputs.append(sens.manifest)
-            prune = _job(jobs_root, "prune", study, entry.label,
-                         [ws.prune_run(entry, s, seed) for seed, s in grid], prune_inputs)
-            fine = _job(jobs_root, "finetune", study, entry.label,
-                        [ws.finetune_run(entry, s, seed) for seed, s in grid], [prune.manifest])
-            jobs += [prune, fine]
-        elif when == "during_training":
-            jobs.append(_job(jobs_root, "finetune", study, entry.label,
-                             [ws.finetune_run(entry, s, seed) for seed, s in grid], [train.manifest]))
-        elif when == "iterative":
-            runs = []
-            for seed, s in grid:
-                level = ws.lottery_level_run(entry, ws.lottery_schedule(entry, s), seed)
-                runs.append(level)
-                if entry.options.get("reinit_control"):
-                    runs.append(ws.reinit_run(level))
-            jobs.append(_job(jobs_root, "lottery", study, entry.label, runs, [train.manifest]))
+    jobs: list[Job] = []
+    job_of: dict[Path, str] = {}  # run directory -> manifest of the job that makes it
+    for stage in STAGES.values():
+        groups: dict[str, list[Run]] = {}
+        for run in stage.runs(ws):
+            groups.setdefault(run.label, []).append(run)
+        for label, runs in groups.items():
+            h = config_hash({"stage": stage.name, "runs": [r.description for r in runs]})
+            manifest = manifest_path(jobs_root, stage.name, study.name, label, h)
+            inputs = sorted({m for r in runs for m in _parent_jobs(r, job_of)})
+            jobs.append(Job(stage.name, study.name, label, h, manifest, tuple(inputs),
+                            tuple(str(r.path) for r in runs)))
+            job_of.update({r.path: manifest for r in runs})
     return jobs
+
+
+def _parent_jobs(run: Run, job_of: Mapping[Path, str]) -> set[str]:
+    """The jobs that make `run`'s parents; a parent no job lists (an intermediate lottery
+    level) is made inside this job, so its own parents count instead."""
+    found = set()
+    for parent in run.parents:
+        if parent.path in job_of:
+            found.add(job_of[parent.path])
+        else:
+            found |= _parent_jobs(parent, job_of)
+    return found
 
 
 def plan(raw_params: Mapping[str, Any], jobs_root: str | Path = "results/jobs") -> list[Job]:
@@ -102,5 +92,5 @@ def plan(raw_params: Mapping[str, Any], jobs_root: str | Path = "results/jobs") 
 
 
 def final_jobs(jobs: list[Job]) -> list[Job]:
-    """The jobs whose runs are results (dense baselines, fine-tuned and lottery runs)."""
-    return [j for j in jobs if j.stage in ("train", "finetune", "lottery")]
+    """The jobs whose runs are results (dense baselines, recovered and lottery runs)."""
+    return [j for j in jobs if STAGES[j.stage].result]

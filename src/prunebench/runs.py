@@ -1,15 +1,18 @@
-"""Runs: train, prune, fine-tune, lottery and sensitivity, each in a directory named by its
-config hash.
+"""Runs and the workspace they share.
 
-A run's description (its resolved config, parents included) is hashed into its directory
-name, so identical work lands in the same place and is reused: a run whose `metrics.json`
-exists is done. Each run writes `config.json`, `metrics.json`, `log.txt` and its weights;
-every file is written atomically, so an interrupted run never looks finished.
+A run is a directory named by the hash of its description (its resolved config, parents
+included), so identical work lands in the same place and is reused: a run whose
+`metrics.json` exists is done. Which runs a study asks for, and how each is made, is decided
+by the stages (`prunebench.stages`); this module holds what they share: the `Run` record,
+the data and device (`Workspace`), loading a run's model with its architecture, and writing a
+finished run.
 
-Descriptions nest: a fine-tune run's description contains its prune run's, which contains the
-dense training run's. Changing anything upstream changes every name downstream. A method
-applied during training (gradual pruning) has no prune run: its fine-tune run trains the dense
-run's initialisation and names the method, options and sparsity itself.
+Every file is written atomically and `metrics.json` last, so an interrupted run never looks
+finished. A run's `arch.json` says how to rebuild its model: the registry name, the number
+of classes, the input shape and the structural edits (channels removed, in order) that
+structured pruning applied. Loading builds the registry model, replays the edits with
+Torch-Pruning and then loads `model.pt` with `torch.load(weights_only=True)`, so masked,
+structurally pruned, fine-tuned and distilled models all go through the same code path.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -27,38 +30,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunebench.config import DataConfig, MethodEntry, Study, TrainConfig, canonical, config_hash
+from prunebench.config import DataConfig, Study, TrainConfig, canonical, config_hash
+from prunebench.data import DataSplits, iterate_batches, load_dataset
 from prunebench.errors import ConfigError
-from prunebench.data import DataSplits, iterate_batches, load_dataset, num_batches
 from prunebench.io import atomic_torch_save, atomic_write_json, read_json
+from prunebench.metrics import count_macs, size_counts
 from prunebench.models import get_model
-from prunebench.pruning import (
-    METHODS,
-    Mask,
-    PruneContext,
-    Scope,
-    apply_mask,
-    load_mask,
-    ones_mask,
-    save_mask,
-    sparsity_report,
-)
+from prunebench.pruning import Mask, Scope, save_mask, sparsity_report
 from prunebench.pruning.base import Batches
-from prunebench.pruning.gradual import GradualPruning, resolve_schedule
-from prunebench.pruning.sensitivity import (
-    DEFAULT_SWEEP,
-    batch_evaluator,
-    drop_sparsity,
-    layer_sensitivity,
-    plot_sensitivity,
-    write_sensitivity_csv,
-)
-from prunebench.training import TrainState, evaluate_splits, train
+from prunebench.training import evaluate_splits, train
 
 log = logging.getLogger("prunebench")
 
-REINIT_SEED_OFFSET = 1_000_000  # fresh initialisation for the lottery-ticket control
-SENSITIVITY_DROP = 0.01  # metrics.json of a sensitivity run: where a layer costs > 1 point top-1
 VAL_FALLBACK_FRACTION = 0.1
 
 
@@ -77,12 +60,21 @@ def load_data(d: DataConfig, device: torch.device, augment: bool | None = None) 
 
 @dataclass
 class Run:
-    """A directory holding one unit of work, named by the hash of its description."""
+    """One unit of work: a directory named by the hash of its description.
+
+    `stage` names the stage that makes it and `label` the job it belongs to (a method label,
+    or "dense"); `parents` are the runs it reads; `spec` holds what the stage needs to make
+    it (not hashed: everything that changes the result is in `description`).
+    """
 
     root: Path
     kind: str
     description: Mapping[str, Any]
     meta: Mapping[str, Any]
+    stage: str = ""
+    label: str = "dense"
+    parents: tuple[Run, ...] = ()
+    spec: Mapping[str, Any] = field(default_factory=dict)
 
     @cached_property
     def hash(self) -> str:
@@ -119,6 +111,44 @@ class Run:
             handler.close()
 
 
+@dataclass(frozen=True)
+class Arch:
+    """How to rebuild a run's model: a registry model plus the structural edits applied."""
+
+    model: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    edits: tuple[Mapping[str, Any], ...] = ()
+
+    def build(self) -> nn.Module:
+        model = get_model(self.model, self.num_classes, self.input_shape)
+        if self.edits:
+            from prunebench.structured import replay
+
+            replay(model, self.input_shape, self.edits)
+        return model
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "num_classes": self.num_classes,
+                "input_shape": list(self.input_shape), "edits": [dict(e) for e in self.edits]}
+
+    @classmethod
+    def read(cls, run_dir: Path) -> Arch:
+        raw = read_json(Path(run_dir) / "arch.json")
+        return cls(raw["model"], raw["num_classes"], tuple(raw["input_shape"]),
+                   tuple(raw.get("edits", ())))
+
+
+def load_run_model(run_dir: str | Path, weights: str = "model.pt",
+                   device: torch.device | str = "cpu") -> tuple[nn.Module, Arch]:
+    """A finished run's model with its architecture rebuilt, weights loaded safely."""
+    run_dir = Path(run_dir)
+    arch = Arch.read(run_dir)
+    model = arch.build()
+    model.load_state_dict(torch.load(run_dir / weights, map_location="cpu", weights_only=True))
+    return model.to(device), arch
+
+
 class Workspace:
     """Everything a study's runs share: the data on the device, the runs root, the device."""
 
@@ -137,15 +167,30 @@ class Workspace:
     def scope(self) -> Scope:
         return Scope(**dataclasses.asdict(self.study.scope))
 
+    @cached_property
+    def dense_arch(self) -> Arch:
+        return Arch(self.study.model.name, self.data.num_classes, tuple(self.data.input_shape))
+
+    @cached_property
+    def dense_costs(self) -> dict[str, int]:
+        """Parameters and MACs of the unpruned architecture (what reductions compare with)."""
+        model = self.dense_arch.build()
+        return {"params_total": size_counts(model)["params_total"],
+                "macs": count_macs(model, self.dense_arch.input_shape)}
+
     def new_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        model = get_model(self.study.model.name, self.data.num_classes, self.data.input_shape)
+        return self.dense_arch.build().to(self.device)
+
+    def load(self, run: Run, weights: str = "model.pt") -> tuple[nn.Module, Arch]:
+        return load_run_model(run.path, weights, self.device)
+
+    def model_from_state(self, state: Mapping[str, torch.Tensor], arch: Arch | None = None) -> nn.Module:
+        model = (arch or self.dense_arch).build()
+        model.load_state_dict(state)
         return model.to(self.device)
 
-    def load_model(self, path: Path) -> nn.Module:
-        return self.load_model_state(torch.load(path, map_location="cpu", weights_only=True))
-
-    def calibration_batches(self, seed: int):
+    def calibration_batches(self, seed: int) -> Batches:
         """A fixed, seed-dependent sample of training batches for data-driven methods."""
         n, bs = self.study.calibration_batches, self.study.train.batch_size
 
@@ -175,72 +220,46 @@ class Workspace:
         batch_size = self.study.eval_batch_size
         return lambda: iterate_batches(x, y, batch_size)
 
-    def sparsities(self, entry: MethodEntry) -> tuple[float, ...]:
-        """The study's sparsities, or the one a method's options fix (N:M)."""
-        return METHODS.get(entry.method).sparsities(entry.options, self.study.sparsities)
+    # ------------------------------------------------------------------ making runs
 
-    # ------------------------------------------------------------------ descriptions
+    def ensure(self, run: Run) -> Run:
+        """Make `run` (its parents first) unless it is already done."""
+        if run.done:
+            return run
+        for parent in run.parents:
+            self.ensure(parent)
+        from prunebench.stages import STAGES
 
-    def train_run(self, seed: int) -> Run:
-        s = self.study
-        desc = {"data": s.data, "model": s.model, "train": s.train, "seed": seed}
-        meta = {"study": s.name, "dataset": s.data.name, "model": s.model.name, "method": "dense",
-                "label": "dense", "target_sparsity": 0.0, "seed": seed,
-                "data": dataclasses.asdict(s.data)}
-        return Run(self.root, "train", desc, meta)
+        with run.logging():
+            STAGES[run.stage].execute(self, run)
+        return run
 
-    def prune_run(self, entry: MethodEntry, sparsity: float, seed: int) -> Run:
-        parent = self.train_run(seed)
-        desc = {"parent": parent.description, "scope": self.study.scope, "method": entry.method,
-                "options": dict(entry.options), "sparsity": sparsity}
-        if METHODS.get(entry.method).needs_data:
-            desc["calibration_batches"] = self.study.calibration_batches
-        meta = {**parent.meta, "method": entry.method, "label": entry.label, "target_sparsity": sparsity}
-        return Run(self.root, "prune", desc, meta)
+    def train(self, run_dir: Path, model: nn.Module, recipe: TrainConfig, seed: int,
+              mask: Mask | None = None, **kw) -> tuple[float, Any]:
+        """Train `model` with checkpoints in `run_dir` (resumable); (seconds, final state)."""
+        start = time.perf_counter()
+        state = train(model, self.data, recipe, seed=seed, mask=mask, run_dir=run_dir,
+                      eval_batch_size=self.study.eval_batch_size, progress=self.progress, **kw)
+        return time.perf_counter() - start, state
 
-    def finetune_recipe(self, entry: MethodEntry) -> TrainConfig:
-        """Methods applied at initialisation or during training train with the full recipe;
-        methods applied to trained weights fine-tune."""
-        when = METHODS.get(entry.method).when
-        return self.study.train if when in ("init", "during_training") else self.study.finetune
+    def finish(self, run: Run, model: nn.Module, arch: Arch, mask: Mask | None,
+               extra: Mapping[str, Any]) -> dict:
+        """Evaluate, measure and save a finished model: model.pt, arch.json, mask.pt and
+        sparsity.json (masked models), config.json, and metrics.json last (marks it done).
 
-    def finetune_run(self, entry: MethodEntry, sparsity: float, seed: int) -> Run:
-        if METHODS.get(entry.method).when == "during_training":
-            parent = self.train_run(seed)
-            desc = {"parent": parent.description, "scope": self.study.scope, "method": entry.method,
-                    "options": dict(entry.options), "sparsity": sparsity,
-                    "train": self.finetune_recipe(entry)}
-            meta = {**parent.meta, "method": entry.method, "label": entry.label,
-                    "target_sparsity": sparsity, "stage": "finetune"}
-            return Run(self.root, "finetune", desc, meta)
-        parent = self.prune_run(entry, sparsity, seed)
-        desc = {"parent": parent.description, "train": self.finetune_recipe(entry)}
-        return Run(self.root, "finetune", desc, {**parent.meta, "stage": "finetune"})
-
-    def sensitivity_run(self, seed: int, sweep: Sequence[float] = DEFAULT_SWEEP) -> Run:
-        parent = self.train_run(seed)
-        desc = {"parent": parent.description, "scope": self.study.scope, "sweep": list(sweep)}
-        meta = {k: v for k, v in parent.meta.items() if k != "target_sparsity"}
-        return Run(self.root, "sensitivity", desc, {**meta, "method": "sensitivity", "label": "sensitivity"})
-
-    def lottery_level_run(self, entry: MethodEntry, schedule: Sequence[float], seed: int) -> Run:
-        parent = self.train_run(seed)
-        desc = {"parent": parent.description, "scope": self.study.scope, "method": entry.method,
-                "options": dict(entry.options), "levels": list(schedule)}
-        meta = {**parent.meta, "method": entry.method, "label": entry.label,
-                "target_sparsity": schedule[-1], "level": len(schedule)}
-        return Run(self.root, "lottery", desc, meta)
-
-    def reinit_run(self, level: Run) -> Run:
-        meta = {**level.meta, "method": f"{level.meta['method']}_reinit",
-                "label": f"{level.meta['label']}_reinit"}
-        return Run(self.root, "lottery_reinit", {"level": level.description}, meta)
-
-    # ------------------------------------------------------------------ execution
-
-    def _finish(self, run: Run, model: nn.Module, mask: Mask | None, extra: Mapping[str, Any]) -> dict:
-        metrics = {**evaluate_splits(model, self.data, self.study.eval_batch_size),
-                   **size_counts(model), **extra}
+        Names say what each number is: `weight_sparsity` is the pruned fraction of the
+        prunable weights (the mask's); `param_reduction` and `macs_reduction` are measured on
+        the saved model against the unpruned architecture (zeros count as removed
+        parameters, but a masked weight still costs its MAC on dense kernels).
+        """
+        counts = size_counts(model)
+        macs = count_macs(model, arch.input_shape)
+        dense = self.dense_costs
+        metrics = {**evaluate_splits(model, self.data, self.study.eval_batch_size), **counts,
+                   "macs": macs,
+                   "param_reduction": 1.0 - counts["params_nonzero"] / dense["params_total"],
+                   "macs_reduction": 1.0 - macs / dense["macs"],
+                   "threads": torch.get_num_threads(), **extra}
         if mask is not None:
             report = sparsity_report(mask)
             metrics["weight_sparsity"] = report["weight_sparsity"]
@@ -248,215 +267,35 @@ class Workspace:
             save_mask(mask, run.path / "mask.pt")
         else:
             metrics["weight_sparsity"] = 0.0
+        if arch.edits:
+            from prunebench.structured import count_channels
+
+            metrics["channels"] = count_channels(model)
         atomic_torch_save(model.state_dict(), run.path / "model.pt")
+        atomic_write_json(run.path / "arch.json", arch.to_json())
         run.write_config()
         atomic_write_json(run.path / "metrics.json", metrics)  # last: marks the run done
         log.info("%s %s done: top1 %.4f", run.kind, run.hash, metrics["top1"])
         return metrics
 
-    def _train(self, run: Run, model: nn.Module, recipe: TrainConfig, seed: int,
-               mask: Mask | None = None, **kw) -> tuple[float, TrainState]:
-        start = time.perf_counter()
-        state = train(model, self.data, recipe, seed=seed, mask=mask, run_dir=run.path,
-                      eval_batch_size=self.study.eval_batch_size, progress=self.progress, **kw)
-        return time.perf_counter() - start, state
-
-    def run_train(self, seed: int) -> Run:
-        run = self.train_run(seed)
-        if run.done:
-            return run
-        with run.logging():
-            log.info("dense training %s (seed %d)", run.hash, seed)
-            model = self.new_model(seed)
-            atomic_torch_save(model.state_dict(), run.path / "init.pt")
-            elapsed, _ = self._train(run, model, self.study.train, seed)
-            self._finish(run, model, None, {"train_time_s": elapsed})
-        return run
-
-    def run_prune(self, entry: MethodEntry, sparsity: float, seed: int) -> Run:
-        run = self.prune_run(entry, sparsity, seed)
-        if run.done:
-            return run
-        method = METHODS.get(entry.method)
-        if method.when not in ("trained", "init"):
-            raise ValueError(f"method {entry.method!r} is applied {method.when!r}, not in one shot")
-        parent = self.run_train(seed)
-        with run.logging():
-            weights = "init.pt" if method.when == "init" else "model.pt"
-            model = self.load_model(parent.path / weights)
-            start = time.perf_counter()
-            ctx = PruneContext(
-                model, self.scope, entry.options,
-                torch.Generator().manual_seed(seed),
-                batches=self.calibration_batches(seed) if method.needs_data else None,
-                val_batches=self.val_batches() if method.needs_data else None,
-                input_shape=self.data.input_shape,
-            )
-            mask = method(ctx, sparsity)
-            apply_mask(model, mask)
-            log.info("pruned with %s to %.4f", entry.method, sparsity)
-            self._finish(run, model, mask, {"prune_time_s": time.perf_counter() - start})
-        return run
-
-    def run_finetune(self, entry: MethodEntry, sparsity: float, seed: int) -> Run:
-        run = self.finetune_run(entry, sparsity, seed)
-        if run.done:
-            return run
-        if METHODS.get(entry.method).when == "during_training":
-            return self._run_during_training(run, entry, sparsity, seed)
-        parent = self.run_prune(entry, sparsity, seed)
-        with run.logging():
-            model = self.load_model(parent.path / "model.pt")
-            mask = load_mask(parent.path / "mask.pt")
-            elapsed, _ = self._train(run, model, self.finetune_recipe(entry), seed, mask)
-            oneshot = parent.metrics()
-            self._finish(run, model, mask, {
-                "train_time_s": elapsed, "prune_time_s": oneshot["prune_time_s"],
-                "oneshot_top1": oneshot["top1"], "oneshot_top5": oneshot["top5"],
-            })
-        return run
-
-    def _run_during_training(self, run: Run, entry: MethodEntry, sparsity: float, seed: int) -> Run:
-        """Train the dense run's initialisation with the full recipe while a callback prunes
-        on the method's schedule; `schedule.json` lists the pruning steps and history.csv the
-        weight sparsity after every epoch."""
-        recipe = self.finetune_recipe(entry)
-        schedule = resolve_schedule(entry.options, sparsity,
-                                    num_batches(len(self.data.train_y), recipe.batch_size),
-                                    recipe.epochs)  # first: bad options must not leave a run behind
-        parent = self.run_train(seed)
-        with run.logging():
-            atomic_write_json(run.path / "schedule.json",
-                              {**dataclasses.asdict(schedule), "steps": schedule.steps()})
-            model = self.load_model(parent.path / "init.pt")
-            pruner = GradualPruning(METHODS.get(entry.method), entry.options,
-                                    self.scope, schedule,
-                                    torch.Generator().manual_seed(seed))
-            log.info("training with %s to %.4f: pruning at iterations %d..%d", entry.method,
-                     sparsity, schedule.start_iteration, schedule.end_iteration)
-            elapsed, state = self._train(run, model, recipe, seed, pruner.initial_mask(model),
-                                         callbacks=[pruner])
-            self._finish(run, model, state.mask, {"train_time_s": elapsed})
-        return run
-
-    def run_sensitivity(self, seed: int, sweep: Sequence[float] = DEFAULT_SWEEP) -> Run:
-        """Per-layer sensitivity curves of the trained dense model on the validation split:
-        `sensitivity.csv`, `sensitivity.png`, and in `metrics.json` the dense validation
-        top-1 and, per layer, the first swept sparsity that costs more than 1 point."""
-        run = self.sensitivity_run(seed, sweep)
-        if run.done:
-            return run
-        parent = self.run_train(seed)
-        with run.logging():
-            model = self.load_model(parent.path / "model.pt")
-            start = time.perf_counter()
-            rows = layer_sensitivity(model, self.scope,
-                                     batch_evaluator(self.val_batches()), sweep)
-            elapsed = time.perf_counter() - start
-            write_sensitivity_csv(rows, run.path / "sensitivity.csv")
-            plot_sensitivity(rows, run.path / "sensitivity.png")
-            run.write_config()
-            metrics = {"val_top1": rows[0]["top1"], "val_loss": rows[0]["loss"],
-                       "top1_drop": SENSITIVITY_DROP,
-                       "sparsity_at_top1_drop": drop_sparsity(rows, SENSITIVITY_DROP),
-                       "sensitivity_time_s": elapsed}
-            atomic_write_json(run.path / "metrics.json", metrics)  # last: marks the run done
-            log.info("sensitivity %s done: %d layers x %d sparsities", run.hash,
-                     len(metrics["sparsity_at_top1_drop"]), len(sweep))
-        return run
-
-    def lottery_schedule(self, entry: MethodEntry, target: float) -> list[float]:
-        """Sparsity after each round: prune `prune_fraction` of the remaining weights per
-        round (Frankle & Carbin), and land exactly on `target` in the last round."""
-        p = entry.options["prune_fraction"]
-        levels, density = [], 1.0
-        while True:
-            density *= 1.0 - p
-            if 1.0 - density >= target - 1e-9:
-                break
-            levels.append(1.0 - density)
-        return [*levels, target] if target > 0 else []
-
-    def rewind_weights(self, seed: int, iteration: int) -> dict:
-        """Weights at `iteration` of the dense run: the saved init, a saved checkpoint, or a
-        deterministic replay of dense training up to that iteration."""
-        parent = self.run_train(seed)
-        saved = parent.path / ("init.pt" if iteration == 0 else f"checkpoints/iter_{iteration}.pt")
-        if saved.exists():
-            return torch.load(saved, map_location="cpu", weights_only=True)
-        replay = self.root / "rewind" / f"{parent.hash}-iter{iteration}.pt"
-        if not replay.exists():
-            model = self.load_model(parent.path / "init.pt")
-            train(model, self.data, self.study.train, seed=seed, stop_at_iteration=iteration,
-                  progress=self.progress)
-            atomic_torch_save(model.state_dict(), replay)
-        return torch.load(replay, map_location="cpu", weights_only=True)
-
-    def run_lottery(self, entry: MethodEntry, target: float, seed: int) -> list[Run]:
-        """Iterative magnitude pruning with rewinding to `target`; returns the final level run
-        and, if enabled, its random-reinitialisation control."""
-        method = METHODS.get(entry.method)
-        opts = entry.options
-        schedule = self.lottery_schedule(entry, target)
-        rewind = self.rewind_weights(seed, opts["rewind_iteration"])
-        parent = self.run_train(seed)
-        previous, mask = parent, None
-        for i in range(1, len(schedule) + 1):
-            level = self.lottery_level_run(entry, schedule[:i], seed)
-            if not level.done:
-                with level.logging():
-                    trained = self.load_model(previous.path / "model.pt")
-                    ctx = PruneContext(trained, self.scope, opts,
-                                       torch.Generator().manual_seed(seed), mask=mask)
-                    mask = method(ctx, schedule[i - 1])
-                    model = self.load_model_state(rewind)
-                    apply_mask(model, mask)
-                    log.info("level %d: sparsity %.4f, rewound to iteration %d", i,
-                             schedule[i - 1], opts["rewind_iteration"])
-                    elapsed, _ = self._train(level, model, self.study.train, seed, mask)
-                    self._finish(level, model, mask, {"train_time_s": elapsed, "level": i})
-            mask = load_mask(level.path / "mask.pt")
-            previous = level
-        runs = [previous]
-        if opts["reinit_control"] and schedule:
-            runs.append(self.run_reinit(previous, seed))
-        return runs
-
-    def run_reinit(self, level: Run, seed: int) -> Run:
-        run = self.reinit_run(level)
-        if run.done:
-            return run
-        with run.logging():
-            mask = load_mask(level.path / "mask.pt")
-            model = self.new_model(seed + REINIT_SEED_OFFSET)
-            apply_mask(model, mask)
-            log.info("random reinitialisation control for %s", level.hash)
-            elapsed, _ = self._train(run, model, self.study.train, seed, mask)
-            self._finish(run, model, mask, {"train_time_s": elapsed})
-        return run
-
-    def load_model_state(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
-        model = get_model(self.study.model.name, self.data.num_classes, self.data.input_shape)
-        model.load_state_dict(state)
-        return model.to(self.device)
-
 
 def evaluate_run_dir(path: str | Path, device: str = "auto") -> dict:
     """Re-evaluate a finished run's `model.pt` on its dataset's test and validation splits."""
     path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file() or not (path / "model.pt").is_file():
-        raise ConfigError(f"{str(path)!r} is not a finished run directory (needs config.json and model.pt)")
-    meta = read_json(config_file)
+    needed = ("config.json", "model.pt", "arch.json")
+    if not all((path / f).is_file() for f in needed):
+        raise ConfigError(f"{str(path)!r} is not a finished run directory (needs "
+                          f"{', '.join(needed)})")
+    meta = read_json(path / "config.json")
     dev = resolve_device(device)
     data = load_data(DataConfig(**meta["data"]), dev, augment=False)
-    model = get_model(meta["model"], data.num_classes, data.input_shape)
-    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
-    return {"path": str(path), **evaluate_splits(model.to(dev), data), **size_counts(model)}
+    model, _ = load_run_model(path, device=dev)
+    return {"path": str(path), **evaluate_splits(model, data), **size_counts(model)}
 
 
-def size_counts(model: nn.Module) -> dict[str, int]:
-    """All parameters (biases and BatchNorm included) and how many are nonzero."""
-    total = sum(p.numel() for p in model.parameters())
-    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
-    return {"params_total": total, "params_nonzero": nonzero}
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+__all__ = ["Arch", "Run", "Workspace", "evaluate_run_dir", "load_run_model", "resolve_device",
+           "seeded"]

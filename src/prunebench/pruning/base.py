@@ -1,9 +1,12 @@
 """The contract every pruning method follows.
 
-A method is a small function `(ctx, sparsity) -> Mask` (OpenLTH's "pruning strategy"): it
-reads the model, the current mask and, if it needs them, calibration batches, and returns a
-new mask. It never trains and never edits the weights; the caller applies the mask. All
-randomness comes from `ctx.generator`, so a fixed seed gives a fixed mask.
+An unstructured method is a small function `(ctx, sparsity) -> Mask` (OpenLTH's "pruning
+strategy"): it reads the model, the current mask and, if it needs them, calibration batches,
+and returns a new mask. It never trains and never edits the weights; the caller applies the
+mask. A structured method is `(ctx, channel_sparsity) -> edits`: it removes whole channels
+from `ctx.model` in place (Torch-Pruning does the surgery) and returns the edits, which are
+saved with the run so that its architecture can be rebuilt. All randomness comes from
+`ctx.generator`, so a fixed seed gives a fixed result.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prunebench.errors import ConfigError
+from prunebench.options import Option, non_default, resolve_options
 from prunebench.pruning.mask import Mask
 from prunebench.pruning.scope import Scope
 from prunebench.registry import Registry
@@ -42,6 +46,8 @@ class PruneContext:
     # Held-out batches for methods that evaluate candidate masks (the validation split).
     val_batches: Batches | None = None
     input_shape: tuple[int, ...] | None = None  # one example's shape, for data-free methods
+    # Rows of the dense model's sensitivity run (methods with uses_sensitivity).
+    sensitivity: Sequence[Mapping[str, Any]] | None = None
 
     @property
     def params(self) -> dict[str, nn.Parameter]:
@@ -58,40 +64,62 @@ class PruneContext:
         return self.val_batches
 
 
-MethodFn = Callable[[PruneContext, float], Mask]
+MethodFn = Callable[[PruneContext, float], Any]
+
+# What a method returns: a mask over the fixed architecture ("mask"), or the list of
+# structural edits it applied to ctx.model in place ("channels": whole channels removed).
+Produces = Literal["mask", "channels"]
 
 
 @dataclass(frozen=True)
 class PruningMethod:
+    """A registered method and what the stages need to know about it.
+
+    `options` declares every option (type, range, default) once; they are checked when a
+    study is parsed. `validate` adds checks across options. `fixed_sparsity` gives the one
+    sparsity the options imply (N:M). `uses_sensitivity`: the prune run reads a sensitivity
+    run of the same dense model. `pretrain(options)` returns overrides of the training
+    recipe for a dense run of its own (network slimming's L1 penalty on BatchNorm scales).
+    """
+
     name: str
     fn: MethodFn
     when: When
-    defaults: Mapping[str, Any]
+    options: Mapping[str, Option]
+    produces: Produces = "mask"
     needs_data: bool = False
-    structured: bool = False
-    validate: Callable[[Mapping[str, Any]], None] | None = None
+    validate: Callable[[Mapping[str, Any], str], None] | None = None
     fixed_sparsity: Callable[[Mapping[str, Any]], float] | None = None
+    uses_sensitivity: bool = False
+    pretrain: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+
+    @property
+    def structured(self) -> bool:
+        return self.produces == "channels"
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return {name: opt.default for name, opt in self.options.items()}
 
     def sparsities(self, options: Mapping[str, Any], grid: Sequence[float]) -> tuple[float, ...]:
         """The grid sparsities this method runs at: its own one if its options fix it (N:M)."""
         return (self.fixed_sparsity(options),) if self.fixed_sparsity else tuple(grid)
 
-    def resolve_options(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Method defaults overridden by user options; unknown options are an error."""
-        options = dict(options or {})
-        unknown = sorted(set(options) - set(self.defaults))
-        if unknown:
-            allowed = ", ".join(sorted(self.defaults)) or "none"
-            raise ConfigError(
-                f"unknown option {unknown[0]!r} for method {self.name!r} "
-                f"(key methods.{self.name}.{unknown[0]}); allowed: {allowed}"
-            )
-        resolved = {**self.defaults, **options}
+    def resolve_options(self, options: Mapping[str, Any] | None,
+                        key: str | None = None) -> dict[str, Any]:
+        """Declared defaults overridden by `options`, each checked against its declaration;
+        `key` (default `methods.<name>`) is what error messages name."""
+        key = key or f"methods.{self.name}"
+        resolved = resolve_options(self.options, options, key)
         if self.validate is not None:
-            self.validate(resolved)
+            self.validate(resolved, key)
         return resolved
 
-    def __call__(self, ctx: PruneContext, sparsity: float) -> Mask:
+    def hashed_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The options that name a run: those that differ from their defaults."""
+        return non_default(self.options, options)
+
+    def __call__(self, ctx: PruneContext, sparsity: float):
         return self.fn(ctx, sparsity)
 
 
@@ -102,25 +130,25 @@ def register_method(
     name: str,
     *,
     when: When,
+    options: Mapping[str, Option] | None = None,
+    produces: Produces = "mask",
     needs_data: bool = False,
-    structured: bool = False,
-    validate: Callable[[Mapping[str, Any]], None] | None = None,
+    validate: Callable[[Mapping[str, Any], str], None] | None = None,
     fixed_sparsity: Callable[[Mapping[str, Any]], float] | None = None,
-    **defaults: Any,
+    uses_sensitivity: bool = False,
+    pretrain: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
-    """Register `fn` as method `name`; keyword arguments are its options with their defaults.
+    """Register `fn` as method `name` with its declared `options`.
 
-    `validate(options)` raises ConfigError for bad option values; it runs when a study is
-    loaded, so bad options stop the run before anything is written.
+    `validate(options, key)` raises ConfigError for bad combinations of option values; it
+    runs when a study is parsed, so bad options stop the run before anything is written.
     """
 
     def deco(fn: MethodFn) -> MethodFn:
-        METHODS.register(
-            name,
-            PruningMethod(
-                name, fn, when, dict(defaults), needs_data, structured, validate, fixed_sparsity
-            ),
-        )
+        METHODS.register(name, PruningMethod(
+            name, fn, when, dict(options or {}), produces, needs_data, validate,
+            fixed_sparsity, uses_sensitivity, pretrain,
+        ))
         return fn
 
     return deco

@@ -114,18 +114,26 @@ def train(
     eval_batch_size: int = 1000,
     progress: bool | None = None,
     on_epoch_end: Callable[[TrainState], None] | None = None,
+    loss_fn: LossFn | None = None,
 ) -> TrainState:
     """Train `model` in place on `data` with recipe `cfg`.
 
     With `run_dir`, a checkpoint is written after every epoch and an existing one is resumed;
     weights are saved at every iteration in `save_iterations` (`checkpoints/iter_<k>.pt`, for
     rewinding); the per-epoch metrics go to `history.csv`. `stop_at_iteration` stops early
-    (used to replay a run up to a rewind point).
+    (used to replay a run up to a rewind point). `loss_fn(logits, x, y)` replaces the
+    cross-entropy (knowledge distillation passes one that also runs the teacher on x).
+    `cfg.bn_l1` > 0 adds network slimming's L1 penalty on every BatchNorm scale.
     """
     device = _device(model)
     steps = num_batches(len(data.train_y), cfg.batch_size)
     state = TrainState(model, build_optimizer(model.parameters(), cfg), None, steps)
     state.set_mask(mask)
+    if loss_fn is None:
+        loss_fn = cross_entropy(cfg.label_smoothing)
+    bn_scales = [m.weight for m in model.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+    l1 = cfg.bn_l1 if bn_scales else 0.0
     ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
     torch.manual_seed(seed)
     if ckpt_dir is not None and (ckpt_dir / "last.pt").exists():
@@ -150,7 +158,7 @@ def train(
             augment=data.augment,
         ):
             set_lr(state.optimizer, cfg.lr * lr_factor(cfg, state.iteration, steps))
-            loss, logits = _step(state, xb, yb, cfg.label_smoothing)
+            loss, logits = _step(state, xb, yb, loss_fn, bn_scales, l1)
             loss_sum += loss.detach() * len(yb)
             correct += logits.argmax(1).eq(yb).sum()
             seen += len(yb)
@@ -192,15 +200,34 @@ def train(
     return state
 
 
-def _step(state: TrainState, xb: Tensor, yb: Tensor, label_smoothing: float) -> tuple[Tensor, Tensor]:
+LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def cross_entropy(label_smoothing: float = 0.0) -> LossFn:
+    return lambda logits, x, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+
+
+def _step(state: TrainState, xb: Tensor, yb: Tensor, loss_fn: LossFn,
+          bn_scales: Sequence[Tensor], bn_l1: float) -> tuple[Tensor, Tensor]:
     pairs = state.pairs
     state.optimizer.zero_grad(set_to_none=True)
     logits = state.model(xb)
-    loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
+    loss = loss_fn(logits, xb, yb)
     loss.backward()
+    if bn_l1:
+        add_bn_l1_subgradient(bn_scales, bn_l1)
     state.optimizer.step()
     enforce_mask(pairs)
     return loss, logits
+
+
+@torch.no_grad()
+def add_bn_l1_subgradient(scales: Sequence[Tensor], strength: float) -> None:
+    """Network slimming (Liu et al. 2017): the subgradient of strength * sum|gamma| added to
+    the BatchNorm scales' gradients, which drives unimportant channels' scales to zero."""
+    for gamma in scales:
+        if gamma.grad is not None:
+            gamma.grad.add_(torch.sign(gamma), alpha=strength)
 
 
 def _checkpoint(state: TrainState, path: Path) -> None:

@@ -1,0 +1,116 @@
+"""Lottery: iterative magnitude pruning with rewinding (Frankle & Carbin 2019; Frankle et
+al. 2020), one chain per method x seed x target.
+
+Each level is a run whose parent is the previous level (the first level's is the dense
+run): it prunes the previous level's trained weights, rewinds the survivors to their values
+at iteration `rewind_iteration` of the dense run, and retrains. Levels are sequential by
+nature; a finished level is reused by every longer chain. `reinit_control` also trains the
+final mask from a fresh random initialisation, the control that shows the initialisation
+matters.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from prunebench.io import atomic_torch_save
+from prunebench.pruning import PruneContext, apply_mask, load_mask
+from prunebench.runs import Run, Workspace, seeded
+from prunebench.stages.base import Stage, dense_run, method_description, method_of, targets
+from prunebench.training import train
+
+log = logging.getLogger("prunebench")
+
+REINIT_SEED_OFFSET = 1_000_000  # fresh initialisation for the lottery-ticket control
+
+
+def lottery_schedule(prune_fraction: float, target: float) -> list[float]:
+    """Sparsity after each round: prune `prune_fraction` of the remaining weights per round
+    (Frankle & Carbin), and land exactly on `target` in the last round."""
+    levels, density = [], 1.0
+    while True:
+        density *= 1.0 - prune_fraction
+        if 1.0 - density >= target - 1e-9:
+            break
+        levels.append(1.0 - density)
+    return [*levels, target] if target > 0 else []
+
+
+def level_run(ws: Workspace, entry, schedule: list[float], seed: int) -> Run:
+    dense = dense_run(ws, seed)
+    previous = level_run(ws, entry, schedule[:-1], seed) if len(schedule) > 1 else dense
+    desc = {"parent": dense.description, "scope": ws.study.scope, **method_description(entry),
+            "levels": list(schedule)}
+    meta = {**dense.meta, "method": entry.method, "label": entry.label,
+            "target_sparsity": schedule[-1], "level": len(schedule)}
+    return Run(ws.root, "lottery", desc, meta, stage="lottery", label=entry.label,
+               parents=(previous,), spec={"seed": seed, "entry": entry, "dense": dense})
+
+
+def reinit_run(ws: Workspace, level: Run) -> Run:
+    meta = {**level.meta, "method": f"{level.meta['method']}_reinit",
+            "label": f"{level.meta['label']}_reinit"}
+    return Run(ws.root, "lottery_reinit", {"level": level.description}, meta, stage="lottery",
+               label=level.label, parents=(level,), spec={**level.spec, "reinit": True})
+
+
+def rewind_weights(ws: Workspace, dense: Run, seed: int, iteration: int) -> dict:
+    """Weights at `iteration` of the dense run: the saved init, a saved checkpoint, or a
+    deterministic replay of dense training up to that iteration."""
+    saved = dense.path / ("init.pt" if iteration == 0 else f"checkpoints/iter_{iteration}.pt")
+    if saved.exists():
+        return torch.load(saved, map_location="cpu", weights_only=True)
+    replay = Path(ws.root) / "rewind" / f"{dense.hash}-iter{iteration}.pt"
+    if not replay.exists():
+        model, _ = ws.load(dense, "init.pt")
+        train(model, ws.data, ws.study.train, seed=seed, stop_at_iteration=iteration,
+              progress=ws.progress)
+        atomic_torch_save(model.state_dict(), replay)
+    return torch.load(replay, map_location="cpu", weights_only=True)
+
+
+class LotteryStage(Stage):
+    name = kind = "lottery"
+    help = "lottery-ticket iterative pruning with rewinding"
+    result = True
+
+    def runs(self, ws: Workspace) -> list[Run]:
+        runs = []
+        for entry in ws.study.methods:
+            if method_of(entry).when != "iterative":
+                continue
+            for seed in ws.study.seeds:
+                for target in targets(ws, entry):
+                    schedule = lottery_schedule(entry.options["prune_fraction"], target)
+                    if not schedule:
+                        continue
+                    final = level_run(ws, entry, schedule, seed)
+                    runs.append(final)
+                    if entry.options["reinit_control"]:
+                        runs.append(reinit_run(ws, final))
+        return runs
+
+    def execute(self, ws: Workspace, run: Run) -> None:
+        entry, seed, dense = run.spec["entry"], run.spec["seed"], run.spec["dense"]
+        recipe = ws.study.train
+        if run.spec.get("reinit"):
+            mask = load_mask(run.parents[0].path / "mask.pt")
+            model = ws.new_model(seed + REINIT_SEED_OFFSET)
+            log.info("random reinitialisation control for %s", run.parents[0].hash)
+        else:
+            previous = run.parents[0]
+            trained, _ = ws.load(previous)
+            current = load_mask(previous.path / "mask.pt") if previous.kind == "lottery" else None
+            sparsity = run.description["levels"][-1]
+            ctx = PruneContext(trained, ws.scope, entry.options, seeded(seed), mask=current)
+            mask = method_of(entry)(ctx, sparsity)
+            rewind = entry.options["rewind_iteration"]
+            model = ws.model_from_state(rewind_weights(ws, dense, seed, rewind))
+            log.info("level %d: sparsity %.4f, rewound to iteration %d", run.meta["level"],
+                     sparsity, rewind)
+        apply_mask(model, mask)
+        elapsed, _ = ws.train(run.path, model, recipe, seed, mask)
+        ws.finish(run, model, ws.dense_arch, mask, {"train_time_s": elapsed})

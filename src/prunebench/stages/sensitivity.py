@@ -1,0 +1,74 @@
+"""Sensitivity: per-layer sensitivity curves of a dense model on the validation split, for
+the methods that allocate sparsity from them (`uses_sensitivity`). The prune runs of those
+methods read this run's rows instead of measuring again."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from prunebench.io import atomic_write_json
+from prunebench.pruning.sensitivity import (
+    DEFAULT_SWEEP,
+    batch_evaluator,
+    drop_sparsity,
+    layer_sensitivity,
+    plot_sensitivity,
+    write_sensitivity_csv,
+)
+from prunebench.runs import Run, Workspace
+from prunebench.stages.base import Stage, dense_run, method_of
+
+log = logging.getLogger("prunebench")
+
+SENSITIVITY_DROP = 0.01  # metrics.json: where a layer costs more than 1 point of top-1
+ROWS_FILE = "sensitivity.csv"
+
+
+def sensitivity_run(ws: Workspace, entry, seed: int) -> Run:
+    parent = dense_run(ws, seed)
+    sweep = list(entry.options.get("sweep", DEFAULT_SWEEP))
+    desc = {"parent": parent.description, "scope": ws.study.scope, "sweep": sweep}
+    meta = {**parent.meta, "method": "sensitivity", "label": entry.label,
+            "target_sparsity": None, "result": False}
+    return Run(ws.root, "sensitivity", desc, meta, stage="sensitivity", label=entry.label,
+               parents=(parent,), spec={"sweep": sweep})
+
+
+def read_rows(run: Run) -> list[dict[str, Any]]:
+    """The rows `layer_sensitivity` measured, as written to the run's CSV."""
+    with open(Path(run.path) / ROWS_FILE, newline="") as fh:
+        return [{"layer": r["layer"], "layer_params": int(r["layer_params"]),
+                 "sparsity": float(r["sparsity"]), "top1": float(r["top1"]),
+                 "loss": float(r["loss"])} for r in csv.DictReader(fh)]
+
+
+class SensitivityStage(Stage):
+    name = kind = "sensitivity"
+    help = "per-layer sensitivity curves of the dense model(s)"
+
+    def runs(self, ws: Workspace) -> list[Run]:
+        return [sensitivity_run(ws, entry, seed) for entry in ws.study.methods
+                if method_of(entry).uses_sensitivity for seed in ws.study.seeds]
+
+    def execute(self, ws: Workspace, run: Run) -> None:
+        """`sensitivity.csv`, `sensitivity.png`, and in `metrics.json` the dense validation
+        top-1 and, per layer, the first swept sparsity that costs more than 1 point."""
+        model, _ = ws.load(run.parents[0])
+        sweep = run.spec["sweep"]
+        start = time.perf_counter()
+        rows = layer_sensitivity(model, ws.scope, batch_evaluator(ws.val_batches()), sweep)
+        elapsed = time.perf_counter() - start
+        write_sensitivity_csv(rows, run.path / ROWS_FILE)
+        plot_sensitivity(rows, run.path / "sensitivity.png")
+        run.write_config()
+        metrics = {"val_top1": rows[0]["top1"], "val_loss": rows[0]["loss"],
+                   "top1_drop": SENSITIVITY_DROP,
+                   "sparsity_at_top1_drop": drop_sparsity(rows, SENSITIVITY_DROP),
+                   "sensitivity_time_s": elapsed}
+        atomic_write_json(run.path / "metrics.json", metrics)  # last: marks the run done
+        log.info("sensitivity %s done: %d layers x %d sparsities", run.hash,
+                 len(metrics["sparsity_at_top1_drop"]), len(sweep))

@@ -1,0 +1,282 @@
+"""Parse and validate `params.yaml` into `Study` objects, before any work.
+
+This sits above the registries (data, models, pruning methods, recovery variants) and below
+the stages: every key of a study, every method option (declared once, with its type and
+range, by the method itself) and every name is checked here, so `prunebench plan`,
+`snakemake -n` and every CLI verb refuse a bad value with one line that names the key and
+what is allowed. `config.py` stays a leaf of plain dataclasses and hashing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from prunebench.config import (
+    DataConfig,
+    DistillConfig,
+    MethodEntry,
+    ModelConfig,
+    ScopeConfig,
+    Study,
+    TrainConfig,
+    apply_overrides,
+    dataclass_schema,
+    from_dict,
+    read_params,
+)
+from prunebench.errors import ConfigError
+from prunebench.options import options_schema
+
+STUDY_KEYS = (
+    "data", "model", "train", "finetune", "scope", "methods", "sparsities", "seeds", "scale",
+    "calibration_batches", "eval_batch_size", "channel_sparsities", "recover", "distill",
+)
+SCALES = ("default", "paper")
+TOP_KEYS = ("scale", "runs_root", "studies")
+RECOVERY_VARIANTS = ("finetune", "distill")
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # study and method labels: safe in paths and shells
+MAX_SEED = 2**31 - 1
+
+
+def _positive(value: Any, key: str, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def _check_train(t: TrainConfig, key: str) -> None:
+    _positive(t.epochs, f"{key}.epochs", allow_zero=True)
+    _positive(t.batch_size, f"{key}.batch_size")
+    _positive(t.lr, f"{key}.lr")
+    _positive(t.weight_decay, f"{key}.weight_decay", allow_zero=True)
+    _positive(t.warmup_epochs, f"{key}.warmup_epochs", allow_zero=True)
+    _positive(t.bn_l1, f"{key}.bn_l1", allow_zero=True)
+    if not 0.0 <= t.label_smoothing < 1.0:
+        raise ConfigError(f"{key}.label_smoothing must be in [0, 1), got {t.label_smoothing!r}")
+    if not 0.0 <= t.momentum < 1.0:
+        raise ConfigError(f"{key}.momentum must be in [0, 1), got {t.momentum!r}")
+
+
+def _check_name(name: Any, key: str) -> str:
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ConfigError(f"{key}: name {name!r} must start with a letter and hold only "
+                          "letters, digits and _")
+    return name
+
+
+def _fractions(values: Any, key: str) -> tuple[float, ...]:
+    if not isinstance(values, Sequence) or isinstance(values, str) or not values:
+        raise ConfigError(f"{key} must be a non-empty list of numbers in [0, 1)")
+    out = tuple(check_fraction(v, key) for v in values)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{key} lists a value twice: {list(values)!r}")
+    return out
+
+
+def check_fraction(value: Any, key: str) -> float:
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not 0.0 <= float(value) < 1.0):
+        raise ConfigError(f"{key} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _methods(raw: Any, key: str) -> tuple[MethodEntry, ...]:
+    from prunebench.pruning import METHODS
+
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError(f"{key} must be a non-empty mapping of label -> options")
+    entries = []
+    for label, opts in raw.items():
+        _check_name(label, key)
+        if opts is None:
+            opts = {}
+        if not isinstance(opts, Mapping):
+            raise ConfigError(f"{key}.{label} must be a mapping of option -> value, got {opts!r}")
+        opts = dict(opts)
+        name = opts.pop("method", label)
+        if name not in METHODS:
+            raise ConfigError(f"unknown method {name!r} (key {key}.{label}); "
+                              f"allowed: {', '.join(METHODS.names())}")
+        resolved = METHODS.get(name).resolve_options(opts, f"{key}.{label}")
+        entries.append(MethodEntry(label, name, _freeze(resolved)))
+    if "dense" in raw:
+        raise ConfigError(f"{key}: 'dense' names the dense baseline; choose another label")
+    return tuple(entries)
+
+
+def _freeze(options: Mapping[str, Any]) -> Mapping[str, Any]:
+    import types
+
+    return types.MappingProxyType(
+        {k: tuple(v) if isinstance(v, list) else v for k, v in sorted(options.items())})
+
+
+def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
+    """Validate one study mapping from params.yaml into a `Study`."""
+    from prunebench.data import DATASETS
+    from prunebench.models import MODELS
+
+    key = f"studies.{name}"
+    _check_name(name, "studies")
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key} must be a mapping")
+    unknown = sorted(set(raw) - set(STUDY_KEYS), key=str)
+    if unknown:
+        raise ConfigError(f"unknown key {key}.{unknown[0]}; allowed: {', '.join(STUDY_KEYS)}")
+    data = from_dict(DataConfig, raw.get("data"), f"{key}.data")
+    if data.name not in DATASETS:
+        raise ConfigError(f"unknown dataset {data.name!r} (key {key}.data.name); "
+                          f"allowed: {', '.join(DATASETS)}")
+    if (data.val_size < 0) or (isinstance(data.val_size, float) and data.val_size >= 1.0):
+        raise ConfigError(f"{key}.data.val_size must be a fraction in [0, 1) or a count >= 0, "
+                          f"got {data.val_size!r}")
+    model = from_dict(ModelConfig, raw.get("model"), f"{key}.model")
+    if model.name not in MODELS:
+        raise ConfigError(f"unknown model {model.name!r} (key {key}.model.name); "
+                          f"allowed: {', '.join(sorted(MODELS))}")
+    train = from_dict(TrainConfig, raw.get("train"), f"{key}.train")
+    _check_train(train, f"{key}.train")
+    finetune_raw = raw.get("finetune") or {}
+    partial = from_dict(TrainConfig, finetune_raw, f"{key}.finetune")
+    finetune = dataclasses.replace(train, **{k: getattr(partial, k) for k in finetune_raw})
+    _check_train(finetune, f"{key}.finetune")
+    scope = from_dict(ScopeConfig, raw.get("scope"), f"{key}.scope")
+    distill = from_dict(DistillConfig, raw.get("distill"), f"{key}.distill")
+    _positive(distill.temperature, f"{key}.distill.temperature")
+    if not 0.0 <= distill.alpha <= 1.0:
+        raise ConfigError(f"{key}.distill.alpha must be in [0, 1], got {distill.alpha!r}")
+    methods = _methods(raw.get("methods"), f"{key}.methods")
+    sparsities = _fractions(raw.get("sparsities", [0.5, 0.8, 0.9]), f"{key}.sparsities")
+    channel = _fractions(raw.get("channel_sparsities", list(Study.channel_sparsities)),
+                         f"{key}.channel_sparsities")
+    seeds = raw.get("seeds", [0])
+    if (not isinstance(seeds, Sequence) or isinstance(seeds, str) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED
+                       for s in seeds) or len(set(seeds)) != len(seeds)):
+        raise ConfigError(f"{key}.seeds must be a non-empty list of distinct integers in "
+                          f"[0, {MAX_SEED}], got {seeds!r}")
+    recover = raw.get("recover", list(Study.recover))
+    if (not isinstance(recover, Sequence) or isinstance(recover, str) or not recover
+            or any(r not in RECOVERY_VARIANTS for r in recover) or len(set(recover)) != len(recover)):
+        raise ConfigError(f"{key}.recover must be a non-empty list of distinct values from "
+                          f"{', '.join(RECOVERY_VARIANTS)}, got {recover!r}")
+    scale = raw.get("scale", "default")
+    if scale not in SCALES:
+        raise ConfigError(f"{key}.scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    extra = {}
+    for k in ("calibration_batches", "eval_batch_size"):
+        if k in raw:
+            if not isinstance(raw[k], int) or isinstance(raw[k], bool) or raw[k] <= 0:
+                raise ConfigError(f"{key}.{k} must be a positive integer, got {raw[k]!r}")
+            extra[k] = raw[k]
+    return Study(name, data, model, train, finetune, scope, methods, sparsities, tuple(seeds),
+                 scale, channel_sparsities=channel, recover=tuple(recover), distill=distill,
+                 **extra)
+
+
+def _runs_root(raw: Mapping[str, Any]) -> None:
+    root = raw.get("runs_root", "results/runs")
+    if not isinstance(root, str) or not root.strip():
+        raise ConfigError(f"runs_root must be a non-empty path, got {root!r}")
+    path = Path(root)
+    if path.is_absolute() or ".." in path.parts or path.resolve() == Path.cwd().resolve():
+        raise ConfigError(f"runs_root must be a relative path inside the project, not the "
+                          f"project root, got {root!r}")
+
+
+def validate_params(raw: Mapping[str, Any]) -> dict[str, Study]:
+    """Validate the whole params mapping; returns every study by name."""
+    unknown = sorted(set(raw) - set(TOP_KEYS), key=str)
+    if unknown:
+        raise ConfigError(f"unknown top-level key {unknown[0]!r}; allowed: {', '.join(TOP_KEYS)}")
+    scale = raw.get("scale", "default")
+    if scale not in (*SCALES, "all"):
+        raise ConfigError(f"scale must be one of default, paper, all; got {scale!r}")
+    _runs_root(raw)
+    studies = raw.get("studies")
+    if not isinstance(studies, Mapping) or not studies:
+        raise ConfigError("studies must be a non-empty mapping of study name -> study")
+    return {name: parse_study(name, study) for name, study in studies.items()}
+
+
+def selected_studies(raw: Mapping[str, Any]) -> dict[str, Study]:
+    """The studies that `scale` switches on (default: the offline `digits` ones)."""
+    studies = validate_params(raw)
+    scale = raw.get("scale", "default")
+    return {n: s for n, s in studies.items() if scale == "all" or s.scale == scale}
+
+
+def load_study(path: str | Path, name: str | None, overrides: Sequence[str] = ()) -> Study:
+    """One study of a params file; `overrides` are `key=value` relative to the study."""
+    raw = read_params(path)
+    if name is None:
+        names = list(raw.get("studies") or {})
+        if len(names) != 1:
+            raise ConfigError(f"--study is required; allowed: {', '.join(map(str, names))}")
+        name = names[0]
+    raw = apply_overrides(raw, [f"studies.{name}.{o}" for o in overrides])
+    studies = validate_params(raw)
+    if name not in studies:
+        raise ConfigError(f"unknown study {name!r} (key studies); allowed: {', '.join(studies)}")
+    return studies[name]
+
+
+def json_schema() -> dict:
+    """JSON Schema of params.yaml (defaults documented), generated from the dataclasses and
+    the methods' declared options."""
+    from prunebench.pruning import METHODS
+
+    train = dataclass_schema(TrainConfig)
+    fractions = {"type": "array", "items": {"type": "number", "minimum": 0, "exclusiveMaximum": 1}}
+    method_schemas = {
+        name: {**options_schema(METHODS.get(name).options),
+               "description": (METHODS.get(name).fn.__doc__ or "").strip().split("\n")[0]}
+        for name in METHODS.names()
+    }
+    study = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["methods"],
+        "properties": {
+            "data": dataclass_schema(DataConfig),
+            "model": dataclass_schema(ModelConfig),
+            "train": train,
+            "finetune": {**train, "description": "overrides of `train` for retraining after pruning"},
+            "scope": dataclass_schema(ScopeConfig),
+            "distill": dataclass_schema(DistillConfig),
+            "methods": {
+                "type": "object",
+                "description": "label -> options; `method:` names the registry entry (default: "
+                               "the label). Each method's options: see $defs.methods",
+                "additionalProperties": {"type": ["object", "null"]},
+            },
+            "sparsities": {**fractions, "default": [0.5, 0.8, 0.9],
+                           "description": "target weight sparsities of unstructured methods"},
+            "channel_sparsities": {**fractions, "default": list(Study.channel_sparsities),
+                                   "description": "fractions of channels structured methods remove"},
+            "recover": {"type": "array", "items": {"enum": list(RECOVERY_VARIANTS)},
+                        "default": list(Study.recover),
+                        "description": "how pruned networks recover: fine-tune and/or distill"},
+            "seeds": {"type": "array", "items": {"type": "integer", "minimum": 0}, "default": [0]},
+            "scale": {"enum": list(SCALES), "default": "default"},
+            "calibration_batches": {"type": "integer", "minimum": 1, "default": 8},
+            "eval_batch_size": {"type": "integer", "minimum": 1, "default": 1000},
+        },
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "prunebench params.yaml",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["studies"],
+        "properties": {
+            "scale": {"enum": [*SCALES, "all"], "default": "default",
+                      "description": "which studies run: default (offline digits), paper, or all"},
+            "runs_root": {"type": "string", "default": "results/runs"},
+            "studies": {"type": "object", "additionalProperties": study},
+        },
+        "$defs": {"methods": method_schemas},
+    }
