@@ -5,7 +5,7 @@
 #   snakemake --cores 2 --config scale=all      # both
 #   snakemake --profile workflow/profiles/slurm # on a SLURM cluster
 #
-# DAG: download -> train_dense -> sensitivity -> prune -> retrain | rewind -> distill
+# DAG: download -> train -> sensitivity -> prune -> finetune | distill | lottery
 #      -> benchmark -> aggregate -> plot -> report (-> granularity)
 from snakemake.utils import min_version
 

@@ -67,7 +67,8 @@ def test_train_finetune_lottery_write_runs_and_reuse_them(in_tmp, capsys):
     assert main(["finetune", "--method", "global_magnitude", "--no-progress",
                  "--manifest", "m.json"]) == 0
     fine = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert fine["kind"] == "finetune" and fine["weight_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert fine["kind"] == "recover" and fine["recovery"] == "finetune"
+    assert fine["weight_sparsity"] == pytest.approx(0.5, abs=1e-3)
     manifest = json.loads((in_tmp / "m.json").read_text())
     assert [r["path"] for r in manifest["runs"]] == [fine["path"]]
     assert (run_dir / "metrics.json").stat().st_mtime_ns == stamp  # dense run reused
@@ -99,7 +100,7 @@ BAD = [
     (["train", "--set", "train.colour=red"], "train.colour", "batch_size"),
     (["train", "--set", "data.name=mnist", "--set", "data.download=false",
       "--set", "data.root=nowhere"], "train-images-idx3-ubyte", "data.mirror"),
-    (["lottery", "--method", "global_magnitude"], "global_magnitude", "finetune"),
+    (["lottery", "--method", "global_magnitude"], "global_magnitude", "prunebench finetune"),
     (["train", "--study", "nope"], "nope", "tiny"),
 ]
 
@@ -116,7 +117,8 @@ def test_bad_input_is_one_line_names_key_exits_2_writes_nothing(in_tmp, capsys, 
     assert not (in_tmp / "runs").exists()
 
 
-@pytest.mark.parametrize("command", ["train", "prune", "finetune", "lottery", "evaluate", "data"])
+@pytest.mark.parametrize("command", ["train", "sensitivity", "prune", "finetune", "distill",
+                                     "lottery", "evaluate", "data"])
 def test_every_command_has_help(command):
     out = subprocess.run([sys.executable, "-m", "prunebench.cli", command, "--help"],
                          capture_output=True, text=True)
@@ -124,8 +126,9 @@ def test_every_command_has_help(command):
 
 
 def test_repository_params_are_valid_and_every_study_plans():
-    from prunebench.config import apply_overrides, read_params, validate_params
+    from prunebench.config import apply_overrides, read_params
     from prunebench.plan import plan
+    from prunebench.study import validate_params
 
     raw = read_params(Path(__file__).parents[1] / "params.yaml")
     studies = validate_params(raw)
@@ -133,5 +136,71 @@ def test_repository_params_are_valid_and_every_study_plans():
     jobs = plan(apply_overrides(raw, ["scale=all"]))
     assert {j.study for j in jobs} == set(studies)
     default = plan(raw)
-    labels = {j.label for j in default if j.stage in ("finetune", "lottery")}
+    labels = {j.label for j in default if j.stage in ("train", "finetune", "lottery")} - {"dense"}
     assert labels == {e.label for s in studies.values() if s.scale == "default" for e in s.methods}
+    only = plan(apply_overrides(raw, ["only=fmnist_lenet5"]))
+    assert {j.study for j in only} == {"fmnist_lenet5"}
+
+
+STRUCTURED = {
+    "runs_root": "runs",
+    "studies": {
+        "tiny": {
+            "data": {"name": "digits"},
+            "model": {"name": "cnn_digits_bn"},
+            "train": {"epochs": 2, "batch_size": 128, "lr": 0.05},
+            "finetune": {"epochs": 1},
+            "methods": {"l1_filter": {}, "slimming": {"penalty": 0.001},
+                        "global_magnitude": {}},
+            "sparsities": [0.75],
+            "channel_sparsities": [0.5],
+            "recover": ["finetune", "distill"],
+            "seeds": [0],
+        }
+    },
+}
+
+
+def test_structured_runs_shrink_and_survive_a_weights_only_round_trip(tmp_path, monkeypatch,
+                                                                     capsys):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, STRUCTURED)
+    assert main(["finetune", "--method", "l1_filter", "--no-progress"]) == 0
+    run = json.loads(capsys.readouterr().out.splitlines()[-1])
+    run_dir = tmp_path / run["path"]
+    arch = json.loads((run_dir / "arch.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # Half of the 16/32/32 conv channels and of the 64 hidden units are gone; the classifier stays.
+    assert metrics["channels"] == {"0": 8, "3": 16, "7": 16, "11": 32, "13": 10}
+    assert [e["layer"] for e in arch["edits"]] and not (run_dir / "mask.pt").exists()
+    assert run["channel_sparsity"] == 0.5 and run["target_sparsity"] is None
+    # About 3/4 of the weights and MACs are gone, which is not the 50 % asked for.
+    assert 0.65 < metrics["param_reduction"] < 0.85 and 0.6 < metrics["macs_reduction"] < 0.85
+    assert metrics["weight_sparsity"] == 0.0
+    # A fresh process rebuilds the shapes from arch.json and loads with weights_only=True.
+    ev = subprocess.run([sys.executable, "-m", "prunebench.cli", "evaluate", str(run_dir)],
+                        capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert json.loads(ev.stdout)["top1"] == pytest.approx(metrics["top1"])
+    assert json.loads(ev.stdout)["params_total"] == metrics["params_total"]
+
+    # Distillation recovers the same pruned network, taught by the dense run of its seed.
+    assert main(["distill", "--method", "l1_filter", "--no-progress"]) == 0
+    kd = json.loads(capsys.readouterr().out.splitlines()[-1])
+    kd_config = json.loads((tmp_path / kd["path"] / "config.json").read_text())
+    assert kd["label"] == "l1_filter+distill" and kd["recovery"] == "distill"
+    assert kd_config["config"]["parent"] == json.loads(
+        (run_dir / "config.json").read_text())["config"]["parent"]
+    assert kd_config["config"]["teacher"]["seed"] == 0
+
+    # Slimming prunes its own BN-penalised dense model, not the plain one.
+    assert main(["prune", "--method", "slimming", "--no-progress"]) == 0
+    slim = json.loads(capsys.readouterr().out.splitlines()[-1])
+    slim_config = json.loads((tmp_path / slim["path"] / "config.json").read_text())
+    assert slim_config["config"]["parent"]["train"]["bn_l1"] == 0.001
+
+
+def test_a_stage_refuses_a_method_it_does_not_run_and_names_the_right_verb(in_tmp, capsys):
+    assert main(["prune", "--method", "lottery", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "prunebench lottery" in err and "global_magnitude" in err
+    assert not (in_tmp / "runs").exists()

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from prunebench.config import TrainConfig, parse_study
+from prunebench.config import TrainConfig
+from prunebench.study import parse_study
 from prunebench.data import DataSplits
 from prunebench.errors import ConfigError
 from prunebench.plan import study_jobs
@@ -18,6 +19,8 @@ from prunebench.pruning import METHODS, PruneContext, Scope, load_mask, sparsity
 from prunebench.pruning.gradual import GradualPruning, resolve_schedule, scheduled_sparsity
 from prunebench.pruning.mask import keep_count
 from prunebench.runs import Workspace
+from prunebench.stages.base import dense_run
+from prunebench.stages.train import during_training_run
 from prunebench.training import train
 
 
@@ -172,13 +175,15 @@ def test_run_finetune_trains_from_init_with_the_full_recipe(tmp_path):
     study = digits_study()
     ws = Workspace(study, tmp_path, "cpu", progress=False)
     entry = study.method("gradual_magnitude")
-    run = ws.run_finetune(entry, 0.8, 0)
-    dense = ws.train_run(0)
-    assert dense.done and not (tmp_path / "prune").exists()  # no one-shot prune run
+    run = ws.ensure(during_training_run(ws, entry, 0.8, 0))
+    dense = dense_run(ws, 0)
+    assert run.parents == (dense,) and dense.done
+    assert not (tmp_path / "prune").exists()  # no one-shot prune run
     config = json.loads((run.path / "config.json").read_text())["config"]
-    assert config["parent"] == json.loads((dense.path / "config.json").read_text())["config"]
+    dense_config = json.loads((dense.path / "config.json").read_text())["config"]
+    assert {k: config[k] for k in dense_config} == dense_config  # its init, the full recipe
     assert config["method"] == "gradual_magnitude" and config["sparsity"] == 0.8
-    assert config["options"]["schedule"] == "cubic" and config["train"]["epochs"] == 2
+    assert config["options"] == {} and config["train"]["epochs"] == 2  # defaults: not named
     metrics = run.metrics()
     total = sparsity_report(load_mask(run.path / "mask.pt"))["prunable_total"]
     assert metrics["weight_sparsity"] == pytest.approx(1 - keep_count(total, 0.8) / total)
@@ -189,19 +194,20 @@ def test_run_finetune_trains_from_init_with_the_full_recipe(tmp_path):
         trajectory = [float(row["weight_sparsity"]) for row in csv.DictReader(fh)]
     assert len(trajectory) == 2 and trajectory[-1] == pytest.approx(metrics["weight_sparsity"])
     schedule = json.loads((run.path / "schedule.json").read_text())
-    assert schedule["steps"][-1]["weight_sparsity"] == 0.8
+    assert schedule["schedule"] == "cubic" and schedule["steps"][-1]["weight_sparsity"] == 0.8
     # Options are part of the name; the run is reused when nothing changed.
-    assert ws.run_finetune(entry, 0.8, 0).path == run.path
+    assert ws.ensure(during_training_run(ws, entry, 0.8, 0)).path == run.path
     other = digits_study(schedule="linear")
-    assert Workspace(other, tmp_path).finetune_run(other.method("gradual_magnitude"), 0.8, 0).path != run.path
-    # Options that do not fit the recipe fail before any directory is written.
-    late = digits_study(end_epoch=3)
-    ws_late = Workspace(late, tmp_path / "late", "cpu", progress=False)
-    ws_late.data = ws.data  # same dataset: skip loading it again
-    with pytest.raises(ConfigError, match="end_epoch"):
-        ws_late.run_finetune(late.method("gradual_magnitude"), 0.8, 0)
-    assert not (tmp_path / "late").exists()
-    # The plan: one finetune job per seed, fed by the dense training job.
+    other_ws = Workspace(other, tmp_path)
+    assert during_training_run(other_ws, other.method("gradual_magnitude"), 0.8, 0).path != run.path
+    # The plan: the dense training job, then this method's training job that reads it.
     jobs = study_jobs(study, tmp_path, tmp_path / "jobs")
-    assert [j.stage for j in jobs] == ["train", "finetune"]
+    assert [(j.stage, j.label) for j in jobs] == [("train", "dense"),
+                                                  ("train", "gradual_magnitude")]
     assert jobs[1].inputs == (jobs[0].manifest,) and jobs[1].runs == (str(run.path),)
+
+
+def test_options_that_do_not_fit_the_recipe_fail_when_the_study_is_parsed():
+    # Past train.epochs = 2: refused before any work, naming the study's key.
+    with pytest.raises(ConfigError, match=r"studies\.tiny\.methods\.gradual_magnitude\.end_epoch"):
+        digits_study(end_epoch=3)

@@ -16,6 +16,7 @@ CIFAR = (3, 32, 32)
 NATURAL_INPUT = {
     "mlp_digits": DIGITS,
     "cnn_digits": DIGITS,
+    "cnn_digits_bn": DIGITS,
     "lenet_300_100": MNIST,
     "lenet5": MNIST,
     "conv2": CIFAR,
@@ -49,6 +50,7 @@ EXACT_PARAMS = {
     "lenet5": 61_706,
     "mlp_digits": 17_226,
     "cnn_digits": 47_530,
+    "cnn_digits_bn": 47_690,
 }
 
 

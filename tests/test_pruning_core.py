@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from prunebench.config import MethodEntry, Study, parse_study
+from prunebench.config import Study
+from prunebench.study import parse_study
 from prunebench.errors import ConfigError
 from prunebench.pruning import (
     METHODS,
@@ -19,6 +20,9 @@ from prunebench.pruning import (
     sparsity_report,
 )
 from prunebench.runs import Workspace
+from prunebench.stages import STAGES
+from prunebench.stages.base import dense_run
+from prunebench.stages.lottery import level_run, lottery_schedule, reinit_run, rewind_weights
 
 
 def model(seed=0) -> nn.Module:
@@ -126,20 +130,23 @@ def test_lottery_rewinds_survivors_to_initial_weights_exactly(tmp_path):
     study = tiny_study(lottery={"prune_fraction": 0.5, "reinit_control": True})
     ws = Workspace(study, tmp_path, "cpu", progress=False)
     entry = study.method("lottery")
-    assert ws.lottery_schedule(entry, 0.8) == pytest.approx([0.5, 0.75, 0.8])
-    level, reinit = ws.run_lottery(entry, 0.8, 0)
+    schedule = lottery_schedule(entry.options["prune_fraction"], 0.8)
+    assert schedule == pytest.approx([0.5, 0.75, 0.8])
+    level = ws.ensure(level_run(ws, entry, schedule, 0))
+    reinit = ws.ensure(reinit_run(ws, level))
     mask = load_mask(level.path / "mask.pt")
     assert sparsity_report(mask)["weight_sparsity"] == pytest.approx(0.8, abs=1e-3)
-    assert ws.lottery_level_run(entry, [0.5], 0).done
+    assert level_run(ws, entry, [0.5], 0).done
     # Pruned weights stay exactly zero after retraining, and masks are nested.
     trained = torch.load(level.path / "model.pt", weights_only=True)
-    previous = load_mask(ws.lottery_level_run(entry, [0.5, 0.75], 0).path / "mask.pt")
+    previous = load_mask(level_run(ws, entry, [0.5, 0.75], 0).path / "mask.pt")
     for name, m in mask.items():
         assert torch.all(trained[name][~m] == 0)
         assert not torch.any(m & ~previous[name])
     assert reinit.metrics()["weight_sparsity"] == pytest.approx(0.8, abs=1e-3)
-    again = ws.run_lottery(entry, 0.8, 0)
+    again = STAGES["lottery"].runs(ws)
     assert [r.path for r in again] == [level.path, reinit.path]
+    assert all(r.done for r in again)
 
 
 def test_lottery_level_starts_from_init_times_mask(tmp_path, monkeypatch):
@@ -148,8 +155,7 @@ def test_lottery_level_starts_from_init_times_mask(tmp_path, monkeypatch):
 
     study = tiny_study(lottery={"prune_fraction": 0.5, "reinit_control": False})
     ws = Workspace(study, tmp_path, "cpu", progress=False)
-    ws.run_train(0)
-    init = torch.load(ws.train_run(0).path / "init.pt", weights_only=True)
+    init = torch.load(ws.ensure(dense_run(ws, 0)).path / "init.pt", weights_only=True)
     starts = []
     real_train = runs.train
 
@@ -159,7 +165,7 @@ def test_lottery_level_starts_from_init_times_mask(tmp_path, monkeypatch):
         return real_train(model, data, cfg, **kw)
 
     monkeypatch.setattr(runs, "train", spy)
-    ws.run_lottery(study.method("lottery"), 0.8, 0)
+    ws.ensure(level_run(ws, study.method("lottery"), lottery_schedule(0.5, 0.8), 0))
     assert len(starts) == 3
     for state, mask in starts:
         for name, m in mask.items():
@@ -170,10 +176,11 @@ def test_lottery_level_starts_from_init_times_mask(tmp_path, monkeypatch):
 def test_late_rewinding_uses_weights_at_iteration_k(tmp_path):
     study = tiny_study(lottery={"prune_fraction": 0.5, "rewind_iteration": 3})
     ws = Workspace(study, tmp_path, "cpu", progress=False)
-    init = torch.load(ws.run_train(0).path / "init.pt", weights_only=True)
-    rewound = ws.rewind_weights(0, 3)
+    dense = ws.ensure(dense_run(ws, 0))
+    init = torch.load(dense.path / "init.pt", weights_only=True)
+    rewound = rewind_weights(ws, dense, 0, 3)
     assert any(not torch.equal(rewound[k], init[k]) for k in init)
-    assert all(torch.equal(rewound[k], v) for k, v in ws.rewind_weights(0, 3).items())
+    assert all(torch.equal(rewound[k], v) for k, v in rewind_weights(ws, dense, 0, 3).items())
 
 
 def test_lower_target_than_current_mask_is_an_error_not_a_revival():

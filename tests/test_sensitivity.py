@@ -13,7 +13,7 @@ import yaml
 from torch import nn
 
 from prunebench.cli import main
-from prunebench.config import parse_study
+from prunebench.study import parse_study
 from prunebench.data import iterate_batches
 from prunebench.errors import ConfigError
 from prunebench.plan import study_jobs
@@ -138,6 +138,29 @@ def test_insensitive_layer_gets_more_sparsity_than_sensitive_one():
         method.resolve_options({"sweep": [0.5, 0.3]})
 
 
+
+def test_given_rows_are_allocated_from_without_evaluating_the_model():
+    model, x, y = redundant_and_sensitive()
+    batches = lambda: iterate_batches(x, y, 100)  # noqa: E731
+    method = METHODS.get("sensitivity")
+    options = method.resolve_options({"sweep": [0.25, 0.5, 0.75, 0.875]})
+    rows = layer_sensitivity(model, Scope(), batch_evaluator(batches), options["sweep"])
+    measured = method(PruneContext(model, Scope(), options, val_batches=batches), 0.5)
+    # No validation batches: evaluating the model would raise.
+    given = method(PruneContext(model, Scope(), options, sensitivity=rows), 0.5)
+    assert given.keys() == measured.keys()
+    assert all(torch.equal(given[n], measured[n]) for n in given)
+    # The allocation follows the rows: swap the two layers' curves and it swaps too.
+    swapped = [{**r, "layer": {"0.weight": "1.weight", "1.weight": "0.weight"}[r["layer"]]}
+               for r in rows]
+    layers = sparsity_report(method(PruneContext(model, Scope(), options, sensitivity=swapped),
+                                    0.5))["per_layer"]
+    assert layers["0.weight"]["weight_sparsity"] < layers["1.weight"]["weight_sparsity"]
+    # Rows of another sweep are not silently used for this one.
+    with pytest.raises(ConfigError, match="methods.sensitivity.sweep"):
+        method(PruneContext(model, Scope(), method.resolve_options({}), sensitivity=rows), 0.5)
+
+
 TINY = {
     "runs_root": "runs",
     "studies": {"tiny": {
@@ -173,13 +196,18 @@ def test_cli_sensitivity_writes_curves_and_feeds_the_prune_job(tmp_path, monkeyp
     train_config = json.loads((tmp_path / "runs/train").glob("*/config.json").__next__().read_text())
     assert config["config"]["parent"] == train_config["config"]  # parent: the dense run
 
+    def measure_again(*args, **kwargs):
+        raise AssertionError("the prune job measured the curves again")
+
+    # The prune job allocates from the sensitivity run's rows; it does not measure them again.
+    monkeypatch.setattr("prunebench.pruning.sensitivity.layer_sensitivity", measure_again)
     assert main(["finetune", "--method", "sensitivity", "--no-progress"]) == 0
     fine = json.loads(capsys.readouterr().out)
     total = 8192 + 8192 + 640
     assert fine["weight_sparsity"] == pytest.approx(1 - keep_count(total, 0.8) / total)
 
     assert main(["sensitivity", "--method", "global_magnitude", "--no-progress"]) == 2
-    assert "not 'sensitivity'" in capsys.readouterr().err
+    assert "has no `sensitivity` runs" in capsys.readouterr().err
 
     study = parse_study("tiny", TINY["studies"]["tiny"])
     jobs = {(j.stage, j.label): j for j in study_jobs(study, "runs", "jobs")}

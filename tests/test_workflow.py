@@ -56,8 +56,8 @@ TINY = {
         }
     },
 }
-RULE_FOR_STAGE = {"train": "train_dense", "sensitivity": "sensitivity", "prune": "prune",
-                  "finetune": "retrain", "lottery": "rewind"}
+RULE_FOR_STAGE = {stage: stage for stage in ("train", "sensitivity", "prune", "finetune",
+                                              "distill", "lottery")}
 ANALYSIS = ["aggregate", "plot", "report", "granularity"]
 PLOTS = ["accuracy_vs_sparsity", "delta_vs_dense", "params_remaining", "training_curves"]
 NOTHING_TO_DO = "Nothing to be done"
@@ -177,7 +177,7 @@ def test_bad_params_fail_cleanly_naming_the_key(tmp_path, edit, key):
 
 def test_slurm_profile_resolves_the_resources(tmp_path):
     out = snakemake(copy_workflow(tmp_path), "--profile", "workflow/profiles/slurm", "-n")
-    train = next(b for b in re.split(r"\n(?=rule )", out) if b.startswith("rule train_dense:"))
+    train = next(b for b in re.split(r"\n(?=rule )", out) if b.startswith("rule train:"))
     assert "slurm_partition=gpu" in train and "gpu=1" in train and "runtime=240" in train
 
 
@@ -257,7 +257,7 @@ def test_method_option_change_reruns_only_that_method(built, tmp_path):
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     jobs = Counter(planned_jobs(snakemake(work, "-n")))
     # (The DVC test runs this change for real and checks the other jobs' files stay as they were.)
-    assert jobs == Counter([("prune", "random"), ("retrain", "random")]
+    assert jobs == Counter([("prune", "random"), ("finetune", "random")]
                            + [(rule, None) for rule in [*ANALYSIS, "all"]])
 
 

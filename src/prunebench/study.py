@@ -36,7 +36,7 @@ STUDY_KEYS = (
     "calibration_batches", "eval_batch_size", "channel_sparsities", "recover", "distill",
 )
 SCALES = ("default", "paper")
-TOP_KEYS = ("scale", "runs_root", "studies")
+TOP_KEYS = ("scale", "only", "runs_root", "studies")
 RECOVERY_VARIANTS = ("finetune", "distill")
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # study and method labels: safe in paths and shells
 MAX_SEED = 2**31 - 1
@@ -118,6 +118,7 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
     """Validate one study mapping from params.yaml into a `Study`."""
     from prunebench.data import DATASETS
     from prunebench.models import MODELS
+    from prunebench.pruning import METHODS
 
     key = f"studies.{name}"
     _check_name(name, "studies")
@@ -152,6 +153,11 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
     sparsities = _fractions(raw.get("sparsities", [0.5, 0.8, 0.9]), f"{key}.sparsities")
     channel = _fractions(raw.get("channel_sparsities", list(Study.channel_sparsities)),
                          f"{key}.channel_sparsities")
+    for entry in methods:
+        method = METHODS.get(entry.method)
+        if method.check_grid is not None:
+            grid = channel if method.structured else method.sparsities(entry.options, sparsities)
+            method.check_grid(entry.options, train, grid, f"{key}.methods.{entry.label}")
     seeds = raw.get("seeds", [0])
     if (not isinstance(seeds, Sequence) or isinstance(seeds, str) or not seeds
             or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED
@@ -202,9 +208,26 @@ def validate_params(raw: Mapping[str, Any]) -> dict[str, Study]:
     return {name: parse_study(name, study) for name, study in studies.items()}
 
 
+def only_studies(raw: Mapping[str, Any], names: Sequence[str]) -> list[str] | None:
+    """The study names of the `only` key (a list, or names separated by commas), checked."""
+    only = raw.get("only")
+    if only is None:
+        return None
+    if isinstance(only, str):
+        only = [x.strip() for x in only.split(",") if x.strip()]
+    if not isinstance(only, list) or not only or any(x not in names for x in only):
+        raise ConfigError(f"only must name studies of the params file (a list or names "
+                          f"separated by commas); allowed: {', '.join(names)}; got {raw['only']!r}")
+    return only
+
+
 def selected_studies(raw: Mapping[str, Any]) -> dict[str, Study]:
-    """The studies that `scale` switches on (default: the offline `digits` ones)."""
+    """The studies that `only` names, else those `scale` switches on (default: the offline
+    `digits` ones)."""
     studies = validate_params(raw)
+    only = only_studies(raw, list(studies))
+    if only is not None:
+        return {n: studies[n] for n in only}
     scale = raw.get("scale", "default")
     return {n: s for n, s in studies.items() if scale == "all" or s.scale == scale}
 
@@ -275,6 +298,9 @@ def json_schema() -> dict:
         "properties": {
             "scale": {"enum": [*SCALES, "all"], "default": "default",
                       "description": "which studies run: default (offline digits), paper, or all"},
+            "only": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
+                               {"type": "null"}], "default": None,
+                     "description": "run only these studies, whatever their scale"},
             "runs_root": {"type": "string", "default": "results/runs"},
             "studies": {"type": "object", "additionalProperties": study},
         },

@@ -11,7 +11,8 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from prunebench.config import canonical, read_params, validate_params
+from prunebench.config import canonical, read_params
+from prunebench.study import validate_params
 from prunebench.errors import ConfigError
 from prunebench.plan import final_jobs, plan
 
@@ -24,6 +25,8 @@ PLOTS = (
     "accuracy_vs_sparsity",
     "delta_vs_dense",
     "params_remaining",
+    "accuracy_vs_params",
+    "accuracy_vs_macs",
     "training_curves",
 )
 

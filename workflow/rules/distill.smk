@@ -1,11 +1,5 @@
-# NOT BUILT YET (a later issue): knowledge distillation into the pruned models, after
-# retrain/rewind.
-#
-# This rule adds no job until `prunebench.plan` emits "distill" jobs, which it will once the
-# `prunebench distill` command exists: nothing requests its output before then, and its
-# input function rejects any job the plan does not list. The plan then wires it in, with no
-# change to the other rules: its jobs' inputs, and the later jobs' inputs (or `final_jobs`,
-# which aggregate reads) that name its manifests.
+# Recovery by knowledge distillation from the dense model of the same seed (a study's
+# `recover: [..., distill]`), beside fine-tuning.
 rule distill:
     input:
         planned_inputs("distill"),
@@ -28,4 +22,4 @@ rule distill:
     shell:
         "prunebench distill --params {params.params_file} --study {wildcards.study}"
         " --method {wildcards.label} --runs-root {params.runs_root}"
-        " --manifest {output} --no-progress > {log} 2>&1"
+        " --manifest {output} --threads {threads} --no-progress > {log} 2>&1"

@@ -28,8 +28,8 @@ rule prune:
         " --manifest {output} --threads {threads} --no-progress > {log} 2>&1"
 
 
-# Retraining with the mask fixed (the plan's "finetune" jobs); reuses the prune runs.
-rule retrain:
+# Recovery by fine-tuning with the structure fixed (mask or removed channels).
+rule finetune:
     input:
         planned_inputs("finetune"),
     output:
@@ -54,8 +54,8 @@ rule retrain:
         " --manifest {output} --threads {threads} --no-progress > {log} 2>&1"
 
 
-# Lottery tickets: iterative pruning with rewinding (the plan's "lottery" jobs).
-rule rewind:
+# Lottery tickets: iterative pruning with rewinding.
+rule lottery:
     input:
         planned_inputs("lottery"),
     output:

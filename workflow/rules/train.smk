@@ -1,13 +1,15 @@
-rule train_dense:
+# Dense training per study (all seeds), a method's own pretraining (network slimming's BN
+# penalty) and methods that prune during training (gradual magnitude pruning).
+rule train:
     input:
         data=ancient("results/data/{study}.json"),
-        parents=planned_inputs("train", label="dense"),
+        parents=planned_inputs("train"),
     output:
-        "results/jobs/{study}/train/dense-{hash}.json",
+        "results/jobs/{study}/train/{label}-{hash}.json",
     log:
-        "results/logs/{study}/train/dense-{hash}.log",
+        "results/logs/{study}/train/{label}-{hash}.log",
     benchmark:
-        "results/benchmarks/{study}/train/dense-{hash}.tsv"
+        "results/benchmarks/{study}/train/{label}-{hash}.tsv"
     conda:
         "../envs/prunebench.yaml"
     threads: 1
@@ -20,5 +22,5 @@ rule train_dense:
         runs_root=RUNS_ROOT,
     shell:
         "prunebench train --params {params.params_file} --study {wildcards.study}"
-        " --runs-root {params.runs_root} --manifest {output}"
+        " --method {wildcards.label} --runs-root {params.runs_root} --manifest {output}"
         " --threads {threads} --no-progress > {log} 2>&1"

@@ -41,3 +41,31 @@ def cnn_digits(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     )
     init_weights(model)
     return model
+
+
+@register_model("cnn_digits_bn")
+def cnn_digits_bn(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """`cnn_digits` with BatchNorm after every conv (47,690 parameters on digits): the
+    default study's model, so that network slimming (which prunes by BatchNorm scale) runs
+    beside every other method."""
+    channels, height, width = input_shape
+    if min(height, width) < 2:
+        raise shape_error("cnn_digits_bn", input_shape, "needs H, W >= 2 (one max-pool)")
+    model = nn.Sequential(
+        nn.Conv2d(channels, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * (height // 2) * (width // 2), 64),
+        nn.ReLU(),
+        nn.Linear(64, num_classes),
+    )
+    init_weights(model)
+    return model

@@ -1,11 +1,11 @@
-"""Pruning core: masks, scopes and the method registry.
+"""Pruning core: masks, scopes and the method registry (unstructured and structured).
 
 Importing this package registers every method; a new method is one module plus one import
 line here.
 """
 
 from prunebench.pruning import lottery, magnitude, random_pruning  # noqa: F401  (registers methods)
-from prunebench.pruning import erk  # noqa: F401  (registers methods)
+from prunebench.pruning import channels  # noqa: F401  (registers methods)
 from prunebench.pruning import gradual  # noqa: F401  (registers methods)
 from prunebench.pruning import grasp  # noqa: F401  (registers methods)
 from prunebench.pruning import nm  # noqa: F401  (registers methods)

@@ -80,6 +80,8 @@ class PruningMethod:
     sparsity the options imply (N:M). `uses_sensitivity`: the prune run reads a sensitivity
     run of the same dense model. `pretrain(options)` returns overrides of the training
     recipe for a dense run of its own (network slimming's L1 penalty on BatchNorm scales).
+    `check_grid(options, train_recipe, targets, key)` checks options against the study's
+    recipe and targets when the study is parsed (gradual pruning's epochs).
     """
 
     name: str
@@ -92,6 +94,7 @@ class PruningMethod:
     fixed_sparsity: Callable[[Mapping[str, Any]], float] | None = None
     uses_sensitivity: bool = False
     pretrain: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+    check_grid: Callable[[Mapping[str, Any], Any, Sequence[float], str], None] | None = None
 
     @property
     def structured(self) -> bool:
@@ -137,6 +140,7 @@ def register_method(
     fixed_sparsity: Callable[[Mapping[str, Any]], float] | None = None,
     uses_sensitivity: bool = False,
     pretrain: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+    check_grid: Callable[[Mapping[str, Any], Any, Sequence[float], str], None] | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register `fn` as method `name` with its declared `options`.
 
@@ -147,7 +151,7 @@ def register_method(
     def deco(fn: MethodFn) -> MethodFn:
         METHODS.register(name, PruningMethod(
             name, fn, when, dict(options or {}), produces, needs_data, validate,
-            fixed_sparsity, uses_sensitivity, pretrain,
+            fixed_sparsity, uses_sensitivity, pretrain, check_grid,
         ))
         return fn
 

@@ -7,7 +7,8 @@ target; a layer whose density would exceed 1 is made dense and eps is re-solved 
 others until none exceeds 1. The top-k helper then rounds each layer to whole weights, so
 the global count is hit within one weight per layer.
 
-Use it as `random` with `distribution: erk`.
+Use it as `random` with `distribution: erk` (`random_pruning.DISTRIBUTIONS` lists it, so
+that the option's allowed values are known when the option is declared).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import math
 
 from prunebench.pruning.base import PruneContext
-from prunebench.pruning.random_pruning import register_distribution
 
 
 def erk_densities(shapes: dict[str, tuple[int, ...]], density: float) -> dict[str, float]:
@@ -38,7 +38,6 @@ def erk_densities(shapes: dict[str, tuple[int, ...]], density: float) -> dict[st
     return {name: 1.0 if name in dense else eps * raw[name] for name in shapes}
 
 
-@register_distribution("erk")
 def erk_allocation(ctx: PruneContext, sparsity: float) -> dict[str, float]:
     shapes = {name: tuple(p.shape) for name, p in ctx.params.items()}
     return {name: 1.0 - d for name, d in erk_densities(shapes, 1.0 - sparsity).items()}

@@ -13,19 +13,11 @@ the ones still active; pruned weights never come back (`ctx.mask` is respected),
 mask is a subset of the previous one, and the exact count of the top-k helpers makes the
 last step land exactly on the target.
 
-Options:
-  schedule          cubic (default) | linear
-  scope             global (default: one magnitude threshold across the prunable layers) |
-                    layer (the same sparsity in every layer)
-  start_epoch       first pruning step, in epochs (float allowed); null = 10% of training
-  end_epoch         the step that reaches the target, in epochs; null = 75% of training,
-                    leaving a quarter of the run to recover at the final sparsity
-  frequency         iterations between pruning steps; null = once per epoch
-  initial_sparsity  s_i, the sparsity of the first step (0 = start dense)
-
-The method function is one pruning step (to `sparsity`, given `ctx.mask`); `GradualPruning`
-is the training-loop callback that calls it on the schedule. `Workspace.run_finetune` trains
-the dense run's initialisation with the full `train` recipe and this callback.
+The options (schedule, scope, start_epoch, end_epoch, frequency, initial_sparsity) are
+declared with the method below. The method function is one pruning step (to `sparsity`,
+given `ctx.mask`); `GradualPruning` is the training-loop callback that calls it on the
+schedule. `Workspace.run_finetune` trains the dense run's initialisation with the full
+`train` recipe and this callback.
 """
 
 from __future__ import annotations
@@ -39,6 +31,7 @@ import torch
 from torch import nn
 
 from prunebench.errors import ConfigError
+from prunebench.options import Option, choice, fraction, positive_int
 from prunebench.pruning.base import METHODS, PruneContext, PruningMethod, register_method
 from prunebench.pruning.magnitude import magnitude_scores
 from prunebench.pruning.mask import Mask, global_topk_mask, layerwise_topk_mask, ones_mask
@@ -50,37 +43,18 @@ if TYPE_CHECKING:
 SCHEDULES = ("cubic", "linear")
 SCOPES = ("global", "layer")
 DEFAULT_START_FRACTION = 0.1  # of the training run, when start_epoch is null
-DEFAULT_END_FRACTION = 0.75
+DEFAULT_END_FRACTION = 0.75  # leaves a quarter of the run to recover at the final sparsity
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def check_options(opts: Mapping[str, Any], key: str) -> None:
+    start, end = opts["start_epoch"], opts["end_epoch"]
+    if start is not None and end is not None and start > end:
+        raise ConfigError(f"{key}.start_epoch must be <= {key}.end_epoch, got {start!r} > {end!r}")
 
 
-def check_options(opts: Mapping[str, Any]) -> None:
-    key = "methods.gradual_magnitude"
-    if opts["schedule"] not in SCHEDULES:
-        raise ConfigError(
-            f"{key}.schedule must be one of {', '.join(SCHEDULES)}, got {opts['schedule']!r}")
-    if opts["scope"] not in SCOPES:
-        raise ConfigError(f"{key}.scope must be one of {', '.join(SCOPES)}, got {opts['scope']!r}")
-    for name in ("start_epoch", "end_epoch"):
-        value = opts[name]
-        if value is not None and (not _is_number(value) or value < 0):
-            raise ConfigError(
-                f"{key}.{name} must be null or a number of epochs >= 0, got {value!r}")
-    if opts["start_epoch"] is not None and opts["end_epoch"] is not None and (
-        opts["start_epoch"] > opts["end_epoch"]
-    ):
-        raise ConfigError(f"{key}.start_epoch must be <= end_epoch, got "
-                          f"{opts['start_epoch']!r} > {opts['end_epoch']!r}")
-    freq = opts["frequency"]
-    if freq is not None and (not isinstance(freq, int) or isinstance(freq, bool) or freq < 1):
-        raise ConfigError(
-            f"{key}.frequency must be null (once per epoch) or an integer >= 1, got {freq!r}")
-    s_i = opts["initial_sparsity"]
-    if not _is_number(s_i) or not 0.0 <= s_i < 1.0:
-        raise ConfigError(f"{key}.initial_sparsity must be a number in [0, 1), got {s_i!r}")
+def _epochs(default_fraction: float, what: str) -> Option:
+    return Option(None, float, f"{what}, in epochs (fractions allowed); null = "
+                  f"{default_fraction:g} of training", low=0.0, nullable=True)
 
 
 def scheduled_sparsity(
@@ -131,11 +105,11 @@ def _epoch_to_iteration(epoch: float, steps_per_epoch: int) -> int:
 
 
 def resolve_schedule(
-    options: Mapping[str, Any], final_sparsity: float, steps_per_epoch: int, epochs: int
+    options: Mapping[str, Any], final_sparsity: float, steps_per_epoch: int, epochs: int,
+    key: str = "methods.gradual_magnitude",
 ) -> GradualSchedule:
     """Epoch-valued options to iterations of a run of `epochs` x `steps_per_epoch`."""
     opts = METHODS.get("gradual_magnitude").resolve_options(options)
-    key = "methods.gradual_magnitude"
     if epochs < 1:
         raise ConfigError("gradual pruning needs a training run: train.epochs must be >= 1")
     start, end = opts["start_epoch"], opts["end_epoch"]
@@ -160,11 +134,23 @@ def resolve_schedule(
     )
 
 
-@register_method(
-    "gradual_magnitude", when="during_training", validate=check_options,
-    schedule="cubic", scope="global", start_epoch=None, end_epoch=None, frequency=None,
-    initial_sparsity=0.0,
-)
+def check_grid(options: Mapping[str, Any], recipe, targets, key: str) -> None:
+    """Every target's schedule must fit the study's training run (checked at parse time)."""
+    for target in targets:
+        resolve_schedule(options, target, 1, recipe.epochs, key)
+
+
+@register_method("gradual_magnitude", when="during_training", validate=check_options,
+                 check_grid=check_grid, options={
+    "schedule": choice("cubic", SCHEDULES, "how the sparsity rises from start to end"),
+    "scope": choice("global", SCOPES, "global: one magnitude threshold across the prunable "
+                    "layers; layer: the same sparsity in every layer"),
+    "start_epoch": _epochs(DEFAULT_START_FRACTION, "the first pruning step"),
+    "end_epoch": _epochs(DEFAULT_END_FRACTION, "the step that reaches the target sparsity"),
+    "frequency": positive_int(None, "iterations between pruning steps; null = once per epoch",
+                              nullable=True),
+    "initial_sparsity": fraction(0.0, "the sparsity of the first step (0 = start dense)"),
+})
 def gradual_magnitude(ctx: PruneContext, sparsity: float) -> Mask:
     """One step: the largest-magnitude active weights survive so that `sparsity` is reached."""
     opts = METHODS.get("gradual_magnitude").resolve_options(ctx.options)

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from prunebench.errors import ConfigError
+from prunebench.options import Option, positive_int
 from prunebench.pruning.base import METHODS, PruneContext, register_method
 from prunebench.pruning.mask import Mask, apply_mask, global_topk_mask
 from prunebench.pruning.scope import Scope
@@ -107,14 +108,6 @@ def grasp_scores(
     ctx: PruneContext, temperature: float, samples_per_class: int
 ) -> dict[str, Tensor]:
     """S = -w * (H g) for the weights in the scope (higher = removed first)."""
-    if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or (
-        samples_per_class < 1
-    ):
-        raise ConfigError(
-            f"methods.grasp.samples_per_class must be an integer >= 1, got {samples_per_class!r}"
-        )
-    if not isinstance(temperature, (int, float)) or not float(temperature) > 0:
-        raise ConfigError(f"methods.grasp.temperature must be > 0, got {temperature!r}")
     model = copy.deepcopy(ctx.model)
     if ctx.mask is not None:
         apply_mask(model, ctx.mask)
@@ -135,12 +128,16 @@ def grasp_scores(
         )
         _, hg = hessian_gradient_product(
             model, weights, inputs.to(device), labels.to(device), ctx.loss_fn,
-            float(temperature), chunk, ctx.mask,
+            temperature, chunk, ctx.mask,
         )
     return {name: -w.detach() * hg[name] for name, w in ctx.scope.params(model).items()}
 
 
-@register_method("grasp", when="init", needs_data=True, temperature=200.0, samples_per_class=10)
+@register_method("grasp", when="init", needs_data=True, options={
+    "temperature": Option(200.0, float, "the logits are divided by it before the loss",
+                          low=0.0, low_open=True),
+    "samples_per_class": positive_int(10, "examples of every class in the sample"),
+})
 def grasp(ctx: PruneContext, sparsity: float) -> Mask:
     """Remove the weights with the highest -w * Hg (global ranking)."""
     options = METHODS.get("grasp").resolve_options(ctx.options)

@@ -10,31 +10,30 @@ function is one round's pruning step.
 
 from __future__ import annotations
 
-from prunebench.errors import ConfigError
+from collections.abc import Mapping
+from typing import Any
+
+from prunebench.options import Option, fraction
 from prunebench.pruning.base import METHODS, PruneContext, register_method
 from prunebench.pruning.mask import Mask
+from prunebench.pruning.random_pruning import reference_method, run_with_defaults
 
 
-def check_options(opts) -> None:
-    if not 0.0 < opts["prune_fraction"] < 1.0:
-        raise ConfigError(
-            f"methods.lottery.prune_fraction must be in (0, 1), got {opts['prune_fraction']!r}"
-        )
-    if not isinstance(opts["rewind_iteration"], int) or opts["rewind_iteration"] < 0:
-        raise ConfigError("methods.lottery.rewind_iteration must be an integer >= 0")
-    criterion = METHODS.get(opts["criterion"])
-    if criterion.when != "trained" or criterion.needs_data:
-        raise ConfigError(
-            f"methods.lottery.criterion must be a data-free method applied to trained weights "
-            f"(e.g. global_magnitude, layer_magnitude), got {opts['criterion']!r}"
-        )
-    if not isinstance(opts["reinit_control"], bool):
-        raise ConfigError("methods.lottery.reinit_control must be true or false")
+def check_options(opts: Mapping[str, Any], key: str) -> None:
+    reference_method(opts["criterion"], f"{key}.criterion", "lottery")
 
 
-@register_method(
-    "lottery", when="iterative", validate=check_options,
-    prune_fraction=0.2, rewind_iteration=0, reinit_control=True, criterion="global_magnitude",
-)
+@register_method("lottery", when="iterative", validate=check_options, options={
+    "prune_fraction": fraction(
+        0.2, "fraction of the remaining weights each round prunes", open_low=True),
+    "rewind_iteration": Option(
+        0, int, "iteration whose weights the survivors rewind to (0 = initialisation)", low=0),
+    "reinit_control": Option(
+        True, bool, "also train the final mask from a fresh random initialisation"),
+    "criterion": Option(
+        "global_magnitude", str,
+        "method that prunes each round (data-free, on trained weights, its default options)"),
+})
 def lottery_round(ctx: PruneContext, sparsity: float) -> Mask:
-    return METHODS.get(ctx.options["criterion"])(ctx, sparsity)
+    criterion = METHODS.get(METHODS.get("lottery").resolve_options(ctx.options)["criterion"])
+    return run_with_defaults(criterion, ctx, sparsity)

@@ -17,11 +17,14 @@ current mask.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from prunebench.errors import ConfigError
+from prunebench.options import Option, choice, positive_int
 from prunebench.pruning.base import METHODS, PruneContext, register_method
 from prunebench.pruning.mask import Mask
 from prunebench.pruning.wanda import rowwise_keep
@@ -59,11 +62,16 @@ def nm_keep(scores: Tensor, n: int, m: int) -> Tensor:
     return _from_groups_layout(keep).contiguous()
 
 
-def _check_pattern(n, m, sparsity: float) -> None:
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in (n, m)) or not 0 < n < m:
+def check_options(opts: Mapping[str, Any], key: str) -> None:
+    n, m = opts["n"], opts["m"]
+    if n >= m:
         raise ConfigError(
-            f"methods.nm.n and methods.nm.m must be integers with 0 < n < m, got n={n!r}, m={m!r}"
-        )
+            f"{key}.n must be smaller than {key}.m (1 <= n < m: n of every m weights survive), "
+            f"got n={n}, m={m}")
+
+
+def _check_sparsity(n: int, m: int, sparsity: float) -> None:
+    """The requested sparsity must be the one N:M implies, not silently another."""
     implied = 1.0 - n / m
     if abs(sparsity - implied) > 1e-9:
         raise ConfigError(
@@ -73,18 +81,18 @@ def _check_pattern(n, m, sparsity: float) -> None:
 
 
 @register_method(
-    "nm", when="trained", fixed_sparsity=lambda o: 1.0 - o["n"] / o["m"],
-    n=2, m=4, score="magnitude",
+    "nm", when="trained", validate=check_options,
+    fixed_sparsity=lambda o: 1.0 - o["n"] / o["m"], options={
+        "n": positive_int(2, "weights that survive in every group"),
+        "m": Option(4, int, "size of a group of consecutive input weights", low=2),
+        "score": choice("magnitude", SCORES, "which weights of a group survive"),
+    },
 )
 def nm(ctx: PruneContext, sparsity: float) -> Mask:
     """N:M masks on every layer whose input dimension divides by M; the others stay dense."""
     options = METHODS.get("nm").resolve_options(ctx.options)
-    n, m, score = options["n"], options["m"], options["score"]
-    _check_pattern(n, m, sparsity)
-    if score not in SCORES:
-        raise ConfigError(
-            f"unknown score {score!r} (key methods.nm.score); allowed: {', '.join(SCORES)}"
-        )
+    n, m = options["n"], options["m"]
+    _check_sparsity(n, m, sparsity)
     mask: Mask = {}
     dense = []
     for name, weight in ctx.params.items():

@@ -20,8 +20,9 @@ per-layer drops assumes the layers' damage adds up, the approximation Distiller 
 The per-layer weight counts are rounded by largest remainder so that they sum exactly to T;
 the mask keeps the largest-magnitude weights within each layer (`layerwise_topk_mask`).
 
-Options of method `sensitivity`: `sweep` (layer sparsities to measure) and
-`max_layer_sparsity` (no layer is pruned beyond it).
+The method `sensitivity` allocates from the rows of the dense model's sensitivity run
+(`ctx.sensitivity`, the same sweep) when it is given: the prune job reads that run's result
+rather than measuring the curves again. Without rows it measures them itself.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from torch import nn
 
 from prunebench.errors import ConfigError
 from prunebench.io import atomic_write, atomic_write_text
+from prunebench.options import Option, fraction
 from prunebench.pruning.base import METHODS, Batches, PruneContext, register_method
 from prunebench.pruning.magnitude import magnitude_scores
 from prunebench.pruning.mask import Mask, keep_count, layerwise_topk_mask
@@ -47,22 +49,6 @@ from prunebench.pruning.scope import Scope
 DEFAULT_SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 CSV_COLUMNS = ("layer", "layer_params", "sparsity", "top1", "loss")
 Evaluate = Callable[[nn.Module], Mapping[str, float]]
-
-
-def check_options(opts: Mapping[str, Any]) -> None:
-    key = "methods.sensitivity"
-    sweep = opts["sweep"]
-    if (
-        not isinstance(sweep, (list, tuple)) or not sweep
-        or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in sweep)
-        or not all(0 < s < 1 for s in sweep)
-        or any(a >= b for a, b in zip(sweep, sweep[1:]))
-    ):
-        raise ConfigError(
-            f"{key}.sweep must be an increasing list of sparsities in (0, 1), got {sweep!r}")
-    cap = opts["max_layer_sparsity"]
-    if not isinstance(cap, (int, float)) or isinstance(cap, bool) or not 0 < cap < 1:
-        raise ConfigError(f"{key}.max_layer_sparsity must be a number in (0, 1), got {cap!r}")
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -237,15 +223,35 @@ def _round_to_total(
 # ----------------------------------------------------------------------------- the method
 
 
+def _check_sweep(rows: Sequence[Mapping[str, Any]], sweep: Sequence[float]) -> None:
+    """Rows measured at another sweep would allocate differently from what the options say."""
+    expected = [0.0, *map(float, sweep)]
+    for name, points in curves(rows).items():
+        measured = [s for s, _, _ in points]
+        if measured != expected:
+            raise ConfigError(
+                f"the sensitivity rows of {name!r} were measured at sparsities {measured}, but "
+                f"methods.sensitivity.sweep is {list(sweep)} (plus the dense point 0)")
+
+
 @register_method(
-    "sensitivity", when="trained", needs_data=True, validate=check_options,
-    sweep=DEFAULT_SWEEP, max_layer_sparsity=0.98,
+    "sensitivity", when="trained", needs_data=True, uses_sensitivity=True, options={
+        "sweep": Option(DEFAULT_SWEEP, list, "layer sparsities the curves are measured at",
+                        item=float, low=0.0, high=1.0, low_open=True, high_open=True,
+                        min_items=1, increasing=True),
+        "max_layer_sparsity": fraction(0.98, "no layer is pruned beyond it", open_low=True),
+    },
 )
 def sensitivity_pruning(ctx: PruneContext, sparsity: float) -> Mask:
-    """Magnitude pruning within layers, with per-layer sparsities from the sensitivity curves."""
+    """Magnitude pruning within layers, with per-layer sparsities from the sensitivity curves
+    of `ctx.sensitivity`, or measured on `ctx.val_batches` when no rows are given."""
     opts = METHODS.get("sensitivity").resolve_options(ctx.options)
-    evaluate_fn = batch_evaluator(ctx.require_val_batches("sensitivity"), ctx.loss_fn)
-    rows = layer_sensitivity(ctx.model, ctx.scope, evaluate_fn, opts["sweep"])
+    if ctx.sensitivity is None:
+        evaluate_fn = batch_evaluator(ctx.require_val_batches("sensitivity"), ctx.loss_fn)
+        rows = layer_sensitivity(ctx.model, ctx.scope, evaluate_fn, opts["sweep"])
+    else:
+        rows = ctx.sensitivity
+        _check_sweep(rows, opts["sweep"])
     sizes = {name: p.numel() for name, p in ctx.params.items()}
     layer_sparsity = allocate_sparsity(rows, sizes, sparsity, opts["max_layer_sparsity"])
     return layerwise_topk_mask(magnitude_scores(ctx), layer_sparsity, ctx.mask)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from prunebench.errors import ConfigError
+from prunebench.options import positive_int
 from prunebench.pruning.base import METHODS, PruneContext, register_method
 from prunebench.pruning.mask import Mask, apply_mask, global_topk_mask
 
@@ -36,8 +37,6 @@ def rng_from(generator: torch.Generator, device: torch.device) -> Iterator[None]
 
 def snip_scores(ctx: PruneContext, batches: int) -> dict[str, Tensor]:
     """|mean over the first `batches` batches of dL/dw| * |w| for every prunable weight."""
-    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-        raise ConfigError(f"methods.snip.batches must be an integer >= 1, got {batches!r}")
     model = copy.deepcopy(ctx.model)
     if ctx.mask is not None:
         apply_mask(model, ctx.mask)
@@ -61,7 +60,9 @@ def snip_scores(ctx: PruneContext, batches: int) -> dict[str, Tensor]:
     return {name: (grads[name] / used * p.detach()).abs() for name, p in params.items()}
 
 
-@register_method("snip", when="init", needs_data=True, batches=1)
+@register_method("snip", when="init", needs_data=True, options={
+    "batches": positive_int(1, "calibration batches whose gradients are averaged"),
+})
 def snip(ctx: PruneContext, sparsity: float) -> Mask:
     """Keep the weights whose removal changes the loss most (global ranking)."""
     options = METHODS.get("snip").resolve_options(ctx.options)

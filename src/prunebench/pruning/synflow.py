@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from prunebench.errors import ConfigError
+from prunebench.options import Option, choice, positive_int
 from prunebench.pruning.base import METHODS, PruneContext, register_method
 from prunebench.pruning.mask import Mask, apply_mask, global_topk_mask, ones_mask
 from prunebench.pruning.scope import Scope
@@ -63,16 +64,10 @@ def round_sparsities(
     return [*rounds, sparsity]
 
 
-def _input_shape(ctx: PruneContext, option) -> tuple[int, ...]:
+def _input_shape(ctx: PruneContext, option: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The option, else the dataset's input shape, else that of the first calibration batch."""
     if option is not None:
-        if not isinstance(option, (list, tuple)) or not all(
-            isinstance(v, int) and v > 0 for v in option
-        ):
-            raise ConfigError(
-                f"methods.synflow.input_shape must be a list of positive integers "
-                f"(one example, no batch dimension), got {option!r}"
-            )
-        return tuple(option)
+        return option
     if ctx.input_shape is not None:
         return tuple(ctx.input_shape)
     if ctx.batches is None:
@@ -88,20 +83,16 @@ def _input_shape(ctx: PruneContext, option) -> tuple[int, ...]:
     return tuple(first[0].shape[1:])
 
 
-@register_method(
-    "synflow", when="init", iterations=100, schedule="exponential", input_shape=None
-)
+@register_method("synflow", when="init", options={
+    "iterations": positive_int(100, "pruning rounds, scores recomputed between them"),
+    "schedule": choice("exponential", SCHEDULES, "how the density falls over the rounds"),
+    "input_shape": Option(None, list, "one example's shape (no batch dimension); null = the "
+                          "dataset's", item=int, low=1, min_items=1, nullable=True),
+})
 def synflow(ctx: PruneContext, sparsity: float) -> Mask:
     """Iterative global pruning by synaptic-flow scores."""
     options = METHODS.get("synflow").resolve_options(ctx.options)
     iterations, schedule = options["iterations"], options["schedule"]
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ConfigError(f"methods.synflow.iterations must be an integer >= 1, got {iterations!r}")
-    if schedule not in SCHEDULES:
-        raise ConfigError(
-            f"unknown schedule {schedule!r} (key methods.synflow.schedule); "
-            f"allowed: {', '.join(SCHEDULES)}"
-        )
     input_shape = _input_shape(ctx, options["input_shape"])
 
     linearised = linearised_copy(ctx.model)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prunebench.errors import ConfigError
+from prunebench.options import positive_int
 from prunebench.pruning.base import METHODS, PruneContext, register_method
 from prunebench.pruning.mask import Mask, apply_mask, keep_count
 
@@ -122,13 +123,13 @@ def execution_order(model: nn.Module, layers: dict[str, nn.Module], x: Tensor) -
     return order + [n for n in layers if n not in order]
 
 
-@register_method("wanda", when="trained", needs_data=True, batches=4)
+@register_method("wanda", when="trained", needs_data=True, options={
+    "batches": positive_int(4, "calibration batches the input activation norms are taken over"),
+})
 def wanda(ctx: PruneContext, sparsity: float) -> Mask:
     """Per-output-row pruning by |W| * input activation norm, layer after layer."""
     options = METHODS.get("wanda").resolve_options(ctx.options)
     n_batches = options["batches"]
-    if isinstance(n_batches, bool) or not isinstance(n_batches, int) or n_batches < 1:
-        raise ConfigError(f"methods.wanda.batches must be an integer >= 1, got {n_batches!r}")
     batches = list(itertools.islice(ctx.require_batches("wanda")(), n_batches))
     if len(batches) < n_batches:
         raise ConfigError(
