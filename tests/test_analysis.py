@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -12,16 +13,22 @@ import pytest
 
 from prunebench.analysis.aggregate import (
     LEADING_COLUMNS,
+    SORT_KEYS,
     collect_runs,
     headline_metrics,
     read_tables,
+    recovery_pairs,
     summarise,
+    summary_markdown,
     write_tables,
 )
 from prunebench.analysis.plots import (
     PLOT_NAMES,
     accuracy_figure,
+    accuracy_vs_macs_figure,
+    accuracy_vs_params_figure,
     curves_figure,
+    delta_figure,
     params_figure,
     write_plots,
 )
@@ -30,71 +37,133 @@ from prunebench.cli import main
 from prunebench.errors import ConfigError
 
 STUDY = "toy"
+DENSE = "dense"
 SEEDS = (0, 1)
-SPARSITIES = (0.5, 0.9)
-PARAMS_TOTAL = 1000
-# top-1 per (label, target sparsity) and seed
+PARAMS_TOTAL = 1600
+MACS_TOTAL = 5000
+
+
+class Method(NamedTuple):
+    kind: str
+    method: str
+    recovery: str | None
+    structured: bool  # its targets are channel sparsities
+
+
+METHODS = {
+    DENSE: Method("train", "dense", None, False),
+    "mag": Method("recover", "global_magnitude", "finetune", False),
+    "mag+distill": Method("recover", "global_magnitude", "distill", False),
+    "rnd": Method("recover", "random", "finetune", False),
+    "l1f": Method("recover", "l1_filter", "finetune", True),
+    "l1f+distill": Method("recover", "l1_filter", "distill", True),
+}
+# top-1 per (label, target) and seed; the target is a channel sparsity for structured labels
 TOP1 = {
     ("dense", 0.0): (0.90, 0.92),
     ("mag", 0.5): (0.89, 0.91),
     ("mag", 0.9): (0.80, 0.86),
+    ("mag+distill", 0.9): (0.84, 0.88),  # distilled at 0.9 only: pairs with mag @ 0.9 alone
     ("rnd", 0.5): (0.70, 0.74),
     ("rnd", 0.9): (0.30, 0.20),
+    ("l1f", 0.25): (0.88, 0.90),
+    ("l1f", 0.5): (0.85, 0.87),
+    ("l1f+distill", 0.5): (0.86, 0.90),
 }
-KIND = {"dense": "train", "mag": "finetune", "rnd": "finetune"}
+STRUCTURED = ("dense", "l1f", "l1f+distill")
 HISTORY_EPOCHS = 3
 
 
-def _write_run(root: Path, label: str, sparsity: float, seed: int, **extra_metrics) -> dict:
-    kind = KIND[label]
-    run_hash = f"{label}{int(sparsity * 100):03d}s{seed}"
-    path = root / kind / run_hash
+def _reductions(label: str, target: float) -> tuple[int, int, float]:
+    """(params_total, params_nonzero, macs_reduction) of a run: masks zero weights but keep
+    the architecture and its MACs; removing a fraction c of the channels leaves (1 - c)^2 of
+    the weights and a little more of the MACs."""
+    if not METHODS[label].structured:
+        return PARAMS_TOTAL, round(PARAMS_TOTAL * (1 - target)), 0.0
+    left = round(PARAMS_TOTAL * (1 - target) ** 2)
+    return left, left, 1 - (1 - target) ** 2 - 0.05
+
+
+def _write_run(root: Path, label: str, target: float, seed: int, study: str = STUDY,
+               **extra_metrics) -> dict:
+    spec = METHODS[label]
+    run_hash = f"{label.replace('+', '_')}{int(target * 100):03d}s{seed}"
+    path = root / spec.kind / run_hash
     path.mkdir(parents=True)
-    top1 = TOP1[(label, sparsity)][seed]
-    config = {"kind": kind, "hash": run_hash, "study": STUDY, "dataset": "digits",
-              "model": "mlp", "method": {"dense": "dense", "mag": "global_magnitude",
-                                         "rnd": "random"}[label],
-              "label": label, "target_sparsity": sparsity, "seed": seed, "data": {}, "config": {}}
-    nonzero = round(PARAMS_TOTAL * (1 - sparsity))
+    top1 = TOP1[(label, target)][seed]
+    meta = {"study": study, "dataset": "digits", "model": "mlp", "method": spec.method,
+            "label": label, "target_sparsity": None if spec.structured else target,
+            "channel_sparsity": target if spec.structured else None,
+            "recovery": spec.recovery, "seed": seed, "result": True}
+    total, nonzero, macs_reduction = _reductions(label, target)
     metrics = {"top1": top1, "top5": min(1.0, top1 + 0.05), "loss": 1 - top1,
                "val_top1": top1 - 0.01, "val_top5": 1.0, "val_loss": 1.01 - top1,
-               "weight_sparsity": sparsity + 0.001 * seed, "params_total": PARAMS_TOTAL,
-               "params_nonzero": nonzero, "train_time_s": 1.0 + seed, **extra_metrics}
-    (path / "config.json").write_text(json.dumps(config))
+               "weight_sparsity": 0.0 if spec.structured else target + 0.001 * seed,
+               "params_total": total, "params_nonzero": nonzero,
+               "param_reduction": 1 - nonzero / PARAMS_TOTAL,
+               "macs": round(MACS_TOTAL * (1 - macs_reduction)), "macs_reduction": macs_reduction,
+               "threads": 2, "train_time_s": 1.0 + seed, **extra_metrics}
+    if spec.structured:
+        metrics["channels"] = {"fc1": {"kept": 8, "total": 16}}  # nested: not a column
+    (path / "config.json").write_text(json.dumps(
+        {"kind": spec.kind, "hash": run_hash, **meta, "data": {}, "config": {}}))
     (path / "metrics.json").write_text(json.dumps(metrics))
     epochs = np.arange(1, HISTORY_EPOCHS + 1)
     pd.DataFrame({"epoch": epochs, "iteration": 10 * epochs, "lr": 0.1, "train_loss": 1.0,
                   "train_top1": 0.5, "val_loss": 1.0, "val_top1": top1 * epochs / HISTORY_EPOCHS,
                   "val_top5": 1.0, "epoch_time_s": 0.1}).to_csv(path / "history.csv", index=False)
-    return {"kind": kind, "path": str(path), "study": STUDY, "label": label, "seed": seed,
-            "target_sparsity": sparsity, "top1": top1}
+    return {"kind": spec.kind, "path": str(path), **meta, "top1": top1}
+
+
+def _write_intermediate(root: Path, kind: str, label: str, seed: int) -> dict:
+    """A finished run that only feeds others (slimming's pretraining, a one-shot prune)."""
+    path = root / kind / f"{label}s{seed}"
+    path.mkdir(parents=True)
+    meta = {"study": STUDY, "dataset": "digits", "model": "mlp", "method": "slimming",
+            "label": label, "target_sparsity": 0.0 if kind == "train" else None,
+            "channel_sparsity": None if kind == "train" else 0.5, "recovery": None,
+            "seed": seed, "result": False}
+    (path / "config.json").write_text(json.dumps({"kind": kind, "hash": path.name, **meta}))
+    (path / "metrics.json").write_text(json.dumps({"top1": 0.5, "params_total": PARAMS_TOTAL,
+                                                   "params_nonzero": PARAMS_TOTAL}))
+    return {"kind": kind, "path": str(path), **meta}
+
+
+def _targets(label: str) -> list[float]:
+    return [t for (name, t) in TOP1 if name == label]
 
 
 @pytest.fixture
 def manifests(tmp_path: Path) -> list[Path]:
-    """train + one finetune manifest per method (+ a prune manifest that must be ignored)."""
+    """A train manifest (dense and slimming's pretraining, which must be ignored), one
+    manifest per recovered method (each listing its prune parents, which must be ignored), a
+    prune manifest, and the train manifest again."""
     root, jobs = tmp_path / "runs", tmp_path / "jobs"
     jobs.mkdir()
-    dense = [_write_run(root, "dense", 0.0, s) for s in SEEDS]
+    train = [_write_run(root, "dense", 0.0, s) for s in SEEDS]
+    train += [_write_intermediate(root, "train", "slim_pretrain", s) for s in SEEDS]
     files = [jobs / "train.json"]
-    files[0].write_text(json.dumps({"command": "train", "study": STUDY, "runs": dense}))
-    for label in ("mag", "rnd"):
+    files[0].write_text(json.dumps({"command": "train", "study": STUDY, "runs": train}))
+    for label, spec in METHODS.items():
+        if label == DENSE:
+            continue
         runs = []
         for seed in SEEDS:
-            for sparsity in SPARSITIES:
-                bench = {"latency_ms": 2.0 + seed, "macs_effective": 100 * (1 - sparsity)} \
-                    if label == "mag" else {}
-                run = _write_run(root, label, sparsity, seed)
-                if bench:
+            for target in _targets(label):
+                run = _write_run(root, label, target, seed)
+                if label == "mag":
+                    bench = {"latency_ms": 2.0 + seed, "macs_effective": 100 * (1 - target)}
                     (Path(run["path"]) / "benchmark.json").write_text(json.dumps(bench))
                 runs.append(run)
         runs.append({"kind": "prune", "path": str(root / "prune" / "x")})  # intermediate
         files.append(jobs / f"{label}.json")
-        files[-1].write_text(json.dumps({"command": "finetune", "study": STUDY, "runs": runs}))
+        files[-1].write_text(json.dumps({"command": spec.recovery, "study": STUDY,
+                                         "runs": runs}))
     prune = jobs / "prune.json"
-    prune.write_text(json.dumps({"command": "prune", "runs": [{"kind": "prune",
-                                                               "path": "nowhere"}]}))
+    prune.write_text(json.dumps({"command": "prune", "runs": [
+        _write_intermediate(root, "prune", "slimming", s) for s in SEEDS]}))
     return [*files, prune, files[0]]  # train listed twice: runs are de-duplicated
+
 
 
 @pytest.fixture
@@ -102,48 +171,99 @@ def runs(manifests) -> pd.DataFrame:
     return collect_runs(manifests)
 
 
-def _expected(label: str, sparsity: float) -> tuple[float, float]:
-    values = TOP1[(label, sparsity)]
+@pytest.fixture
+def summary(runs) -> pd.DataFrame:
+    return summarise(runs)
+
+
+def _expected(label: str, target: float) -> tuple[float, float]:
+    values = TOP1[(label, target)]
     return float(np.mean(values)), float(np.std(values, ddof=1))
+
+
+def _at(table: pd.DataFrame, label: str, target: float) -> pd.DataFrame:
+    """The rows of `label` at `target`, matched on the column its kind of target lives in."""
+    column = "channel_sparsity" if METHODS[label].structured else "target_sparsity"
+    return table[(table["label"] == label) & (table[column] == target)]
+
+
+def _table(md: str, heading: str) -> list[list[str]]:
+    """The cells of the first markdown table under `### heading` (header row first)."""
+    section = md.split(f"### {heading}\n", 1)[1].lstrip("\n").split("\n\n", 1)[0]
+    return [[c.strip() for c in line.strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("|") and "---" not in line]
 
 
 # ---------------------------------------------------------------- aggregation
 
 
 def test_collect_runs_rows_and_columns(runs):
-    assert len(runs) == 2 + 2 * 2 * 2
+    assert len(runs) == len(TOP1) * len(SEEDS)
     assert list(runs.columns[: len(LEADING_COLUMNS)]) == LEADING_COLUMNS
     assert list(runs.columns[-2:]) == ["run_dir", "hash"]
     assert runs["run_dir"].is_unique
-    sort_keys = ["study", "label", "target_sparsity", "seed"]
-    assert runs[sort_keys].equals(runs.sort_values(sort_keys)[sort_keys].reset_index(drop=True))
-    row = runs[(runs["label"] == "mag") & (runs["target_sparsity"] == 0.9) & (runs["seed"] == 1)]
+    resorted = runs.sort_values(SORT_KEYS, na_position="last")[SORT_KEYS].reset_index(drop=True)
+    assert runs[SORT_KEYS].equals(resorted)
+    row = _at(runs, "mag", 0.9)
+    row = row[row["seed"] == 1]
     assert row["top1"].item() == 0.86
     assert row["params_remaining_frac"].item() == pytest.approx(0.1)
     assert row["hash"].item() == "mag090s1"
+    assert row["recovery"].item() == "finetune"
+    assert _at(runs, "mag+distill", 0.9)["recovery"].tolist() == ["distill", "distill"]
+    assert runs.loc[runs["label"] == DENSE, "recovery"].isna().all()
+
+
+def test_structured_runs_keep_their_channel_target(runs):
+    l1f = _at(runs, "l1f", 0.5)
+    assert len(l1f) == 2 and l1f["target_sparsity"].isna().all()
+    assert l1f["param_reduction"].tolist() == pytest.approx([0.75, 0.75])
+    assert l1f["macs_reduction"].tolist() == pytest.approx([0.70, 0.70])
+    assert runs.loc[runs["channel_sparsity"].isna(), "target_sparsity"].notna().all()
+
+
+def test_pretrain_and_prune_runs_are_excluded(manifests, runs):
+    assert "slim_pretrain" not in set(runs["label"]) and "slimming" not in set(runs["label"])
+    # the run's own config decides, not just what the manifest entry says
+    train = json.loads(manifests[0].read_text())
+    for entry in train["runs"]:
+        entry.pop("result")
+    manifests[0].write_text(json.dumps(train))
+    assert collect_runs([manifests[0]])["label"].tolist() == [DENSE, DENSE]
+    with pytest.raises(ConfigError, match="prune.json"):
+        collect_runs([manifests[-2]])  # only prune runs: empty table
 
 
 def test_extra_metrics_and_benchmark_keys_become_columns(runs):
     extra = runs.columns[len(LEADING_COLUMNS):-2].tolist()
     assert extra == sorted(extra) and {"latency_ms", "macs_effective", "train_time_s"} <= set(extra)
+    assert "channels" not in runs.columns and runs["threads"].eq(2).all()
     mag = runs[runs["label"] == "mag"]
     assert mag["latency_ms"].tolist() == [2.0, 3.0, 2.0, 3.0]
     assert runs.loc[runs["label"] != "mag", "latency_ms"].isna().all()
 
 
-def test_summary_mean_std_n_and_delta(runs):
-    summary = summarise(runs).set_index(["label", "target_sparsity"])
-    dense_mean, _ = _expected("dense", 0.0)
+def test_summary_mean_std_n_and_delta(summary):
+    assert len(summary) == len(TOP1)
+    dense_mean, _ = _expected(DENSE, 0.0)
     for key in TOP1:
         mean, std = _expected(*key)
-        row = summary.loc[key]
-        assert row["n"] == 2
-        assert row["top1_mean"] == pytest.approx(mean)
-        assert row["top1_std"] == pytest.approx(std)
-        assert row["delta_top1_vs_dense"] == pytest.approx(mean - dense_mean)
-    assert summary.loc[("mag", 0.9), "latency_ms_mean"] == pytest.approx(2.5)
-    assert summary.loc[("mag", 0.9), "weight_sparsity_mean"] == pytest.approx(0.9005)
+        row = _at(summary, *key)
+        assert row["n"].item() == 2
+        assert row["top1_mean"].item() == pytest.approx(mean)
+        assert row["top1_std"].item() == pytest.approx(std)
+        assert row["delta_top1_vs_dense"].item() == pytest.approx(mean - dense_mean)
+    assert _at(summary, "mag", 0.9)["latency_ms_mean"].item() == pytest.approx(2.5)
+    assert _at(summary, "mag", 0.9)["weight_sparsity_mean"].item() == pytest.approx(0.9005)
     assert "seed_mean" not in summary.columns
+
+
+def test_structured_rows_are_summarised_by_channel_sparsity(summary):
+    l1f = summary[summary["label"] == "l1f"]
+    assert l1f["channel_sparsity"].tolist() == [0.25, 0.5]
+    assert l1f["target_sparsity"].isna().all() and l1f["n"].tolist() == [2, 2]
+    assert l1f["param_reduction_mean"].tolist() == pytest.approx([0.4375, 0.75])
+    assert l1f["macs_reduction_mean"].tolist() == pytest.approx([0.3875, 0.70])
 
 
 def test_single_seed_std_is_nan_and_printed_as_dash(runs, tmp_path):
@@ -154,8 +274,7 @@ def test_single_seed_std_is_nan_and_printed_as_dash(runs, tmp_path):
     assert headline_metrics(summary)[STUDY]["mag"]["s0.50"]["top1_std"] is None
 
 
-def test_write_tables_and_markdown(runs, tmp_path):
-    summary = summarise(runs)
+def test_write_tables_and_markdown(runs, summary, tmp_path):
     write_tables(runs, summary, tmp_path)
     back, back_summary = read_tables(tmp_path)
     assert back.columns.tolist() == runs.columns.tolist() and len(back) == len(runs)
@@ -166,15 +285,63 @@ def test_write_tables_and_markdown(runs, tmp_path):
     assert f"{mean * 100:.2f} ± {std * 100:.2f}" == "83.00 ± 4.24"
     assert "83.00 ± 4.24" in md
     assert "72.00 ± 2.83" in md and "25.00 ± 7.07" in md
-    rows = [line for line in md.splitlines() if line.startswith("| ") and "Method" not in line]
-    assert rows[0].startswith("| dense") and len(rows) == len(TOP1)
     assert "-66.00" in md  # rnd at 0.9: 25 - 91 pp
+    rows = _table(md, "Dense and unstructured methods (weight sparsity)")
+    assert rows[0][:3] == ["Method", "Target sparsity", "Achieved sparsity"]
+    labels = [r[0] for r in rows[1:]]
+    assert labels == [DENSE, "mag", "mag", "mag+distill", "rnd", "rnd"]
+    assert summary_markdown(read_tables(tmp_path)[1]) == md  # the same from the CSV
 
 
-def test_headline_metrics_keys(runs):
-    headline = headline_metrics(summarise(runs))
-    assert set(headline[STUDY]) == {"dense", "mag", "rnd"}
+def test_structured_table_shows_requested_and_achieved(summary):
+    rows = _table(summary_markdown(summary), "Structured methods (channels removed)")
+    assert rows[0] == ["Method", "Channels removed (target)", "Params removed (achieved)",
+                       "MACs removed (achieved)", "Top-1 (%)", "Top-5 (%)",
+                       "Δ top-1 vs dense (pp)", "n"]
+    assert [r[:4] for r in rows[1:]] == [
+        ["l1f", "0.25", "0.4375", "0.3875"],
+        ["l1f", "0.50", "0.7500", "0.7000"],
+        ["l1f+distill", "0.50", "0.7500", "0.7000"],
+    ]
+    assert rows[2][4:] == ["86.00 ± 1.41", "91.00 ± 1.41", "-5.00", "2"]
+
+
+def test_finetune_vs_distill_pairs_the_right_rows(summary):
+    pairs = recovery_pairs(summary, STUDY)
+    assert list(zip(pairs["base"], pairs["target"])) == [("l1f", "c0.50"), ("mag", "s0.90")]
+    assert pairs["top1_gain"].tolist() == pytest.approx([0.02, 0.03])
+    rows = _table(summary_markdown(summary), "Fine-tuning vs. distillation")
+    assert rows[0] == ["Method", "Target", "Top-1 fine-tuned (%)", "Top-1 distilled (%)",
+                       "Distilled − fine-tuned (pp)"]
+    assert rows[1:] == [
+        ["l1f", "channels removed 0.50", "86.00 ± 1.41", "88.00 ± 2.83", "+2.00"],
+        ["mag", "weight sparsity 0.90", "83.00 ± 4.24", "86.00 ± 2.83", "+3.00"],
+    ]
+
+
+def test_tables_a_study_lacks_are_left_out(summary):
+    finetuned_only = summary[summary["recovery"] != "distill"]
+    md = summary_markdown(finetuned_only)
+    assert "Fine-tuning vs. distillation" not in md and recovery_pairs(finetuned_only, STUDY).empty
+    unstructured_only = summary[summary["channel_sparsity"].isna()]
+    assert "### Structured methods" not in summary_markdown(unstructured_only)
+
+
+def test_outputs_do_not_depend_on_manifest_order(manifests, tmp_path):
+    for name, order in (("a", manifests), ("b", manifests[::-1])):
+        runs = collect_runs(order)
+        write_tables(runs, summarise(runs), tmp_path / name)
+    for table in ("runs.csv", "summary.csv", "summary.md"):
+        assert (tmp_path / "a" / table).read_bytes() == (tmp_path / "b" / table).read_bytes()
+
+
+def test_headline_metrics_keys(summary):
+    headline = headline_metrics(summary)
+    assert set(headline[STUDY]) == set(METHODS)
     assert set(headline[STUDY]["mag"]) == {"s0.50", "s0.90"}
+    assert set(headline[STUDY]["mag+distill"]) == {"s0.90"}
+    assert set(headline[STUDY]["l1f"]) == {"c0.25", "c0.50"}
+    assert headline[STUDY]["l1f+distill"]["c0.50"]["top1_mean"] == pytest.approx(0.88)
     assert headline[STUDY]["dense"]["s0.00"]["top1_mean"] == pytest.approx(0.91)
     json.dumps(headline, allow_nan=False)
 
@@ -186,8 +353,6 @@ def test_bad_manifests_raise_config_error(tmp_path, manifests):
     empty.write_text(json.dumps({"command": "finetune", "runs": []}))
     with pytest.raises(ConfigError, match="empty.json"):
         collect_runs([empty])
-    with pytest.raises(ConfigError, match="prune.json"):
-        collect_runs([manifests[-2]])  # only prune runs: empty table
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"runs": [{"kind": "train", "path": str(tmp_path / "nope")}]}))
     with pytest.raises(ConfigError, match="broken.json"):
@@ -203,39 +368,80 @@ def test_relative_run_paths_resolve_from_the_manifest(tmp_path, manifests, monke
     assert len(collect_runs([manifests[0]])) == 2
 
 
+def test_sparsity_keys():
+    from prunebench.analysis.aggregate import channel_key, sparsity_key
+
+    assert [sparsity_key(s) for s in (0.0, 0.8, 0.95, 0.995)] == \
+        ["s0.00", "s0.80", "s0.95", "s0.995"]
+    assert [channel_key(c) for c in (0.5, 0.125)] == ["c0.50", "c0.125"]
+
+
 # ---------------------------------------------------------------- plots
 
 
-def test_accuracy_figure_has_one_line_per_method_and_dense(runs):
-    fig = accuracy_figure(summarise(runs), STUDY)
-    ax = fig.axes[0]
-    assert len(ax.get_lines()) == 3  # mag, rnd and the dense reference
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["dense (n=2)", "mag", "rnd"]
-    mag = next(line for line in ax.get_lines() if line.get_label() == "mag")
+def _lines(fig) -> dict:
+    return {line.get_label(): line for line in fig.axes[0].get_lines()}
+
+
+def test_accuracy_figure_has_one_line_per_unstructured_method_and_dense(summary):
+    ax = accuracy_figure(summary, STUDY).axes[0]
+    assert len(ax.get_lines()) == 4  # mag, mag+distill, rnd and the dense reference
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == \
+        ["dense (n=2)", "mag", "mag+distill", "rnd"]
+    mag = _lines(accuracy_figure(summary, STUDY))["mag"]
     assert mag.get_ydata().tolist() == pytest.approx([90.0, 83.0])
     assert mag.get_xdata().tolist() == pytest.approx([0.5005, 0.9005])
 
 
-def test_params_and_curves_figures(runs):
-    summary = summarise(runs)
-    labels = [line.get_label() for line in params_figure(summary, STUDY).axes[0].get_lines()]
-    assert {"mag", "rnd", "dense"} <= set(labels)
-    ax = curves_figure(runs, STUDY).axes[0]
-    lines = {line.get_label(): line for line in ax.get_lines()}
-    assert set(lines) == {"dense", "mag @ 0.9", "rnd @ 0.9"}
+def test_sparsity_figures_leave_structured_methods_out(runs, summary):
+    for fig in (params_figure(summary, STUDY), delta_figure(summary, STUDY)):
+        labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert "mag" in labels and not {"l1f", "l1f+distill"} & set(labels)
+    assert set(_lines(curves_figure(runs, STUDY))) == {"dense", "mag @ 0.9", "mag+distill @ 0.9",
+                                                       "rnd @ 0.9"}
+
+
+def test_accuracy_vs_params_puts_every_method_on_one_axis(summary):
+    lines = _lines(accuracy_vs_params_figure(summary, STUDY))
+    assert set(lines) == {"dense (n=2)", *(m for m in METHODS if m != DENSE)}
+    assert lines["l1f"].get_xdata().tolist() == pytest.approx([0.5625, 0.25])
+    assert lines["l1f"].get_ydata().tolist() == pytest.approx([89.0, 86.0])
+    assert lines["l1f"].get_linestyle() == "-." and lines["mag"].get_linestyle() == "-"
+    assert lines["mag"].get_xdata().tolist() == pytest.approx([0.5, 0.1])
+    assert lines["mag+distill"].get_xdata().tolist() == pytest.approx([0.1])
+
+
+def test_accuracy_vs_macs_keeps_masked_methods_at_full_cost(summary):
+    lines = _lines(accuracy_vs_macs_figure(summary, STUDY))
+    assert lines["mag"].get_xdata().tolist() == pytest.approx([1.0, 1.0])
+    assert lines["l1f"].get_xdata().tolist() == pytest.approx([0.6125, 0.30])
+
+
+def test_curves_figure_averages_seeds(runs):
+    lines = _lines(curves_figure(runs, STUDY))
     assert lines["mag @ 0.9"].get_ydata()[-1] == pytest.approx(83.0)  # seed mean, last epoch
 
 
-def test_write_plots_gives_nonblank_pngs(runs, tmp_path):
+@pytest.mark.parametrize("keep", ["all", "structured only", "unstructured only"])
+def test_write_plots_gives_nonblank_pngs(runs, tmp_path, keep):
     import matplotlib.image
 
+    structured = runs["label"].isin(STRUCTURED)
+    runs = {"all": runs, "structured only": runs[structured],
+            "unstructured only": runs[runs["channel_sparsity"].isna()]}[keep]
     paths = write_plots(runs, summarise(runs), tmp_path)
-    assert sorted(p.name for p in paths) == sorted(f"{STUDY}_{n}.png" for n in PLOT_NAMES)
+    assert [p.name for p in paths] == [f"{STUDY}_{n}.png" for n in PLOT_NAMES]
     for path in paths:
         image = matplotlib.image.imread(path)
         assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 500
         assert image[..., :3].std() > 0.01
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_plot_names_match_the_workflow():
+    smk = (Path(__file__).parents[1] / "workflow" / "rules" / "common.smk").read_text()
+    block = re.search(r"^PLOTS = \((.*?)\)", smk, re.DOTALL | re.MULTILINE).group(1)
+    assert tuple(re.findall(r'"(\w+)"', block)) == PLOT_NAMES
 
 
 # ---------------------------------------------------------------- report and CLI
@@ -251,9 +457,11 @@ def test_cli_end_to_end_and_report(manifests, tmp_path, capsys):
     listing.write_text("\n".join(str(m) for m in manifests[1:]) + "\n# comment\n\n")
     assert main(["aggregate", str(manifests[0]), "--manifest-list", str(listing),
                  "--out", str(results / "tables"), "--metrics", str(results / "metrics.json")]) == 0
-    assert len(pd.read_csv(results / "tables" / "runs.csv")) == 10
-    assert json.loads((results / "metrics.json").read_text())[STUDY]["rnd"]["s0.90"]["top1_mean"] \
-        == pytest.approx(0.25)
+    n_runs = len(TOP1) * len(SEEDS)
+    assert len(pd.read_csv(results / "tables" / "runs.csv")) == n_runs
+    headline = json.loads((results / "metrics.json").read_text())[STUDY]
+    assert headline["rnd"]["s0.90"]["top1_mean"] == pytest.approx(0.25)
+    assert headline["l1f"]["c0.50"]["top1_mean"] == pytest.approx(0.86)
     assert main(["plot", "--tables", str(results / "tables"), "--out", str(results / "plots")]) == 0
     report = results / "report.md"
     argv = ["report", "--tables", str(results / "tables"), "--plots", str(results / "plots"),
@@ -267,7 +475,9 @@ def test_cli_end_to_end_and_report(manifests, tmp_path, capsys):
     images = [x for x in links if x.endswith(".png")]
     assert len(images) == len(PLOT_NAMES)
     assert all(not Path(x).is_absolute() and (results / x).is_file() for x in links)
-    assert "tables/runs.csv" in links and "10 runs" in text and "83.00 ± 4.24" in text
+    assert "tables/runs.csv" in links and f"{n_runs} runs" in text and "83.00 ± 4.24" in text
+    assert "Channels removed (target)" in text and "Distilled − fine-tuned (pp)" in text
+    assert "Accuracy vs. parameters remaining" in text and "Accuracy vs. MACs remaining" in text
     assert not re.search(r"20\d\d-\d\d-\d\d", text)
 
     (results / "plots" / f"{STUDY}_training_curves.png").unlink()
@@ -276,13 +486,13 @@ def test_cli_end_to_end_and_report(manifests, tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_report_links_are_relative_to_the_report(runs, tmp_path):
-    summary = summarise(runs)
+def test_report_links_are_relative_to_the_report(runs, summary, tmp_path):
     write_tables(runs, summary, tmp_path / "tables")
     write_plots(runs, summary, tmp_path / "plots")
     report = write_report(tmp_path / "tables", tmp_path / "plots", tmp_path / "docs" / "report.md")
     links = _links(report.read_text())
     assert f"../plots/{STUDY}_accuracy_vs_sparsity.png" in links
+    assert f"../plots/{STUDY}_accuracy_vs_params.png" in links
     assert all((report.parent / x).is_file() for x in links)
 
 
@@ -308,10 +518,3 @@ def test_cli_module_does_not_import_pandas_or_matplotlib():
             "print(any(m.split('.')[0] in ('pandas', 'matplotlib') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-
-
-def test_sparsity_keys():
-    from prunebench.analysis.aggregate import sparsity_key
-
-    assert [sparsity_key(s) for s in (0.0, 0.8, 0.95, 0.995)] == \
-        ["s0.00", "s0.80", "s0.95", "s0.995"]

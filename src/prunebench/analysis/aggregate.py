@@ -20,18 +20,24 @@ import pandas as pd
 from prunebench.errors import ConfigError
 from prunebench.io import atomic_write_json, atomic_write_text
 
-RESULT_KINDS = ("train", "finetune", "lottery", "lottery_reinit")
+RESULT_KINDS = ("train", "recover", "lottery", "lottery_reinit")
 DENSE_LABEL = "dense"
+DISTILL_SUFFIX = "+distill"  # a distilled run's label: the method's label plus this
 
-ID_COLUMNS = ["study", "dataset", "model", "method", "label", "target_sparsity"]
+# A structured method's target is `channel_sparsity` (fraction of channels removed) and its
+# `target_sparsity` is null; an unstructured one's is the other way round.
+ID_COLUMNS = ["study", "dataset", "model", "method", "label", "target_sparsity",
+              "channel_sparsity", "recovery"]
 LEADING_COLUMNS = [
     *ID_COLUMNS, "weight_sparsity", "seed", "top1", "top5", "loss", "val_top1", "val_top5",
-    "val_loss", "params_total", "params_nonzero", "params_remaining_frac",
+    "val_loss", "params_total", "params_nonzero", "params_remaining_frac", "param_reduction",
+    "macs", "macs_reduction", "threads",
 ]
 TRAILING_COLUMNS = ["run_dir", "hash"]
-GROUP_KEYS = ["study", "dataset", "model", "label", "method", "target_sparsity"]
-SORT_KEYS = ["study", "label", "target_sparsity", "seed"]
-NOT_SUMMARISED = {"seed", "target_sparsity"}
+GROUP_KEYS = ["study", "dataset", "model", "label", "method", "target_sparsity",
+              "channel_sparsity", "recovery"]
+SORT_KEYS = ["study", "label", "target_sparsity", "channel_sparsity", "seed"]
+NOT_SUMMARISED = {"seed"}
 BENCHMARK_PREFIX = "benchmark_"  # for a benchmark.json key that metrics.json already has
 
 
@@ -93,9 +99,17 @@ def _scalars(d: Mapping[str, Any]) -> dict:
     return {k: v for k, v in d.items() if v is None or isinstance(v, (bool, int, float, str))}
 
 
-def read_run(run_dir: Path) -> dict:
-    """One table row from a finished run directory."""
+def is_result(record: Mapping[str, Any]) -> bool:
+    """Whether a manifest entry or run config is a result: a result kind, and not marked
+    `"result": false` (slimming's pretraining is a `train` run that only feeds pruning)."""
+    return record.get("kind") in RESULT_KINDS and record.get("result") is not False
+
+
+def read_run(run_dir: Path) -> dict | None:
+    """One table row from a finished run directory, or None if the run is not a result."""
     config = _read_json_object(run_dir / "config.json")
+    if not is_result(config):
+        return None
     metrics = _scalars(_read_json_object(run_dir / "metrics.json"))
     bench_file = run_dir / "benchmark.json"
     if bench_file.is_file():
@@ -108,13 +122,13 @@ def read_run(run_dir: Path) -> dict:
     row["params_remaining_frac"] = nonzero / total if total and nonzero is not None else math.nan
     row["run_dir"] = str(run_dir)
     row["hash"] = config.get("hash", run_dir.name)
-    row["kind"] = config.get("kind")
     return row
 
 
 def collect_runs(manifests: Iterable[Path]) -> pd.DataFrame:
-    """One row per result run listed in the manifests (train, finetune, lottery and its
-    reinit control; one-shot prune runs are intermediate), de-duplicated by run directory."""
+    """One row per result run listed in the manifests (dense and gradual training, recovered
+    one-shot runs, lottery and its reinit control; pruning and pretraining runs are
+    intermediate), de-duplicated by run directory."""
     manifests = [Path(m) for m in manifests]
     rows, seen = [], set()
     for manifest_path in manifests:
@@ -122,7 +136,7 @@ def collect_runs(manifests: Iterable[Path]) -> pd.DataFrame:
         if manifest.get("command") == "prune":
             continue
         for entry in manifest["runs"]:
-            if entry.get("kind") not in RESULT_KINDS:
+            if not is_result(entry):
                 continue
             run_dir = _run_dir(entry, manifest_path)
             key = os.path.realpath(run_dir)
@@ -130,12 +144,11 @@ def collect_runs(manifests: Iterable[Path]) -> pd.DataFrame:
                 continue
             seen.add(key)
             row = read_run(run_dir)
-            if row.pop("kind") not in RESULT_KINDS:
-                continue
-            rows.append(row)
+            if row is not None:
+                rows.append(row)
     if not rows:
         names = ", ".join(repr(str(m)) for m in manifests) or "(none given)"
-        raise ConfigError(f"no train/finetune/lottery runs in manifests {names}")
+        raise ConfigError(f"no result runs (train/recover/lottery) in manifests {names}")
     df = pd.DataFrame(rows)
     for col in LEADING_COLUMNS + TRAILING_COLUMNS:
         if col not in df:
@@ -156,9 +169,11 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (study, dataset, model, label, target_sparsity): the number of runs `n`, and the
-    mean and sample standard deviation (ddof=1, NaN for a single run) of every numeric metric,
-    plus `delta_top1_vs_dense`: mean top-1 minus the study's dense mean top-1."""
+    """Per (study, dataset, model, label, method, target, recovery): the number of runs `n`,
+    and the mean and sample standard deviation (ddof=1, NaN for a single run) of every
+    numeric metric, plus `delta_top1_vs_dense`: mean top-1 minus the study's dense mean
+    top-1. Null targets group as one value (dropna=False): each run has exactly one of
+    `target_sparsity` and `channel_sparsity`."""
     if df.empty:
         raise ConfigError("the runs table is empty: nothing to summarise")
     metrics = metric_columns(df)
@@ -173,13 +188,31 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-def sparsity_key(sparsity: float) -> str:
-    """A stable text key for a sparsity: 0.8 -> "s0.80", 0.995 -> "s0.995"."""
+def _number_key(prefix: str, value: float) -> str:
+    """`prefix` and the shortest rounding (at least 2 decimals) that gives `value` back."""
     for decimals in range(2, 10):
-        text = f"{sparsity:.{decimals}f}"
-        if abs(float(text) - sparsity) < 1e-12:
-            return f"s{text}"
-    return f"s{sparsity!r}"
+        text = f"{value:.{decimals}f}"
+        if abs(float(text) - value) < 1e-12:
+            return f"{prefix}{text}"
+    return f"{prefix}{value!r}"
+
+
+def sparsity_key(sparsity: float) -> str:
+    """A stable text key for a weight sparsity: 0.8 -> "s0.80", 0.995 -> "s0.995"."""
+    return _number_key("s", sparsity)
+
+
+def channel_key(channel_sparsity: float) -> str:
+    """A stable text key for a fraction of channels removed: 0.5 -> "c0.50". Its own prefix
+    keeps it from being read as (or colliding with) a weight sparsity."""
+    return _number_key("c", channel_sparsity)
+
+
+def target_key(target_sparsity: float, channel_sparsity: float) -> str:
+    """The key of a row's target: its weight sparsity, else (structured) its channel one."""
+    if pd.isna(target_sparsity):
+        return channel_key(channel_sparsity)
+    return sparsity_key(target_sparsity)
 
 
 def _json_number(x: float) -> float | None:
@@ -187,12 +220,13 @@ def _json_number(x: float) -> float | None:
 
 
 def headline_metrics(summary: pd.DataFrame) -> dict:
-    """{study: {label: {"s0.80": {"top1_mean", "top1_std"}}}} for DVC metrics; a std over a
+    """{study: {label: {"s0.80" | "c0.50": {"top1_mean", "top1_std"}}}} for DVC metrics:
+    "s" keys are weight sparsities, "c" keys fractions of channels removed; a std over a
     single seed is null."""
     out: dict = {}
     for row in summary.itertuples(index=False):
         cell = out.setdefault(row.study, {}).setdefault(row.label, {})
-        cell[sparsity_key(row.target_sparsity)] = {
+        cell[target_key(row.target_sparsity, row.channel_sparsity)] = {
             "top1_mean": _json_number(row.top1_mean), "top1_std": _json_number(row.top1_std),
         }
     return out
@@ -218,37 +252,138 @@ def _signed(x: float) -> str:
     return "–" if pd.isna(x) else f"{x * 100:+.2f}"
 
 
-def study_table(summary: pd.DataFrame, study: str) -> str:
-    """The markdown results table of one study: dense first, then each method by sparsity."""
-    rows = summary[summary["study"] == study]
+def _fraction(x: float) -> str:
+    return "–" if pd.isna(x) else f"{x:.4f}"
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    """A table with its first column left-aligned and the numbers right-aligned."""
+    return table.to_markdown(index=False, disable_numparse=True,
+                             colalign=("left",) + ("right",) * (table.shape[1] - 1)) + "\n"
+
+
+def _sorted_rows(summary: pd.DataFrame, study: str, structured: bool) -> pd.DataFrame:
+    """One study's rows of one kind (structured: a channel target), dense first, then each
+    method by its target."""
+    rows = summary[(summary["study"] == study)
+                   & (summary["channel_sparsity"].notna() == structured)]
     order = {label: i for i, label in enumerate(ordered_labels(rows["label"]))}
-    rows = rows.assign(_order=rows["label"].map(order)).sort_values(
-        ["_order", "target_sparsity"], kind="mergesort")
-    table = pd.DataFrame({
-        "Method": rows["label"],
-        "Target sparsity": rows["target_sparsity"].map(lambda s: f"{s:.2f}"),
-        "Achieved sparsity": rows["weight_sparsity_mean"].map(
-            lambda s: "–" if pd.isna(s) else f"{s:.4f}"),
+    target = "channel_sparsity" if structured else "target_sparsity"
+    return rows.assign(_order=rows["label"].map(order)).sort_values(
+        ["_order", target], kind="mergesort")
+
+
+def _accuracy_columns(rows: pd.DataFrame) -> dict[str, Any]:
+    return {
         "Top-1 (%)": [_pm(m, s) for m, s in zip(rows["top1_mean"], rows["top1_std"])],
         "Top-5 (%)": [_pm(m, s) for m, s in zip(rows["top5_mean"], rows["top5_std"])],
         "Δ top-1 vs dense (pp)": rows["delta_top1_vs_dense"].map(_signed),
         "n": rows["n"].astype(int),
-    })
-    return table.to_markdown(index=False, disable_numparse=True,
-                             colalign=("left",) + ("right",) * 6) + "\n"
+    }
+
+
+def study_table(summary: pd.DataFrame, study: str) -> str:
+    """The markdown table of one study's dense and unstructured (weight-sparsity) rows."""
+    rows = _sorted_rows(summary, study, structured=False)
+    return _markdown(pd.DataFrame({
+        "Method": rows["label"],
+        "Target sparsity": rows["target_sparsity"].map(lambda s: f"{s:.2f}"),
+        "Achieved sparsity": rows["weight_sparsity_mean"].map(_fraction),
+        **_accuracy_columns(rows),
+    }))
+
+
+def structured_table(summary: pd.DataFrame, study: str) -> str | None:
+    """The markdown table of one study's structured rows (None if it has none). The channel
+    fraction a method was asked to remove sits next to the parameter and MAC reductions it
+    achieved, under names that cannot be mistaken for one another: 50 % of the channels
+    removes far more than 50 % of a conv net's weights."""
+    rows = _sorted_rows(summary, study, structured=True)
+    if rows.empty:
+        return None
+    return _markdown(pd.DataFrame({
+        "Method": rows["label"],
+        "Channels removed (target)": rows["channel_sparsity"].map(lambda s: f"{s:.2f}"),
+        "Params removed (achieved)": rows["param_reduction_mean"].map(_fraction),
+        "MACs removed (achieved)": rows["macs_reduction_mean"].map(_fraction),
+        **_accuracy_columns(rows),
+    }))
+
+
+def recovery_pairs(summary: pd.DataFrame, study: str) -> pd.DataFrame:
+    """One row per (method, target) of a study that was both fine-tuned and distilled, with
+    the fine-tuned columns suffixed `_ft` and the distilled ones `_kd`, and `top1_gain`:
+    distilled minus fine-tuned mean top-1."""
+    rows = summary[summary["study"] == study]
+    rows = rows.assign(
+        base=rows["label"].str.removesuffix(DISTILL_SUFFIX),
+        target=[target_key(t, c) for t, c in zip(rows["target_sparsity"],
+                                                 rows["channel_sparsity"])],
+    )
+    finetuned = rows[rows["recovery"] == "finetune"]
+    distilled = rows[rows["recovery"] == "distill"]
+    pairs = finetuned.merge(distilled, on=["base", "target"], suffixes=("_ft", "_kd"))
+    pairs["top1_gain"] = pairs["top1_mean_kd"] - pairs["top1_mean_ft"]
+    return pairs.sort_values(["base", "target"], kind="mergesort").reset_index(drop=True)
+
+
+def _target_text(key: str) -> str:
+    """"s0.90" -> "weight sparsity 0.90", "c0.50" -> "channels removed 0.50"."""
+    return ("weight sparsity " if key.startswith("s") else "channels removed ") + key[1:]
+
+
+def recovery_table(summary: pd.DataFrame, study: str) -> str | None:
+    """Fine-tuned against distilled top-1 per method and target (None unless some method of
+    the study was recovered both ways)."""
+    pairs = recovery_pairs(summary, study)
+    if pairs.empty:
+        return None
+    return _markdown(pd.DataFrame({
+        "Method": pairs["base"],
+        "Target": pairs["target"].map(_target_text),
+        "Top-1 fine-tuned (%)": [_pm(m, s) for m, s in zip(pairs["top1_mean_ft"],
+                                                           pairs["top1_std_ft"])],
+        "Top-1 distilled (%)": [_pm(m, s) for m, s in zip(pairs["top1_mean_kd"],
+                                                          pairs["top1_std_kd"])],
+        "Distilled − fine-tuned (pp)": pairs["top1_gain"].map(_signed),
+    }))
+
+
+def study_markdown(summary: pd.DataFrame, study: str) -> list[str]:
+    """The tables of one study, each under a `###` heading (the ones it has rows for)."""
+    tables = [
+        ("Dense and unstructured methods (weight sparsity)", study_table(summary, study)),
+        ("Structured methods (channels removed)", structured_table(summary, study)),
+        ("Fine-tuning vs. distillation", recovery_table(summary, study)),
+    ]
+    parts = []
+    for heading, table in tables:
+        if table is not None:
+            parts += [f"### {heading}\n", table]
+    return parts
 
 
 def studies(summary: pd.DataFrame) -> list[str]:
     return sorted(summary["study"].dropna().unique())
 
 
+TABLES_NOTE = (
+    "Target sparsity is the fraction of prunable weights a method was asked to zero, achieved "
+    "sparsity the measured one. Structured methods are asked for a fraction of *channels* to "
+    "remove, which is no weight sparsity; their params and MACs removed are measured against "
+    "the unpruned architecture (means over seeds). Masked (unstructured) models keep their "
+    "MACs on dense kernels.\n"
+)
+
+
 def summary_markdown(summary: pd.DataFrame) -> str:
     parts = ["# Results summary\n",
-             "Top-1/top-5 test accuracy as mean ± sample std over seeds (– where n = 1); "
-             "Δ is the mean top-1 difference to the study's dense model in percentage points.\n"]
+             ("Top-1/top-5 test accuracy as mean ± sample std over seeds (– where n = 1); Δ is "
+              "the mean top-1 difference to the study's dense model in percentage points.\n"),
+             TABLES_NOTE]
     for study in studies(summary):
         parts.append(f"## {study}\n")
-        parts.append(study_table(summary, study))
+        parts += study_markdown(summary, study)
     return "\n".join(parts)
 
 

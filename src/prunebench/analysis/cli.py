@@ -18,7 +18,8 @@ def add_subcommands(sub) -> None:
     """Add the analysis subcommands to the `prunebench` parser."""
     ag = sub.add_parser("aggregate", help="collect finished runs into runs.csv, summary.csv/.md")
     ag.add_argument("manifests", nargs="*", type=Path, metavar="MANIFEST",
-                    help="job manifests written by train/finetune/lottery --manifest")
+                    help="job manifests written by train/finetune/distill/lottery "
+                         "--manifest")
     ag.add_argument("--manifest-list", type=Path, metavar="FILE",
                     help="a file listing more manifests, one path per line")
     ag.add_argument("--out", type=Path, required=True, metavar="DIR", help="tables directory")

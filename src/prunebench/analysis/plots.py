@@ -1,4 +1,9 @@
-"""Figures per study: accuracy and its loss against sparsity, parameters left, training curves.
+"""Figures per study: accuracy and its loss against sparsity, accuracy against the parameters
+and MACs left, parameters left, training curves.
+
+The sparsity-axis figures show the dense model and the unstructured methods only: a
+structured method's target is a fraction of channels, not a weight sparsity. The
+parameter and MAC figures put every method, structured or not, on one measured axis.
 
 Figures are built with `matplotlib.figure.Figure` directly (no pyplot), so nothing depends on
 a global backend or figure registry; PNGs are rendered by Agg. Each `*_figure` function
@@ -24,7 +29,10 @@ DPI = 120
 FIGSIZE = (6.4, 4.2)
 DENSE_COLOR = "black"
 MARKERS = "osD^vPX*"  # distinct markers keep overlapping lines apart
-PLOT_NAMES = ("accuracy_vs_sparsity", "delta_vs_dense", "params_remaining", "training_curves")
+NO_UNSTRUCTURED = "no unstructured methods in this study"  # why a sparsity axis is empty
+STRUCTURED_LINESTYLE = "-."  # tells channel-pruned methods apart where all methods meet
+PLOT_NAMES = ("accuracy_vs_sparsity", "delta_vs_dense", "params_remaining", "accuracy_vs_params",
+              "accuracy_vs_macs", "training_curves")
 
 
 # ---------------------------------------------------------------- axes helpers
@@ -51,8 +59,21 @@ def _sparsity_axis(ax: Axes, ticks: Sequence[float], label: str) -> None:
         lo, hi = _log_density(min(ticks)), _log_density(max(ticks))
         pad = max(0.08 * (hi - lo), 0.1)
         ax.set_xlim(_inverse_log_density(max(lo - pad, 0.0)), _inverse_log_density(hi + pad))
-        ax.set_xticks(ticks, [_fmt_sparsity(t) for t in ticks])
+    ax.set_xticks(ticks, [_fmt_sparsity(t) for t in ticks])  # none: no made-up sparsities
     ax.minorticks_off()
+    ax.set_xlabel(label)
+
+
+def _fraction_axis(ax: Axes, fractions: Sequence[float], label: str) -> None:
+    """A log x axis of a remaining fraction, decreasing to the right like the sparsity axes
+    (more pruning further right); the unpruned model's 100 % is always in view."""
+    lo = max(min([*fractions, 1.0]), 1e-9)
+    hi = max([*fractions, 1.0])
+    ax.set_xscale("log")
+    ax.set_xlim(hi * 1.15, lo / 1.15)
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:g} %"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(label)
 
 
@@ -89,33 +110,59 @@ def _dense(summary: pd.DataFrame) -> pd.Series | None:
     return rows.iloc[0] if len(rows) else None
 
 
+def _unstructured(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows with a weight-sparsity target (dense included): the ones a sparsity axis can
+    place."""
+    return rows[rows["target_sparsity"].notna()]
+
+
 def _grid_sparsities(summary: pd.DataFrame) -> list[float]:
     return sorted(summary.loc[summary["label"] != DENSE_LABEL, "target_sparsity"].unique())
+
+
+def _note(ax: Axes, text: str) -> None:
+    """Say in the figure why it is (partly) empty, rather than leave a blank frame."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+
+
+def _dense_reference(ax: Axes, rows: pd.DataFrame) -> None:
+    """The dense model's top-1 as a dashed horizontal line with its ±std band."""
+    dense = _dense(rows)
+    if dense is None:
+        return
+    mean, std = 100 * dense["top1_mean"], 100 * _std(pd.Series([dense["top1_std"]]))[0]
+    ax.axhline(mean, color=DENSE_COLOR, linestyle="--", linewidth=1.2,
+               label=f"{DENSE_LABEL} (n={int(dense['n'])})")
+    if std > 0:
+        ax.axhspan(mean - std, mean + std, color=DENSE_COLOR, alpha=0.08, linewidth=0)
+
+
+def _accuracy_line(ax: Axes, x: np.ndarray, m: pd.DataFrame, label: str, style: dict) -> None:
+    """Mean top-1 (%) of one method against `x`, with a ±std band."""
+    y, err = 100 * m["top1_mean"].to_numpy(dtype=float), 100 * _std(m["top1_std"])
+    ax.plot(x, y, label=label, **style)
+    ax.fill_between(x, np.clip(y - err, 0, 100), np.clip(y + err, 0, 100),
+                    color=style["color"], alpha=0.15, linewidth=0)
 
 
 # ---------------------------------------------------------------- figures
 
 
 def accuracy_figure(summary: pd.DataFrame, study: str) -> Figure:
-    """Top-1 (%) against achieved weight sparsity: one line per method with a ±std band, and
-    the dense model as a dashed horizontal line with its band."""
+    """Top-1 (%) against achieved weight sparsity: one line per unstructured method with a
+    ±std band, and the dense model as a dashed horizontal line with its band."""
     rows = summary[summary["study"] == study]
     styles = _styles(rows["label"])
+    rows = _unstructured(rows)
     fig, ax = _new_figure(f"{study}: test top-1 accuracy vs. sparsity")
-    dense = _dense(rows)
-    if dense is not None:
-        mean, std = 100 * dense["top1_mean"], 100 * _std(pd.Series([dense["top1_std"]]))[0]
-        ax.axhline(mean, color=DENSE_COLOR, linestyle="--", linewidth=1.2,
-                   label=f"{DENSE_LABEL} (n={int(dense['n'])})")
-        if std > 0:
-            ax.axhspan(mean - std, mean + std, color=DENSE_COLOR, alpha=0.08, linewidth=0)
-    for label in _methods(rows):
+    _dense_reference(ax, rows)
+    methods = _methods(rows)
+    for label in methods:
         m = rows[rows["label"] == label].sort_values("target_sparsity")
-        x = m["weight_sparsity_mean"].to_numpy(dtype=float)
-        y, err = 100 * m["top1_mean"].to_numpy(dtype=float), 100 * _std(m["top1_std"])
-        ax.plot(x, y, label=label, **styles[label])
-        ax.fill_between(x, np.clip(y - err, 0, 100), np.clip(y + err, 0, 100),
-                        color=styles[label]["color"], alpha=0.15, linewidth=0)
+        _accuracy_line(ax, m["weight_sparsity_mean"].to_numpy(dtype=float), m, label,
+                       styles[label])
+    if not methods:
+        _note(ax, NO_UNSTRUCTURED)
     _sparsity_axis(ax, _grid_sparsities(rows), "achieved weight sparsity (log-density scale)")
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_ylim(top=100.5)
@@ -128,6 +175,7 @@ def delta_figure(summary: pd.DataFrame, study: str) -> Figure:
     error bars are the method's std over seeds."""
     rows = summary[summary["study"] == study]
     styles = _styles(rows["label"])
+    rows = _unstructured(rows)
     methods = _methods(rows)
     grid = _grid_sparsities(rows)
     fig, ax = _new_figure(f"{study}: top-1 change vs. dense")
@@ -144,6 +192,8 @@ def delta_figure(summary: pd.DataFrame, study: str) -> Figure:
     ax.set_ylabel("Δ top-1 vs. dense (percentage points)")
     if methods:
         ax.legend(loc="best", fontsize="small")
+    else:
+        _note(ax, NO_UNSTRUCTURED)
     return fig
 
 
@@ -152,12 +202,15 @@ def params_figure(summary: pd.DataFrame, study: str) -> Figure:
     target sparsity, with 1 − sparsity (prunable weights only) as reference."""
     rows = summary[summary["study"] == study]
     styles = _styles(rows["label"])
+    rows = _unstructured(rows)
     grid = _grid_sparsities(rows)
     fig, ax = _new_figure(f"{study}: parameters remaining")
     ax.axhline(100.0, color=DENSE_COLOR, linestyle="--", linewidth=1.2, label=DENSE_LABEL)
     if grid:
         ax.plot(grid, [100 * (1 - s) for s in grid], color="grey", linestyle=":",
                 label="1 − target sparsity")
+    else:
+        _note(ax, NO_UNSTRUCTURED)
     for label in _methods(rows):
         m = rows[rows["label"] == label].sort_values("target_sparsity")
         ax.plot(m["target_sparsity"], 100 * m["params_remaining_frac_mean"], label=label,
@@ -172,6 +225,48 @@ def params_figure(summary: pd.DataFrame, study: str) -> Figure:
     return fig
 
 
+def _accuracy_vs_remaining(summary: pd.DataFrame, study: str, reduction: str, title: str,
+                           xlabel: str) -> Figure:
+    """Top-1 (%) of every method against `1 − <reduction>_mean` (what is left of the unpruned
+    model), so structured, unstructured and distilled methods meet on one measured axis;
+    structured methods are dash-dotted."""
+    rows = summary[summary["study"] == study]
+    styles = _styles(rows["label"])
+    fig, ax = _new_figure(title)
+    _dense_reference(ax, rows)
+    column = f"{reduction}_mean"
+    fractions = []
+    for label in _methods(rows):
+        m = rows[rows["label"] == label].dropna(subset=[column])
+        m = m.assign(_left=1.0 - m[column]).sort_values("_left", ascending=False)
+        style = dict(styles[label])
+        if m["channel_sparsity"].notna().any():
+            style["linestyle"] = STRUCTURED_LINESTYLE
+        _accuracy_line(ax, m["_left"].to_numpy(dtype=float), m, label, style)
+        fractions += m["_left"].tolist()
+    _fraction_axis(ax, fractions, xlabel)
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.set_ylim(top=100.5)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    return fig
+
+
+def accuracy_vs_params_figure(summary: pd.DataFrame, study: str) -> Figure:
+    """Top-1 against the fraction of the unpruned model's parameters that are left (nonzero
+    and not removed): methods compared at equal size, whatever they prune."""
+    return _accuracy_vs_remaining(
+        summary, study, "param_reduction", f"{study}: test top-1 vs. parameters remaining",
+        "parameters remaining (fraction of unpruned, log scale)")
+
+
+def accuracy_vs_macs_figure(summary: pd.DataFrame, study: str) -> Figure:
+    """Top-1 against the fraction of the dense MACs left on dense kernels: masked methods
+    stay at 100 %, only removed channels save compute."""
+    return _accuracy_vs_remaining(
+        summary, study, "macs_reduction", f"{study}: test top-1 vs. MACs remaining",
+        "MACs remaining on dense kernels (fraction of unpruned, log scale)")
+
+
 def read_history(run_dir: str | Path) -> pd.DataFrame | None:
     path = Path(run_dir) / "history.csv"
     if not path.is_file():
@@ -181,8 +276,9 @@ def read_history(run_dir: str | Path) -> pd.DataFrame | None:
 
 
 def curve_runs(runs: pd.DataFrame, study: str) -> dict[str, pd.DataFrame]:
-    """The runs whose curves are drawn: dense, and each method at its highest sparsity."""
-    rows = runs[runs["study"] == study]
+    """The runs whose curves are drawn: dense, and each unstructured method at its highest
+    sparsity."""
+    rows = _unstructured(runs[runs["study"] == study])
     picked = {}
     for label in ordered_labels(rows["label"]):
         m = rows[rows["label"] == label]
@@ -193,7 +289,7 @@ def curve_runs(runs: pd.DataFrame, study: str) -> dict[str, pd.DataFrame]:
 def curves_figure(runs: pd.DataFrame, study: str,
                   read: Callable[[str], pd.DataFrame | None] = read_history) -> Figure:
     """Validation top-1 per epoch, averaged over seeds (band: ±std), for dense and for each
-    method at its highest target sparsity."""
+    unstructured method at its highest target sparsity."""
     styles = _styles(runs.loc[runs["study"] == study, "label"])
     fig, ax = _new_figure(f"{study}: validation accuracy during training")
     drawn = 0
@@ -214,9 +310,8 @@ def curves_figure(runs: pd.DataFrame, study: str,
     if drawn:
         ax.legend(loc="lower right", fontsize="small")
     else:
-        ax.text(0.5, 0.5, "no history.csv found in the run directories",
-                ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("epoch (of the run's own training or fine-tuning)")
+        _note(ax, "no history.csv found in the run directories")
+    ax.set_xlabel("epoch (of the run's own training or recovery)")
     ax.set_ylabel("validation top-1 accuracy (%)")
     return fig
 
@@ -238,6 +333,8 @@ def write_plots(runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> lis
             "accuracy_vs_sparsity": accuracy_figure(summary, study),
             "delta_vs_dense": delta_figure(summary, study),
             "params_remaining": params_figure(summary, study),
+            "accuracy_vs_params": accuracy_vs_params_figure(summary, study),
+            "accuracy_vs_macs": accuracy_vs_macs_figure(summary, study),
             "training_curves": curves_figure(runs, study),
         }
         for name in PLOT_NAMES:
