@@ -33,4 +33,4 @@ lint: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint
 
 clean-results:
-	rm -rf results/runs results/tables results/plots results/report.md
+	rm -rf results/runs results/jobs results/studies

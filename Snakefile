@@ -31,6 +31,7 @@ localrules:
     aggregate,
     plot,
     report,
+    headline,
     granularity,
 
 
@@ -38,5 +39,4 @@ rule all:
     default_target: True
     input:
         all_manifests(),
-        "results/report.md",
-        "results/granularity.json",
+        study_outputs(),

@@ -204,3 +204,36 @@ def test_a_stage_refuses_a_method_it_does_not_run_and_names_the_right_verb(in_tm
     err = capsys.readouterr().err
     assert "prunebench lottery" in err and "global_magnitude" in err
     assert not (in_tmp / "runs").exists()
+
+
+def test_benchmark_stage_measures_every_result_model(tmp_path, monkeypatch, capsys):
+    params = json.loads(json.dumps(STRUCTURED))
+    study = params["studies"]["tiny"]
+    study["methods"] = {"l1_filter": {}, "global_magnitude": {}}
+    study["recover"] = ["finetune"]
+    study["benchmark"] = {"batch_sizes": [1, 16], "min_time_s": 0.01}
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, params)
+    assert main(["benchmark", "--no-progress", "--threads", "1", "--manifest", "b.json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted((r["kind"], r["label"]) for r in lines) == [
+        ("benchmark", "dense"), ("benchmark", "global_magnitude"), ("benchmark", "l1_filter")]
+    heads = {r["label"]: json.loads((tmp_path / r["path"] / "metrics.json").read_text())
+             for r in lines}
+    dense, channels, masked = heads["dense"], heads["l1_filter"], heads["global_magnitude"]
+    # Channel pruning shrinks dense-kernel MACs and the checkpoint; a mask shrinks neither,
+    # only the effective MACs and the sparse encoding.
+    assert channels["macs_dense"] < 0.5 * dense["macs_dense"]
+    assert channels["size_dense_bytes"] < 0.5 * dense["size_dense_bytes"]
+    assert masked["macs_dense"] == dense["macs_dense"]
+    assert masked["macs_effective"] < 0.5 * masked["macs_dense"]
+    assert masked["size_sparse_bytes"] < 0.6 * masked["size_dense_bytes"]
+    assert "latency_sparse_csr_b16_ms" in masked and "latency_dense_b1_ms" in dense
+    assert dense["energy_mj_per_sample"] is None and dense["energy_unavailable_reason"]
+    assert dense["threads"] == 1
+    record = json.loads((tmp_path / lines[0]["path"] / "benchmark.json").read_text())
+    assert record["environment"]["torch_version"] and "semi_structured_2_4" in record[
+        "modes_skipped"]
+    manifest = json.loads((tmp_path / "b.json").read_text())
+    assert {r["of"] for r in manifest["runs"]} == {
+        json.loads((tmp_path / r["path"] / "config.json").read_text())["of"] for r in lines}

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prunebench.config import json_schema
+from prunebench.study import json_schema
 from prunebench.plan import plan
 
 pytest.importorskip("snakemake", reason="the workflow extra is not installed")
@@ -58,7 +58,7 @@ TINY = {
 }
 RULE_FOR_STAGE = {stage: stage for stage in ("train", "sensitivity", "prune", "finetune",
                                               "distill", "lottery")}
-ANALYSIS = ["aggregate", "plot", "report", "granularity"]
+ANALYSIS = ["aggregate", "plot", "report", "headline", "granularity"]
 PLOTS = ["accuracy_vs_sparsity", "delta_vs_dense", "params_remaining", "training_curves"]
 NOTHING_TO_DO = "Nothing to be done"
 
@@ -187,7 +187,8 @@ def test_slurm_profile_resolves_the_resources(tmp_path):
 
 @pytest.mark.slow
 def test_tables_have_every_method_and_sparsity(built):
-    with open(built / "results/tables/runs.csv", newline="") as fh:
+    out = built / "results/studies/tiny"
+    with open(out / "runs.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     points = Counter((r["label"], float(r["target_sparsity"])) for r in rows)
     expected = {("dense", 0.0)} | {
@@ -197,13 +198,13 @@ def test_tables_have_every_method_and_sparsity(built):
     for r in rows:
         assert float(r["weight_sparsity"]) == pytest.approx(float(r["target_sparsity"]), abs=0.01)
         assert 0.0 < float(r["top1"]) <= 1.0
-    with open(built / "results/tables/summary.csv", newline="") as fh:
+    with open(out / "summary.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == len(expected)
-    assert "tiny" in (built / "results/report.md").read_text()
+    assert "tiny" in (out / "report.md").read_text()
     for plot in PLOTS:
-        assert (built / f"results/plots/tiny_{plot}.png").stat().st_size > 0
-    assert "top1" in (built / "results/metrics.json").read_text()
-    granularity = json.loads((built / "results/granularity.json").read_text())
+        assert (out / f"plots/tiny_{plot}.png").stat().st_size > 0
+    assert "top1" in (out / "metrics.json").read_text()
+    granularity = json.loads((out / "granularity.json").read_text())
     assert granularity["jobs"] == len(plan(TINY)) + 4  # + download, aggregate, plot, report
     assert 0.0 < granularity["startup_share"] < 1.0
 

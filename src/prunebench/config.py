@@ -83,6 +83,16 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class BenchmarkConfig:
+    """What the benchmark stage measures for every result run (prunebench.metrics)."""
+
+    batch_sizes: tuple[int, ...] = field(default=(1, 128), metadata={"help": "latency is measured at each batch size"})
+    min_time_s: float = field(default=0.5, metadata={"help": "each latency measurement repeats for at least this long (and >= 20 times)"})
+    modes: tuple[str, ...] = field(default=("dense", "dense_fp16", "sparse_csr", "semi_structured_2_4"), metadata={"help": "execution modes; a mode that cannot run on the device or model is skipped with the reason recorded"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when present), cpu or cuda; the record names the device that measured it (set cpu or cuda to keep measurements of both)", "choices": ("auto", "cpu", "cuda")})
+
+
+@dataclass(frozen=True)
 class MethodEntry:
     """One method of a study. `label` names it in tables; `method` is the registry name."""
 
@@ -109,6 +119,7 @@ class Study:
     channel_sparsities: tuple[float, ...] = (0.25, 0.5, 0.75)
     recover: tuple[str, ...] = ("finetune",)
     distill: DistillConfig = DistillConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
 
     def method(self, label: str) -> MethodEntry:
         for entry in self.methods:

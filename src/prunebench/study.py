@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from prunebench.config import (
+    BenchmarkConfig,
     DataConfig,
     DistillConfig,
     MethodEntry,
@@ -34,6 +35,7 @@ from prunebench.options import options_schema
 STUDY_KEYS = (
     "data", "model", "train", "finetune", "scope", "methods", "sparsities", "seeds", "scale",
     "calibration_batches", "eval_batch_size", "channel_sparsities", "recover", "distill",
+    "benchmark",
 )
 SCALES = ("default", "paper")
 TOP_KEYS = ("scale", "only", "runs_root", "studies")
@@ -149,6 +151,7 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
     _positive(distill.temperature, f"{key}.distill.temperature")
     if not 0.0 <= distill.alpha <= 1.0:
         raise ConfigError(f"{key}.distill.alpha must be in [0, 1], got {distill.alpha!r}")
+    benchmark = _benchmark(raw.get("benchmark"), f"{key}.benchmark")
     methods = _methods(raw.get("methods"), f"{key}.methods")
     sparsities = _fractions(raw.get("sparsities", [0.5, 0.8, 0.9]), f"{key}.sparsities")
     channel = _fractions(raw.get("channel_sparsities", list(Study.channel_sparsities)),
@@ -180,7 +183,22 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
             extra[k] = raw[k]
     return Study(name, data, model, train, finetune, scope, methods, sparsities, tuple(seeds),
                  scale, channel_sparsities=channel, recover=tuple(recover), distill=distill,
-                 **extra)
+                 benchmark=benchmark, **extra)
+
+
+def _benchmark(raw: Any, key: str) -> BenchmarkConfig:
+    from prunebench.metrics import MODES
+
+    cfg = from_dict(BenchmarkConfig, raw, key)
+    if not cfg.batch_sizes or any(b < 1 for b in cfg.batch_sizes):
+        raise ConfigError(f"{key}.batch_sizes must be a non-empty list of integers >= 1, "
+                          f"got {list(cfg.batch_sizes)!r}")
+    _positive(cfg.min_time_s, f"{key}.min_time_s")
+    bad = [m for m in cfg.modes if m not in MODES]
+    if bad or not cfg.modes:
+        raise ConfigError(f"{key}.modes must be a non-empty list from {', '.join(MODES)}, "
+                          f"got {list(cfg.modes)!r}")
+    return cfg
 
 
 def _runs_root(raw: Mapping[str, Any]) -> None:
@@ -270,6 +288,7 @@ def json_schema() -> dict:
             "finetune": {**train, "description": "overrides of `train` for retraining after pruning"},
             "scope": dataclass_schema(ScopeConfig),
             "distill": dataclass_schema(DistillConfig),
+            "benchmark": dataclass_schema(BenchmarkConfig),
             "methods": {
                 "type": "object",
                 "description": "label -> options; `method:` names the registry entry (default: "

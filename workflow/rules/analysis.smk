@@ -1,5 +1,7 @@
-# Tables, plots and the report from the result jobs' manifests; then the job-granularity
-# check. All cheap and local.
+# Tables, report and the job-granularity check, one set per study under
+# results/studies/<study>/ (plots in results/plots/<study>_*.png), so that selecting studies
+# (`--config only=...`, `scale=...`) never overwrites another study's results. All cheap and
+# local.
 #
 # Manifests and benchmark files are named by their job's hash, so they are ancient() like
 # the jobs' inputs. The tables are not: plot and report must follow every aggregate rerun,
@@ -7,16 +9,16 @@
 # Snakemake compares the inputs' recorded checksums first.
 rule aggregate:
     input:
-        ancient(result_manifests()),
+        lambda wildcards: ancient(result_manifests(wildcards.study)),
     output:
-        runs="results/tables/runs.csv",
-        summary="results/tables/summary.csv",
-        summary_md="results/tables/summary.md",
-        metrics="results/metrics.json",
+        runs="results/studies/{study}/runs.csv",
+        summary="results/studies/{study}/summary.csv",
+        summary_md="results/studies/{study}/summary.md",
+        metrics="results/studies/{study}/metrics.json",
     log:
-        "results/logs/aggregate.log",
+        "results/logs/{study}/aggregate.log",
     benchmark:
-        "results/benchmarks/aggregate.tsv"
+        "results/benchmarks/{study}/aggregate.tsv"
     conda:
         "../envs/prunebench.yaml"
     params:
@@ -31,11 +33,11 @@ rule plot:
         runs=rules.aggregate.output.runs,
         summary=rules.aggregate.output.summary,
     output:
-        plot_files(),
+        plot_files("{study}"),
     log:
-        "results/logs/plot.log",
+        "results/logs/{study}/plot.log",
     benchmark:
-        "results/benchmarks/plot.tsv"
+        "results/benchmarks/{study}/plot.tsv"
     conda:
         "../envs/prunebench.yaml"
     params:
@@ -50,11 +52,11 @@ rule report:
         tables=rules.aggregate.output,
         plots=rules.plot.output,
     output:
-        "results/report.md",
+        "results/studies/{study}/report.md",
     log:
-        "results/logs/report.log",
+        "results/logs/{study}/report.log",
     benchmark:
-        "results/benchmarks/report.tsv"
+        "results/benchmarks/{study}/report.tsv"
     conda:
         "../envs/prunebench.yaml"
     params:
@@ -65,16 +67,30 @@ rule report:
         " > {log} 2>&1"
 
 
-# Share of the jobs' wall time spent starting a process and importing prunebench.
+# The headline numbers of the selected studies in one file, DVC's metrics.
+rule headline:
+    input:
+        expand("results/studies/{study}/metrics.json", study=SELECTED),
+    output:
+        "results/metrics.json",
+    log:
+        "results/logs/headline.log",
+    conda:
+        "../envs/prunebench.yaml"
+    shell:
+        "prunebench headline {input} --out {output} > {log} 2>&1"
+
+
+# Share of the study's job wall time spent starting a process and importing prunebench.
 rule granularity:
     input:
-        ancient(job_benchmarks()),
+        lambda wildcards: ancient(job_benchmarks(wildcards.study)),
     output:
-        "results/granularity.json",
+        "results/studies/{study}/granularity.json",
     log:
-        "results/logs/granularity.log",
+        "results/logs/{study}/granularity.log",
     benchmark:
-        "results/benchmarks/granularity.tsv"
+        "results/benchmarks/{study}/granularity.tsv"
     conda:
         "../envs/prunebench.yaml"
     params:

@@ -1,11 +1,5 @@
-# NOT BUILT YET (a later issue): hardware metrics (latency, memory, MACs) of each result run,
-# before aggregate.
-#
-# This rule adds no job until `prunebench.plan` emits "benchmark" jobs, which it will once the
-# `prunebench benchmark` command exists: nothing requests its output before then, and its
-# input function rejects any job the plan does not list. The plan then wires it in, with no
-# change to the other rules: its jobs' inputs, and the later jobs' inputs (or `final_jobs`,
-# which aggregate reads) that name its manifests.
+# Size, MACs, memory, latency and energy of every result run (prunebench.metrics), one
+# benchmark run per result run; aggregate joins them to the result rows.
 rule benchmark:
     input:
         planned_inputs("benchmark"),
@@ -28,4 +22,4 @@ rule benchmark:
     shell:
         "prunebench benchmark --params {params.params_file} --study {wildcards.study}"
         " --method {wildcards.label} --runs-root {params.runs_root}"
-        " --manifest {output} --no-progress > {log} 2>&1"
+        " --manifest {output} --threads {threads} --no-progress > {log} 2>&1"

@@ -82,19 +82,29 @@ def all_manifests():
     return [j.manifest for j in JOBS]
 
 
-def result_manifests():
-    """Manifests of the jobs whose runs are results (dense, retrained, rewound)."""
-    return [j.manifest for j in final_jobs(JOBS)]
+def result_manifests(study):
+    """Manifests of a study's jobs whose runs are results (dense, recovered, lottery) and
+    of the benchmark jobs that measured them."""
+    final = {j.manifest for j in final_jobs(JOBS)}
+    return [j.manifest for j in JOBS
+            if j.study == study and (j.manifest in final or j.stage == "benchmark")]
 
 
-def plot_files():
-    return [f"results/plots/{study}_{plot}.png" for study in SELECTED for plot in PLOTS]
+def plot_files(study):
+    return [f"results/plots/{study}_{plot}.png" for plot in PLOTS]
 
 
-def job_benchmarks():
-    """The `benchmark:` file of every planned job, download and analysis included."""
-    files = [f"results/benchmarks/{study}/download.tsv" for study in SELECTED]
+def study_outputs():
+    """The final targets: every selected study's report and granularity check, the headline."""
+    return [f"results/studies/{study}/{name}" for study in SELECTED
+            for name in ("report.md", "granularity.json")] + ["results/metrics.json"]
+
+
+def job_benchmarks(study):
+    """The `benchmark:` file of every planned job of a study, download and analysis too."""
+    files = [f"results/benchmarks/{study}/download.tsv"]
     for j in JOBS:
-        stem = Path(j.manifest).relative_to(JOBS_ROOT).with_suffix(".tsv")
-        files.append(str(Path("results/benchmarks") / stem))
-    return files + [f"results/benchmarks/{r}.tsv" for r in ("aggregate", "plot", "report")]
+        if j.study == study:
+            stem = Path(j.manifest).relative_to(JOBS_ROOT).with_suffix(".tsv")
+            files.append(str(Path("results/benchmarks") / stem))
+    return files + [f"results/benchmarks/{study}/{r}.tsv" for r in ("aggregate", "plot", "report")]

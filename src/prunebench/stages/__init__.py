@@ -4,6 +4,7 @@
 """
 
 from prunebench.stages.base import Stage
+from prunebench.stages.benchmark import BenchmarkStage
 from prunebench.stages.lottery import LotteryStage
 from prunebench.stages.prune import PruneStage
 from prunebench.stages.recover import DISTILL, FINETUNE
@@ -13,7 +14,7 @@ from prunebench.stages.train import TrainStage
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (TrainStage(), SensitivityStage(), PruneStage(), FINETUNE, DISTILL,
-                  LotteryStage())
+                  LotteryStage(), BenchmarkStage())
 }
 
 __all__ = ["STAGES", "Stage"]

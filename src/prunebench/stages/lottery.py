@@ -103,7 +103,7 @@ class LotteryStage(Stage):
         else:
             previous = run.parents[0]
             trained, _ = ws.load(previous)
-            current = load_mask(previous.path / "mask.pt") if previous.kind == "lottery" else None
+            current = load_mask(previous.path / "mask.pt") if previous.kind == self.kind else None
             sparsity = run.description["levels"][-1]
             ctx = PruneContext(trained, ws.scope, entry.options, seeded(seed), mask=current)
             mask = method_of(entry)(ctx, sparsity)

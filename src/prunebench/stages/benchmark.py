@@ -1,0 +1,81 @@
+"""Benchmark: what every result run's model costs (size, MACs, memory, latency, energy) and
+how accurate it is, measured on the saved model with its architecture rebuilt.
+
+One benchmark run per result run (dense, gradual, fine-tuned, distilled, lottery): it reads
+the model and never trains. `benchmark.json` holds the whole record of
+`prunebench.metrics.benchmark_model` (latency per execution mode and batch size, the
+environment); `metrics.json` holds its flat headline, which the tables join to the result
+run's row. Measuring costs on a device is not deterministic, so a benchmark run is redone
+only when asked (`--forcerun benchmark`) or when its settings or model change.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from prunebench.io import atomic_write_json
+from prunebench.metrics import benchmark_model
+from prunebench.pruning import load_mask
+from prunebench.runs import Run, Workspace, resolve_device
+from prunebench.stages.base import Stage
+from prunebench.training import evaluate
+
+log = logging.getLogger("prunebench")
+
+HEADLINE = ("params_total", "params_nonzero", "params_effective_nonzero",
+            "weight_sparsity_effective", "size_dense_bytes", "size_sparse_bytes", "macs_dense",
+            "macs_effective", "memory_peak_bytes", "memory_avg_bytes", "memory_method",
+            "energy_mj_per_sample", "energy_method", "energy_unavailable_reason")
+
+
+def benchmark_run(ws: Workspace, result: Run) -> Run:
+    desc = {"of": result.description, "benchmark": ws.study.benchmark}
+    meta = {**result.meta, "of": str(result.path), "result": False}
+    return Run(ws.root, "benchmark", desc, meta, stage="benchmark", label=result.label,
+               parents=(result,), spec={})
+
+
+def headline(record: dict[str, Any]) -> dict[str, Any]:
+    """The flat numbers a table row takes: the headline keys, and the median latency and
+    throughput of every mode at every batch size (`latency_<mode>_b<batch>_ms`)."""
+    flat = {k: record.get(k) for k in HEADLINE}
+    for mode, by_batch in record["latency"].items():
+        for batch, timing in by_batch.items():
+            flat[f"latency_{mode}_b{batch}_ms"] = timing["latency_median_ms"]
+            flat[f"throughput_{mode}_b{batch}"] = timing["throughput_samples_per_s"]
+    flat["device"] = record["environment"].get("device_name") or record["environment"].get("device")
+    flat["threads"] = record["environment"].get("torch_num_threads")
+    return flat
+
+
+class BenchmarkStage(Stage):
+    name = kind = "benchmark"
+    help = "measure size, MACs, memory, latency and energy of every result model"
+
+    def runs(self, ws: Workspace) -> list[Run]:
+        from prunebench.stages import STAGES
+
+        return [benchmark_run(ws, run) for stage in STAGES.values()
+                if stage.result for run in stage.runs(ws)]
+
+    def execute(self, ws: Workspace, run: Run) -> None:
+        cfg = ws.study.benchmark
+        device = resolve_device(cfg.device)
+        result = run.parents[0]
+        model, arch = ws.load(result)
+        mask_file = Path(result.path) / "mask.pt"
+        mask = load_mask(mask_file) if mask_file.is_file() else None
+        record = benchmark_model(model.to(device), arch.input_shape, mask=mask, device=device,
+                                 batch_sizes=cfg.batch_sizes, min_time_s=cfg.min_time_s,
+                                 modes=cfg.modes)
+        data = ws.data
+        accuracy = evaluate(model.to(device), data.test_x.to(device), data.test_y.to(device),
+                            ws.study.eval_batch_size)
+        record.update(top1=accuracy["top1"], top5=accuracy["top5"])
+        atomic_write_json(run.path / "benchmark.json", record)
+        run.write_config()
+        atomic_write_json(run.path / "metrics.json",
+                          {**headline(record), "top1": accuracy["top1"], "top5": accuracy["top5"]})
+        log.info("benchmark %s done: %s", run.hash, device)
