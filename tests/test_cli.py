@@ -237,3 +237,21 @@ def test_benchmark_stage_measures_every_result_model(tmp_path, monkeypatch, caps
     manifest = json.loads((tmp_path / "b.json").read_text())
     assert {r["of"] for r in manifest["runs"]} == {
         json.loads((tmp_path / r["path"] / "config.json").read_text())["of"] for r in lines}
+
+
+def test_duplicate_keys_in_the_params_file_are_refused(tmp_path, capsys):
+    path = tmp_path / "params.yaml"
+    path.write_text("studies:\n  tiny:\n    methods:\n      random: {}\n      random: {}\n")
+    assert main(["plan", "--params", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'random' is given twice" in err[0] and "line 5" in err[0]
+
+
+def test_a_run_that_fails_leaves_no_directory_behind(tmp_path, monkeypatch, capsys):
+    params = json.loads(json.dumps(TINY))
+    params["studies"]["tiny"]["methods"] = {"slimming": {}}  # an MLP has no BatchNorm
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, params)
+    assert main(["prune", "--no-progress"]) == 2
+    assert "slimming" in capsys.readouterr().err
+    assert [p.parent.name for p in (tmp_path / "runs").glob("*/*")] == ["train"]

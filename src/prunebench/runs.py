@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -230,8 +231,14 @@ class Workspace:
             self.ensure(parent)
         from prunebench.stages import STAGES
 
-        with run.logging():
-            STAGES[run.stage].execute(self, run)
+        fresh = not run.path.exists()
+        try:
+            with run.logging():
+                STAGES[run.stage].execute(self, run)
+        except BaseException:
+            if fresh and not (run.path / "checkpoints").is_dir():
+                shutil.rmtree(run.path, ignore_errors=True)  # nothing to resume from: no orphan
+            raise
         return run
 
     def train(self, run_dir: Path, model: nn.Module, recipe: TrainConfig, seed: int,

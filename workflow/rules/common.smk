@@ -31,17 +31,17 @@ PLOTS = (
 )
 
 try:
+    FILE_STUDIES = read_params(PARAMS_FILE).get("studies")  # duplicate keys: refused here
     STUDIES = validate_params(config)
+    JOBS = plan(config, JOBS_ROOT)
 except ConfigError as err:
     raise WorkflowError(f"invalid {PARAMS_FILE}: {err}") from None
 validate(config, "../schemas/params.schema.json", set_default=False)
-if config["studies"] != read_params(PARAMS_FILE)["studies"]:
+if config["studies"] != FILE_STUDIES:
     raise WorkflowError(
         f"studies differ from {PARAMS_FILE}, which the jobs read: edit the grid there "
-        "(--config/--configfile may only set scale and runs_root)"
+        "(--config/--configfile may only set scale, only and runs_root)"
     )
-
-JOBS = plan(config, JOBS_ROOT)
 PLANNED = {(j.stage, j.study, j.label, j.hash): j for j in JOBS}
 SELECTED = sorted({j.study for j in JOBS})
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from prunebench.errors import ConfigError
 from prunebench.options import Option, choice, positive_int
 from prunebench.pruning.base import PruneContext, register_method
 
@@ -93,11 +94,13 @@ def _slimming_pretrain(options: Mapping[str, Any]) -> dict[str, Any]:
                  })
 def slimming(ctx: PruneContext, channel_sparsity: float) -> list[dict]:
     """Remove the channels whose BatchNorm scale |gamma| is smallest, one global threshold."""
-    from prunebench.structured import bn_scale_scores
+    from prunebench.structured import allocate, bn_scale_scores, prune_channels
 
-    scores = bn_scale_scores(ctx.model, _input_shape(ctx), exclude_first=ctx.scope.exclude_first)
-    from prunebench.structured import allocate, prune_channels
-
+    try:
+        scores = bn_scale_scores(ctx.model, _input_shape(ctx),
+                                 exclude_first=ctx.scope.exclude_first)
+    except ValueError as err:
+        raise ConfigError(f"method slimming (key model.name): {err}") from None
     pruned = allocate(scores, channel_sparsity, "global", normalise=False)
     return prune_channels(ctx.model, _input_shape(ctx), pruned)
 
