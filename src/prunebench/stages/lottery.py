@@ -112,5 +112,7 @@ class LotteryStage(Stage):
             log.info("level %d: sparsity %.4f, rewound to iteration %d", run.meta["level"],
                      sparsity, rewind)
         apply_mask(model, mask)
-        elapsed, _ = ws.train(run.path, model, recipe, seed, mask)
+        # Late rewinding continues the schedule from iteration k (Frankle et al. 2020).
+        start = 0 if run.spec.get("reinit") else entry.options["rewind_iteration"]
+        elapsed, _ = ws.train(run.path, model, recipe, seed, mask, start_iteration=start)
         ws.finish(run, model, ws.dense_arch, mask, {"train_time_s": elapsed})

@@ -110,6 +110,7 @@ def train(
     run_dir: str | Path | None = None,
     save_iterations: Sequence[int] = (),
     stop_at_iteration: int | None = None,
+    start_iteration: int = 0,
     callbacks: Sequence[Callback] = (),
     eval_batch_size: int = 1000,
     progress: bool | None = None,
@@ -121,7 +122,9 @@ def train(
     With `run_dir`, a checkpoint is written after every epoch and an existing one is resumed;
     weights are saved at every iteration in `save_iterations` (`checkpoints/iter_<k>.pt`, for
     rewinding); the per-epoch metrics go to `history.csv`. `stop_at_iteration` stops early
-    (used to replay a run up to a rewind point). `loss_fn(logits, x, y)` replaces the
+    (used to replay a run up to a rewind point). `start_iteration` continues a schedule from
+    that iteration, seeing exactly the batches and learning rates an uninterrupted run sees
+    from there (late rewinding trains from iteration k to the end, not k more epochs). `loss_fn(logits, x, y)` replaces the
     cross-entropy (knowledge distillation passes one that also runs the teacher on x).
     `cfg.bn_l1` > 0 adds network slimming's L1 penalty on every BatchNorm scale.
     """
@@ -139,6 +142,8 @@ def train(
     if ckpt_dir is not None and (ckpt_dir / "last.pt").exists():
         _resume(state, ckpt_dir / "last.pt")
         log.info("resumed from epoch %d (iteration %d)", state.epoch, state.iteration)
+    elif start_iteration:
+        state.epoch, state.iteration = divmod(start_iteration, steps)[0], start_iteration
     save_iterations = set(save_iterations)
     if ckpt_dir is not None and state.iteration in save_iterations:
         atomic_torch_save(model.state_dict(), ckpt_dir / f"iter_{state.iteration}.pt")
@@ -153,10 +158,14 @@ def train(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         seen = 0
+        skip = state.iteration - state.epoch * steps  # > 0 only when starting mid-epoch
         for xb, yb in iterate_batches(
             data.train_x, data.train_y, cfg.batch_size, shuffle=True, generator=gen,
             augment=data.augment,
         ):
+            if skip > 0:
+                skip -= 1
+                continue
             set_lr(state.optimizer, cfg.lr * lr_factor(cfg, state.iteration, steps))
             loss, logits = _step(state, xb, yb, loss_fn, bn_scales, l1)
             loss_sum += loss.detach() * len(yb)
