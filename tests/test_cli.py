@@ -82,6 +82,12 @@ def test_train_finetune_lottery_write_runs_and_reuse_them(in_tmp, capsys):
     assert json.loads(capsys.readouterr().out)["path"] == train_line["path"]
     assert main(["train", "--no-progress", "--set", "train.epochs=1"]) == 0
     assert json.loads(capsys.readouterr().out)["path"] != train_line["path"]
+    # The thread count changes results, so it names the run (and is recorded in it).
+    assert metrics["threads"] == 1
+    assert main(["train", "--no-progress", "--threads", "2"]) == 0
+    two = json.loads(capsys.readouterr().out)
+    assert two["path"] != train_line["path"]
+    assert json.loads((in_tmp / two["path"] / "metrics.json").read_text())["threads"] == 2
 
     ev = subprocess.run([sys.executable, "-m", "prunebench.cli", "evaluate", str(run_dir)],
                         capture_output=True, text=True, cwd=in_tmp, check=True)

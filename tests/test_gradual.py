@@ -200,10 +200,13 @@ def test_run_finetune_trains_from_init_with_the_full_recipe(tmp_path):
     other = digits_study(schedule="linear")
     other_ws = Workspace(other, tmp_path)
     assert during_training_run(other_ws, other.method("gradual_magnitude"), 0.8, 0).path != run.path
-    # The plan: the dense training job, then this method's training job that reads it.
+    # The plan: the dense training job, then this method's training job that reads it, then
+    # the benchmarks of both.
     jobs = study_jobs(study, tmp_path, tmp_path / "jobs")
     assert [(j.stage, j.label) for j in jobs] == [("train", "dense"),
-                                                  ("train", "gradual_magnitude")]
+                                                  ("train", "gradual_magnitude"),
+                                                  ("benchmark", "dense"),
+                                                  ("benchmark", "gradual_magnitude")]
     assert jobs[1].inputs == (jobs[0].manifest,) and jobs[1].runs == (str(run.path),)
 
 

@@ -32,8 +32,8 @@ def _common(p: argparse.ArgumentParser, grid: bool = True) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--seed", type=int, nargs="+", help="seeds (default: the study's)")
     p.add_argument("--threads", type=int,
-                   help="CPU threads for torch (default: torch's; set it to the job's share of "
-                        "cores, or parallel jobs oversubscribe the CPU)")
+                   help="torch CPU threads, the same as --set threads=N (default: the study's "
+                        "`threads`, 1); part of every run's name, since results depend on it")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--manifest", type=Path,
                    help="also write a JSON manifest of the finished runs here (used by the workflow)")
@@ -74,13 +74,13 @@ def _workspace(args):
     from prunebench.runs import Workspace
     from prunebench.study import load_study
 
-    study = load_study(args.params, args.study, args.overrides)
+    overrides = list(args.overrides)
     if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-        import torch
+        overrides.append(f"threads={args.threads}")
+    study = load_study(args.params, args.study, overrides)
+    import torch
 
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(study.threads)
     runs_root = args.runs_root or read_params(args.params).get("runs_root", "results/runs")
     ws = Workspace(study, runs_root, args.device, progress=False if args.no_progress else None)
     seeds = args.seed if args.seed is not None else study.seeds

@@ -120,6 +120,8 @@ class Study:
     recover: tuple[str, ...] = ("finetune",)
     distill: DistillConfig = DistillConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
+    # Torch CPU threads of every job: float reductions, and so results, depend on it.
+    threads: int = 1
 
     def method(self, label: str) -> MethodEntry:
         for entry in self.methods:

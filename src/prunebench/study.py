@@ -35,7 +35,7 @@ from prunebench.options import options_schema
 STUDY_KEYS = (
     "data", "model", "train", "finetune", "scope", "methods", "sparsities", "seeds", "scale",
     "calibration_batches", "eval_batch_size", "channel_sparsities", "recover", "distill",
-    "benchmark",
+    "benchmark", "threads",
 )
 SCALES = ("default", "paper")
 TOP_KEYS = ("scale", "only", "runs_root", "studies")
@@ -176,7 +176,7 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
     if scale not in SCALES:
         raise ConfigError(f"{key}.scale must be one of {', '.join(SCALES)}, got {scale!r}")
     extra = {}
-    for k in ("calibration_batches", "eval_batch_size"):
+    for k in ("calibration_batches", "eval_batch_size", "threads"):
         if k in raw:
             if not isinstance(raw[k], int) or isinstance(raw[k], bool) or raw[k] <= 0:
                 raise ConfigError(f"{key}.{k} must be a positive integer, got {raw[k]!r}")
@@ -306,6 +306,9 @@ def json_schema() -> dict:
             "scale": {"enum": list(SCALES), "default": "default"},
             "calibration_batches": {"type": "integer", "minimum": 1, "default": 8},
             "eval_batch_size": {"type": "integer", "minimum": 1, "default": 1000},
+            "threads": {"type": "integer", "minimum": 1, "default": 1,
+                        "description": "torch CPU threads of every job; results depend on it, "
+                                       "so it is part of every run's name (when not 1)"},
         },
     }
     return {

@@ -27,6 +27,8 @@ PLOTS = (
     "params_remaining",
     "accuracy_vs_params",
     "accuracy_vs_macs",
+    "pareto_macs",
+    "pareto_latency",
     "training_curves",
 )
 
@@ -71,6 +73,12 @@ def planned_inputs(stage, label=None):
         return ancient(list(planned_job(stage, wildcards, label).inputs))
 
     return inputs
+
+
+def study_threads(wildcards):
+    """A job's cores: its study's `threads`, which every run of the study trains with (the
+    CLI reads it from the params file, so local and cluster runs agree bit for bit)."""
+    return STUDIES[wildcards.study].threads
 
 
 def data_params(wildcards):

@@ -14,7 +14,7 @@ rule prune:
         "results/benchmarks/{study}/prune/{label}-{hash}.tsv"
     conda:
         "../envs/prunebench.yaml"
-    threads: 1
+    threads: study_threads
     resources:
         mem_mb=2000,
         runtime=30,
@@ -25,7 +25,7 @@ rule prune:
     shell:
         "prunebench prune --params {params.params_file} --study {wildcards.study}"
         " --method {wildcards.label} --runs-root {params.runs_root}"
-        " --manifest {output} --threads {threads} --no-progress > {log} 2>&1"
+        " --manifest {output} --no-progress > {log} 2>&1"
 
 
 # Recovery by fine-tuning with the structure fixed (mask or removed channels).
@@ -40,7 +40,7 @@ rule finetune:
         "results/benchmarks/{study}/finetune/{label}-{hash}.tsv"
     conda:
         "../envs/prunebench.yaml"
-    threads: 1
+    threads: study_threads
     resources:
         mem_mb=2000,
         runtime=120,
@@ -51,7 +51,7 @@ rule finetune:
     shell:
         "prunebench finetune --params {params.params_file} --study {wildcards.study}"
         " --method {wildcards.label} --runs-root {params.runs_root}"
-        " --manifest {output} --threads {threads} --no-progress > {log} 2>&1"
+        " --manifest {output} --no-progress > {log} 2>&1"
 
 
 # Lottery tickets: iterative pruning with rewinding.
@@ -66,7 +66,7 @@ rule lottery:
         "results/benchmarks/{study}/lottery/{label}-{hash}.tsv"
     conda:
         "../envs/prunebench.yaml"
-    threads: 1
+    threads: study_threads
     resources:
         mem_mb=2000,
         runtime=240,
@@ -77,4 +77,4 @@ rule lottery:
     shell:
         "prunebench lottery --params {params.params_file} --study {wildcards.study}"
         " --method {wildcards.label} --runs-root {params.runs_root}"
-        " --manifest {output} --threads {threads} --no-progress > {log} 2>&1"
+        " --manifest {output} --no-progress > {log} 2>&1"

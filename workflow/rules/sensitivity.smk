@@ -11,7 +11,7 @@ rule sensitivity:
         "results/benchmarks/{study}/sensitivity/{label}-{hash}.tsv"
     conda:
         "../envs/prunebench.yaml"
-    threads: 1
+    threads: study_threads
     resources:
         mem_mb=2000,
         runtime=60,
@@ -22,4 +22,4 @@ rule sensitivity:
     shell:
         "prunebench sensitivity --params {params.params_file} --study {wildcards.study}"
         " --method {wildcards.label} --runs-root {params.runs_root}"
-        " --manifest {output} --threads {threads} --no-progress > {log} 2>&1"
+        " --manifest {output} --no-progress > {log} 2>&1"

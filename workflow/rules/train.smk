@@ -12,7 +12,7 @@ rule train:
         "results/benchmarks/{study}/train/{label}-{hash}.tsv"
     conda:
         "../envs/prunebench.yaml"
-    threads: 1
+    threads: study_threads
     resources:
         mem_mb=2000,
         runtime=60,
@@ -23,4 +23,4 @@ rule train:
     shell:
         "prunebench train --params {params.params_file} --study {wildcards.study}"
         " --method {wildcards.label} --runs-root {params.runs_root} --manifest {output}"
-        " --threads {threads} --no-progress > {log} 2>&1"
+        " --no-progress > {log} 2>&1"

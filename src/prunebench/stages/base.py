@@ -71,10 +71,20 @@ def base_meta(ws: Workspace, seed: int) -> dict[str, Any]:
             "recovery": None, "seed": seed, "data": dataclasses.asdict(s.data), "result": True}
 
 
+def dense_description(ws: Workspace, recipe: TrainConfig, seed: int) -> dict[str, Any]:
+    """What names a dense training run. Every other run nests it, so the thread count (which
+    changes float reduction order, and so results) names them all; 1, the default, is left
+    out so that names made before it was recorded stay valid."""
+    s = ws.study
+    desc = {"data": s.data, "model": s.model, "train": recipe, "seed": seed}
+    if s.threads != 1:
+        desc["threads"] = s.threads
+    return desc
+
+
 def dense_run(ws: Workspace, seed: int) -> Run:
     """The dense baseline of one seed (also every method's source of initial weights)."""
-    s = ws.study
-    desc = {"data": s.data, "model": s.model, "train": s.train, "seed": seed}
+    desc = dense_description(ws, ws.study.train, seed)
     return Run(ws.root, "train", desc, base_meta(ws, seed), stage="train", label=DENSE,
                spec={"seed": seed})
 
@@ -89,8 +99,7 @@ def pretrained_run(ws: Workspace, entry: MethodEntry, seed: int) -> Run:
     """The trained model a method prunes: the dense run, or its own pretraining run."""
     if method_of(entry).pretrain is None:
         return dense_run(ws, seed)
-    s = ws.study
-    desc = {"data": s.data, "model": s.model, "train": pretrain_recipe(ws, entry), "seed": seed}
+    desc = dense_description(ws, pretrain_recipe(ws, entry), seed)
     meta = {**base_meta(ws, seed), "method": entry.method, "label": f"{entry.label}_pretrain",
             "result": False}
     return Run(ws.root, "train", desc, meta, stage="train", label=entry.label,
