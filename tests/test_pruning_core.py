@@ -131,7 +131,7 @@ def test_lottery_rewinds_survivors_to_initial_weights_exactly(tmp_path):
     ws = Workspace(study, tmp_path, "cpu", progress=False)
     entry = study.method("lottery")
     schedule = lottery_schedule(entry.options["prune_fraction"], 0.8)
-    assert schedule == pytest.approx([0.5, 0.75, 0.8])
+    assert schedule == pytest.approx([0.5, 0.8])  # 0.75 -> 0.8 would be a sliver
     level = ws.ensure(level_run(ws, entry, schedule, 0))
     reinit = ws.ensure(reinit_run(ws, level))
     mask = load_mask(level.path / "mask.pt")
@@ -139,7 +139,7 @@ def test_lottery_rewinds_survivors_to_initial_weights_exactly(tmp_path):
     assert level_run(ws, entry, [0.5], 0).done
     # Pruned weights stay exactly zero after retraining, and masks are nested.
     trained = torch.load(level.path / "model.pt", weights_only=True)
-    previous = load_mask(level_run(ws, entry, [0.5, 0.75], 0).path / "mask.pt")
+    previous = load_mask(level_run(ws, entry, [0.5], 0).path / "mask.pt")
     for name, m in mask.items():
         assert torch.all(trained[name][~m] == 0)
         assert not torch.any(m & ~previous[name])
@@ -165,7 +165,7 @@ def test_lottery_level_starts_from_init_times_mask(tmp_path, monkeypatch):
         return real_train(model, data, cfg, **kw)
 
     monkeypatch.setattr(runs, "train", spy)
-    ws.ensure(level_run(ws, study.method("lottery"), lottery_schedule(0.5, 0.8), 0))
+    ws.ensure(level_run(ws, study.method("lottery"), lottery_schedule(0.5, 0.9), 0))
     assert len(starts) == 3
     for state, mask in starts:
         for name, m in mask.items():
@@ -190,3 +190,18 @@ def test_lower_target_than_current_mask_is_an_error_not_a_revival():
         global_topk_mask(scores, 0.3, current)
     with pytest.raises(ConfigError, match="never come back"):
         layerwise_topk_mask(scores, 0.3, current)
+
+
+@pytest.mark.parametrize("fraction, target, expected", [
+    (0.2, 0.8, [0.2, 0.36, 0.488, 0.5904, 0.67232, 0.737856, 0.8]),  # no 0.79 -> 0.80 round
+    (0.2, 0.36, [0.2, 0.36]),
+    (0.5, 0.5, [0.5]),
+    (0.5, 0.9, [0.5, 0.75, 0.9]),  # 0.875 -> 0.9 would prune a fifth of a round's worth
+    (0.2, 0.0, []),
+])
+def test_lottery_schedule_never_ends_on_a_sliver(fraction, target, expected):
+    levels = lottery_schedule(fraction, target)
+    assert levels == pytest.approx(expected)
+    densities = [1.0] + [1.0 - s for s in levels]
+    rounds = [1.0 - b / a for a, b in zip(densities, densities[1:])]
+    assert all(fraction / 2 - 1e-9 <= r <= 1.5 * fraction + 1e-9 for r in rounds)
