@@ -15,7 +15,9 @@ from prunebench.analysis.aggregate import (
     LEADING_COLUMNS,
     SORT_KEYS,
     collect_runs,
+    hardware_table,
     headline_metrics,
+    modes_table,
     read_tables,
     recovery_pairs,
     summarise,
@@ -23,6 +25,8 @@ from prunebench.analysis.aggregate import (
     write_tables,
 )
 from prunebench.analysis.plots import (
+    EFFECTIVE_LEGEND,
+    NO_BENCHMARK,
     PLOT_NAMES,
     accuracy_figure,
     accuracy_vs_macs_figure,
@@ -30,6 +34,9 @@ from prunebench.analysis.plots import (
     curves_figure,
     delta_figure,
     params_figure,
+    pareto_front,
+    pareto_latency_figure,
+    pareto_macs_figure,
     write_plots,
 )
 from prunebench.analysis.report import write_report
@@ -72,6 +79,29 @@ TOP1 = {
 }
 STRUCTURED = ("dense", "l1f", "l1f+distill")
 HISTORY_EPOCHS = 3
+
+# Benchmark headlines of the dense model, a masked one and a channel-pruned one (the other
+# runs have none): the masked model keeps the dense size, MACs and latency, and only its
+# sparse encoding and effective MACs shrink; the channel-pruned one shrinks everywhere.
+# Latencies are (batch 1, batch 128) in ms, scaled per seed by LATENCY_JITTER (mean 1).
+BENCHMARKED = {
+    ("dense", 0.0): {"size_dense_bytes": 1_000_000, "size_sparse_bytes": 900_000,
+                     "macs_dense": 2_000_000, "macs_effective": 2_000_000,
+                     "memory_peak_bytes": 4_000_000, "memory_avg_bytes": 3_000_000,
+                     "latency": {"dense": (1.0, 10.0), "sparse_csr": (3.0, 40.0)}},
+    ("mag", 0.9): {"size_dense_bytes": 1_000_000, "size_sparse_bytes": 250_000,
+                   "macs_dense": 2_000_000, "macs_effective": 200_000,
+                   "memory_peak_bytes": 4_000_000, "memory_avg_bytes": 3_000_000,
+                   "latency": {"dense": (1.0, 10.0), "sparse_csr": (2.0, 5.0)}},
+    ("l1f", 0.5): {"size_dense_bytes": 250_000, "size_sparse_bytes": 240_000,
+                   "macs_dense": 600_000, "macs_effective": 600_000,
+                   "memory_peak_bytes": 1_000_000, "memory_avg_bytes": 800_000,
+                   "latency": {"dense": (0.5, 4.0)}},  # sparse_csr skipped: no zeros
+}
+BATCHES = (1, 128)
+LATENCY_JITTER = (0.75, 1.25)
+ENERGY_REASON = "no energy counter is readable on this CPU"
+BENCHMARK_THREADS = 1  # the training runs report 2: the benchmark's gets the prefix
 
 
 def _reductions(label: str, target: float) -> tuple[int, int, float]:
@@ -129,6 +159,30 @@ def _write_intermediate(root: Path, kind: str, label: str, seed: int) -> dict:
     return {"kind": kind, "path": str(path), **meta}
 
 
+def _write_benchmark(root: Path, run: dict, target: float, seed: int) -> dict:
+    """The benchmark run of a result run, as the benchmark stage writes it, and its manifest
+    entry (with `of`, the measured run's path)."""
+    spec = BENCHMARKED[(run["label"], target)]
+    path = root / "benchmark" / Path(run["path"]).name
+    path.mkdir(parents=True)
+    headline = {k: v for k, v in spec.items() if k != "latency"}
+    for mode, latencies in spec["latency"].items():
+        for batch, latency in zip(BATCHES, latencies):
+            ms = latency * LATENCY_JITTER[seed]
+            headline[f"latency_{mode}_b{batch}_ms"] = ms
+            headline[f"throughput_{mode}_b{batch}"] = 1000 * batch / ms
+    headline.update(
+        params_total=PARAMS_TOTAL, params_nonzero=PARAMS_TOTAL, params_effective_nonzero=1,
+        weight_sparsity_effective=0.0, memory_method="rss_sampled", energy_mj_per_sample=None,
+        energy_method=None, energy_unavailable_reason=ENERGY_REASON, device="cpu",
+        threads=BENCHMARK_THREADS, top1=run["top1"], top5=min(1.0, run["top1"] + 0.05))
+    (path / "config.json").write_text(json.dumps({"kind": "benchmark", "hash": path.name,
+                                                  "result": False}))
+    (path / "metrics.json").write_text(json.dumps(headline))
+    return {"kind": "benchmark", "path": str(path), "of": run["path"], "label": run["label"],
+            "result": False}
+
+
 def _targets(label: str) -> list[float]:
     return [t for (name, t) in TOP1 if name == label]
 
@@ -137,10 +191,12 @@ def _targets(label: str) -> list[float]:
 def manifests(tmp_path: Path) -> list[Path]:
     """A train manifest (dense and slimming's pretraining, which must be ignored), one
     manifest per recovered method (each listing its prune parents, which must be ignored), a
-    prune manifest, and the train manifest again."""
+    benchmark manifest (dense, mag @ 0.9 and l1f @ 0.5), a prune manifest, and the train
+    manifest again."""
     root, jobs = tmp_path / "runs", tmp_path / "jobs"
     jobs.mkdir()
     train = [_write_run(root, "dense", 0.0, s) for s in SEEDS]
+    benchmarks = [_write_benchmark(root, run, 0.0, s) for s, run in zip(SEEDS, train)]
     train += [_write_intermediate(root, "train", "slim_pretrain", s) for s in SEEDS]
     files = [jobs / "train.json"]
     files[0].write_text(json.dumps({"command": "train", "study": STUDY, "runs": train}))
@@ -151,18 +207,24 @@ def manifests(tmp_path: Path) -> list[Path]:
         for seed in SEEDS:
             for target in _targets(label):
                 run = _write_run(root, label, target, seed)
-                if label == "mag":
-                    bench = {"latency_ms": 2.0 + seed, "macs_effective": 100 * (1 - target)}
-                    (Path(run["path"]) / "benchmark.json").write_text(json.dumps(bench))
+                if (label, target) in BENCHMARKED:
+                    benchmarks.append(_write_benchmark(root, run, target, seed))
                 runs.append(run)
         runs.append({"kind": "prune", "path": str(root / "prune" / "x")})  # intermediate
         files.append(jobs / f"{label}.json")
         files[-1].write_text(json.dumps({"command": spec.recovery, "study": STUDY,
                                          "runs": runs}))
+    files.append(jobs / "benchmark.json")
+    files[-1].write_text(json.dumps({"command": "benchmark", "study": STUDY,
+                                     "runs": benchmarks}))
     prune = jobs / "prune.json"
     prune.write_text(json.dumps({"command": "prune", "runs": [
         _write_intermediate(root, "prune", "slimming", s) for s in SEEDS]}))
     return [*files, prune, files[0]]  # train listed twice: runs are de-duplicated
+
+
+def _without_benchmarks(manifests: list[Path]) -> list[Path]:
+    return [m for m in manifests if json.loads(m.read_text())["command"] != "benchmark"]
 
 
 
@@ -187,11 +249,16 @@ def _at(table: pd.DataFrame, label: str, target: float) -> pd.DataFrame:
     return table[(table["label"] == label) & (table[column] == target)]
 
 
-def _table(md: str, heading: str) -> list[list[str]]:
-    """The cells of the first markdown table under `### heading` (header row first)."""
-    section = md.split(f"### {heading}\n", 1)[1].lstrip("\n").split("\n\n", 1)[0]
+def _rows(text: str) -> list[list[str]]:
+    """The cells of the first markdown table in `text` (header row first)."""
+    section = text.lstrip("\n").split("\n\n", 1)[0]
     return [[c.strip() for c in line.strip("|").split("|")]
             for line in section.splitlines() if line.startswith("|") and "---" not in line]
+
+
+def _table(md: str, heading: str) -> list[list[str]]:
+    """The cells of the first markdown table under `### heading` (header row first)."""
+    return _rows(md.split(f"### {heading}\n", 1)[1])
 
 
 # ---------------------------------------------------------------- aggregation
@@ -234,13 +301,28 @@ def test_pretrain_and_prune_runs_are_excluded(manifests, runs):
         collect_runs([manifests[-2]])  # only prune runs: empty table
 
 
-def test_extra_metrics_and_benchmark_keys_become_columns(runs):
+def test_benchmark_headlines_join_the_measured_runs(runs):
     extra = runs.columns[len(LEADING_COLUMNS):-2].tolist()
-    assert extra == sorted(extra) and {"latency_ms", "macs_effective", "train_time_s"} <= set(extra)
+    assert extra == sorted(extra)
+    assert {"macs_effective", "latency_dense_b128_ms", "throughput_sparse_csr_b1",
+            "energy_unavailable_reason", "device", "train_time_s"} <= set(extra)
     assert "channels" not in runs.columns and runs["threads"].eq(2).all()
-    mag = runs[runs["label"] == "mag"]
-    assert mag["latency_ms"].tolist() == [2.0, 3.0, 2.0, 3.0]
-    assert runs.loc[runs["label"] != "mag", "latency_ms"].isna().all()
+    # keys the result row already has keep the run's value; the benchmark's get a prefix
+    assert {"benchmark_top1", "benchmark_top5", "benchmark_params_total",
+            "benchmark_threads"} <= set(extra) and "benchmark_macs_dense" not in extra
+    measured = pd.concat([_at(runs, *key) for key in BENCHMARKED])
+    assert len(measured) == len(BENCHMARKED) * len(SEEDS)
+    assert measured["benchmark_threads"].eq(BENCHMARK_THREADS).all()
+    assert measured["benchmark_top1"].tolist() == measured["top1"].tolist()
+    assert measured["benchmark_params_total"].eq(PARAMS_TOTAL).all()
+    mag = _at(runs, "mag", 0.9)
+    assert mag["latency_dense_b1_ms"].tolist() == [0.75, 1.25]
+    assert mag["macs_effective"].eq(200_000).all() and mag["device"].eq("cpu").all()
+    assert _at(runs, "l1f", 0.5)["latency_sparse_csr_b1_ms"].isna().all()  # mode not run
+    others = runs[~runs["run_dir"].isin(measured["run_dir"])]
+    assert len(others) == len(runs) - len(measured)
+    assert others[["macs_dense", "benchmark_top1", "latency_dense_b1_ms"]].isna().all().all()
+    assert others["device"].isna().all()
 
 
 def test_summary_mean_std_n_and_delta(summary):
@@ -253,7 +335,10 @@ def test_summary_mean_std_n_and_delta(summary):
         assert row["top1_mean"].item() == pytest.approx(mean)
         assert row["top1_std"].item() == pytest.approx(std)
         assert row["delta_top1_vs_dense"].item() == pytest.approx(mean - dense_mean)
-    assert _at(summary, "mag", 0.9)["latency_ms_mean"].item() == pytest.approx(2.5)
+    assert _at(summary, "mag", 0.9)["latency_dense_b1_ms_mean"].item() == pytest.approx(1.0)
+    assert _at(summary, "mag", 0.5)["latency_dense_b1_ms_mean"].isna().all()
+    assert _at(summary, "mag", 0.9)["energy_unavailable_reason"].item() == ENERGY_REASON
+    assert _at(summary, "mag", 0.5)["device"].isna().all()
     assert _at(summary, "mag", 0.9)["weight_sparsity_mean"].item() == pytest.approx(0.9005)
     assert "seed_mean" not in summary.columns
 
@@ -325,6 +410,73 @@ def test_tables_a_study_lacks_are_left_out(summary):
     assert "Fine-tuning vs. distillation" not in md and recovery_pairs(finetuned_only, STUDY).empty
     unstructured_only = summary[summary["channel_sparsity"].isna()]
     assert "### Structured methods" not in summary_markdown(unstructured_only)
+
+
+HARDWARE_HEADER = ["Method", "Target", "Size dense (MB)", "Size sparse-encoded (MB)",
+                   "MACs dense kernels (M)", "MACs effective (M)", "Peak mem (MB)",
+                   "Avg mem (MB)", "Latency b1 (ms)", "Latency b128 (ms)",
+                   "Energy (mJ/sample)", "Top-1 (%)", "Top-5 (%)"]
+
+
+def test_hardware_table_shows_costs_and_changes_vs_dense(summary):
+    md = summary_markdown(summary)
+    rows = _table(md, "Hardware cost (benchmark)")
+    assert rows[0] == HARDWARE_HEADER
+    assert rows[1:] == [  # benchmarked rows only, dense first
+        ["dense", "weight sparsity 0.00", "1.00", "0.90", "2.00", "2.00", "4.00", "3.00",
+         "1.00", "10.00", "n/a", "91.00", "96.00"],
+        # channels removed: every cost shrinks (0.24 / 0.90 − 1 = −73 %)
+        ["l1f", "channels removed 0.50", "0.25 (−75 %)", "0.24 (−73 %)", "0.60 (−70 %)",
+         "0.60 (−70 %)", "1.00 (−75 %)", "0.80 (−73 %)", "0.50 (−50 %)", "4.00 (−60 %)",
+         "n/a", "86.00 (−5.5 %)", "91.00 (−5.2 %)"],
+        # masked: dense size, MACs, memory and latency; only the encoding and effective MACs
+        ["mag", "weight sparsity 0.90", "1.00 (±0 %)", "0.25 (−72 %)", "2.00 (±0 %)",
+         "0.20 (−90 %)", "4.00 (±0 %)", "3.00 (±0 %)", "1.00 (±0 %)", "10.00 (±0 %)", "n/a",
+         "83.00 (−8.8 %)", "88.00 (−8.3 %)"],
+    ]
+    table = hardware_table(summary, STUDY)
+    assert table.count(ENERGY_REASON) == 1 and f"Energy n/a: {ENERGY_REASON}." in table
+    assert "on cpu" in table and "(rss_sampled)" in table
+
+
+def test_hardware_table_with_energy_or_without_dense(summary):
+    measured = summary.assign(energy_mj_per_sample_mean=summary["macs_dense_mean"] / 1e6)
+    table = hardware_table(measured, STUDY)
+    assert "Energy n/a" not in table and ENERGY_REASON not in table
+    energy = HARDWARE_HEADER.index("Energy (mJ/sample)")
+    assert [r[energy] for r in _rows(table)[1:]] == ["2.00", "0.60 (−70 %)", "2.00 (±0 %)"]
+    rows = _rows(hardware_table(summary[summary["label"] != DENSE], STUDY))
+    assert [r[:4] for r in rows[1:]] == [  # nothing to compare with: values alone
+        ["l1f", "channels removed 0.50", "0.25", "0.24"],
+        ["mag", "weight sparsity 0.90", "1.00", "0.25"]]
+
+
+def test_modes_table_speedups_over_own_and_baseline_dense(summary):
+    rows = _table(summary_markdown(summary), "Execution modes (benchmark latency)")
+    assert rows[0] == ["Method", "Target", "Mode",
+                       "Latency b1 (ms)", "b1 speed-up vs own dense", "b1 speed-up vs dense model",
+                       "Latency b128 (ms)", "b128 speed-up vs own dense",
+                       "b128 speed-up vs dense model"]
+    assert [r[:3] for r in rows[1:]] == [
+        ["dense", "weight sparsity 0.00", "dense"], ["dense", "weight sparsity 0.00", "sparse_csr"],
+        ["l1f", "channels removed 0.50", "dense"],  # sparse_csr did not run: no row
+        ["mag", "weight sparsity 0.90", "dense"], ["mag", "weight sparsity 0.90", "sparse_csr"],
+    ]
+    assert [r[3:] for r in rows[1:]] == [
+        ["1.00", "1.00×", "1.00×", "10.00", "1.00×", "1.00×"],
+        ["3.00", "0.33×", "0.33×", "40.00", "0.25×", "0.25×"],
+        ["0.50", "1.00×", "2.00×", "4.00", "1.00×", "2.50×"],  # channel pruning: real speed-up
+        ["1.00", "1.00×", "1.00×", "10.00", "1.00×", "1.00×"],  # masked on dense kernels: none
+        ["2.00", "0.50×", "0.50×", "5.00", "2.00×", "2.00×"],
+    ]
+
+
+def test_no_benchmark_no_hardware_tables(manifests):
+    summary = summarise(collect_runs(_without_benchmarks(manifests)))
+    assert "macs_dense_mean" not in summary and "device" not in summary
+    assert hardware_table(summary, STUDY) is None and modes_table(summary, STUDY) is None
+    md = summary_markdown(summary)
+    assert "Hardware cost" not in md and "Execution modes" not in md
 
 
 def test_outputs_do_not_depend_on_manifest_order(manifests, tmp_path):
@@ -417,6 +569,58 @@ def test_accuracy_vs_macs_keeps_masked_methods_at_full_cost(summary):
     assert lines["l1f"].get_xdata().tolist() == pytest.approx([0.6125, 0.30])
 
 
+def test_pareto_front_is_the_upper_left_envelope():
+    x, y = pareto_front([2.0, 1.0, 1.0, 3.0, 0.5, 4.0], [55, 50, 60, 70, 40, 65])
+    assert x.tolist() == [0.5, 1.0, 3.0] and y.tolist() == [40, 60, 70]
+
+
+def test_pareto_macs_marks_dense_kernel_and_effective_macs(summary):
+    ax = pareto_macs_figure(summary, STUDY).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == \
+        ["Pareto front", "dense", "l1f", "mag", EFFECTIVE_LEGEND]
+    assert ax.get_xscale() == "log"
+    assert lines["dense"].get_marker() == "*" and lines["dense"].get_color() == "black"
+    assert lines["mag"].get_xdata().tolist() == pytest.approx([2.0])  # the dense model's MACs
+    assert lines["mag"].get_ydata().tolist() == pytest.approx([83.0])
+    assert lines["l1f"].get_xdata().tolist() == pytest.approx([0.6])
+    effective = lines["_mag effective"]
+    assert effective.get_xdata().tolist() == pytest.approx([0.2])
+    assert effective.get_markerfacecolor() == "none"
+    assert effective.get_color() == lines["mag"].get_color()
+    assert "_l1f effective" not in lines  # channels removed: nothing masked to skip
+    front = lines["Pareto front"]
+    assert front.get_drawstyle() == "steps-post" and front.get_color() == "grey"
+    assert front.get_xdata().tolist() == pytest.approx([0.6, 2.0])
+    assert front.get_ydata().tolist() == pytest.approx([86.0, 91.0])
+
+
+def test_pareto_latency_uses_the_largest_batch(summary):
+    ax = pareto_latency_figure(summary, STUDY).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert "batch of 128" in ax.get_xlabel() and ax.get_xscale() == "log"
+    assert lines["mag"].get_xdata().tolist() == pytest.approx([10.0])
+    assert lines["dense"].get_xdata().tolist() == pytest.approx([10.0])
+    assert lines["l1f"].get_xdata().tolist() == pytest.approx([4.0])
+    assert lines["Pareto front"].get_xdata().tolist() == pytest.approx([4.0, 10.0])
+    assert not any(label.endswith(" effective") for label in lines)
+
+
+def test_pareto_figures_without_benchmarks_say_so(manifests, tmp_path):
+    import matplotlib.image
+
+    runs = collect_runs(_without_benchmarks(manifests))
+    summary = summarise(runs)
+    for fig in (pareto_macs_figure(summary, STUDY), pareto_latency_figure(summary, STUDY)):
+        ax = fig.axes[0]
+        assert [t.get_text() for t in ax.texts] == [NO_BENCHMARK] and not ax.get_lines()
+    paths = write_plots(runs, summary, tmp_path)
+    assert [p.name for p in paths] == [f"{STUDY}_{n}.png" for n in PLOT_NAMES]
+    for name in ("pareto_macs", "pareto_latency"):
+        image = matplotlib.image.imread(tmp_path / f"{STUDY}_{name}.png")
+        assert image[..., :3].std() > 0.01  # the frame and its note, not a blank file
+
+
 def test_curves_figure_averages_seeds(runs):
     lines = _lines(curves_figure(runs, STUDY))
     assert lines["mag @ 0.9"].get_ydata()[-1] == pytest.approx(83.0)  # seed mean, last epoch
@@ -478,6 +682,11 @@ def test_cli_end_to_end_and_report(manifests, tmp_path, capsys):
     assert "tables/runs.csv" in links and f"{n_runs} runs" in text and "83.00 ± 4.24" in text
     assert "Channels removed (target)" in text and "Distilled − fine-tuned (pp)" in text
     assert "Accuracy vs. parameters remaining" in text and "Accuracy vs. MACs remaining" in text
+    assert "### Hardware cost (benchmark)" in text and "0.25 (−72 %)" in text
+    assert "### Execution modes (benchmark latency)" in text and "2.50×" in text
+    assert text.count(ENERGY_REASON) == 1
+    assert "Accuracy vs. MACs (benchmark, Pareto front)" in text
+    assert "unstructured sparsity gives no speed-up on dense kernels" in text
     assert not re.search(r"20\d\d-\d\d-\d\d", text)
 
     (results / "plots" / f"{STUDY}_training_curves.png").unlink()

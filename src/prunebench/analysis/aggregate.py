@@ -1,9 +1,10 @@
 """Collect finished runs into one table, summarise it over seeds, and write the tables.
 
 The job manifests written by the training commands say *which* run directories belong to the
-results; the run directories themselves (`config.json`, `metrics.json`, `benchmark.json`) are
-the source of truth for every number. Any extra numeric key a later stage adds to
-`metrics.json` or `benchmark.json` becomes a column without code changes here.
+results; the benchmark manifests say which benchmark run measured which of them. The run
+directories themselves (`config.json`, `metrics.json`, and the benchmark run's flat
+`metrics.json`) are the source of truth for every number. Any extra numeric key a later stage
+adds to either `metrics.json` becomes a column without code changes here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,10 @@ GROUP_KEYS = ["study", "dataset", "model", "label", "method", "target_sparsity",
               "channel_sparsity", "recovery"]
 SORT_KEYS = ["study", "label", "target_sparsity", "channel_sparsity", "seed"]
 NOT_SUMMARISED = {"seed"}
-BENCHMARK_PREFIX = "benchmark_"  # for a benchmark.json key that metrics.json already has
+BENCHMARK_PREFIX = "benchmark_"  # for a benchmark key that the run's metrics already have
+# The benchmark's text columns: how its numbers were measured, kept in the summary (as the
+# group's distinct values) so the tables can say it without the runs table.
+BENCHMARK_TEXT = ("device", "memory_method", "energy_method", "energy_unavailable_reason")
 
 
 # ---------------------------------------------------------------- reading runs
@@ -105,16 +110,16 @@ def is_result(record: Mapping[str, Any]) -> bool:
     return record.get("kind") in RESULT_KINDS and record.get("result") is not False
 
 
-def read_run(run_dir: Path) -> dict | None:
-    """One table row from a finished run directory, or None if the run is not a result."""
+def read_run(run_dir: Path, benchmark: Mapping[str, Any] | None = None) -> dict | None:
+    """One table row from a finished run directory, or None if the run is not a result;
+    `benchmark` is the headline of its benchmark run (keys it shares with the run's own
+    metrics get the `benchmark_` prefix)."""
     config = _read_json_object(run_dir / "config.json")
     if not is_result(config):
         return None
     metrics = _scalars(_read_json_object(run_dir / "metrics.json"))
-    bench_file = run_dir / "benchmark.json"
-    if bench_file.is_file():
-        for key, value in _scalars(_read_json_object(bench_file)).items():
-            metrics[BENCHMARK_PREFIX + key if key in metrics else key] = value
+    for key, value in _scalars(benchmark or {}).items():
+        metrics[BENCHMARK_PREFIX + key if key in metrics else key] = value
     row = {key: config.get(key) for key in ID_COLUMNS}
     row["seed"] = config.get("seed")
     row.update({k: v for k, v in metrics.items() if k not in row and k not in TRAILING_COLUMNS})
@@ -125,15 +130,30 @@ def read_run(run_dir: Path) -> dict | None:
     return row
 
 
+def _benchmarks(manifests: Iterable[Path]) -> dict[str, dict]:
+    """Benchmark headlines by the real path of the run they measured (their `of`)."""
+    out = {}
+    for manifest_path in manifests:
+        manifest = read_manifest(manifest_path)
+        if manifest.get("command") != "benchmark":
+            continue
+        for entry in manifest["runs"]:
+            bench_dir = _run_dir(entry, manifest_path)
+            measured = _run_dir({"path": entry["of"]}, manifest_path)
+            out[os.path.realpath(measured)] = _read_json_object(bench_dir / "metrics.json")
+    return out
+
+
 def collect_runs(manifests: Iterable[Path]) -> pd.DataFrame:
     """One row per result run listed in the manifests (dense and gradual training, recovered
     one-shot runs, lottery and its reinit control; pruning and pretraining runs are
     intermediate), de-duplicated by run directory."""
     manifests = [Path(m) for m in manifests]
+    benchmarks = _benchmarks(manifests)
     rows, seen = [], set()
     for manifest_path in manifests:
         manifest = read_manifest(manifest_path)
-        if manifest.get("command") == "prune":
+        if manifest.get("command") in ("prune", "benchmark"):
             continue
         for entry in manifest["runs"]:
             if not is_result(entry):
@@ -143,7 +163,7 @@ def collect_runs(manifests: Iterable[Path]) -> pd.DataFrame:
             if key in seen:
                 continue
             seen.add(key)
-            row = read_run(run_dir)
+            row = read_run(run_dir, benchmarks.get(key))
             if row is not None:
                 rows.append(row)
     if not rows:
@@ -168,12 +188,19 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
             and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
 
 
+def _distinct(values: pd.Series) -> str | float:
+    """A group's distinct texts, sorted and joined by "; " (NaN if it has none)."""
+    texts = sorted({str(v) for v in values.dropna()})
+    return "; ".join(texts) if texts else math.nan
+
+
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
     """Per (study, dataset, model, label, method, target, recovery): the number of runs `n`,
     and the mean and sample standard deviation (ddof=1, NaN for a single run) of every
     numeric metric, plus `delta_top1_vs_dense`: mean top-1 minus the study's dense mean
-    top-1. Null targets group as one value (dropna=False): each run has exactly one of
-    `target_sparsity` and `channel_sparsity`."""
+    top-1, and the benchmark's text columns (`BENCHMARK_TEXT`) the runs have. Null targets
+    group as one value (dropna=False): each run has exactly one of `target_sparsity` and
+    `channel_sparsity`."""
     if df.empty:
         raise ConfigError("the runs table is empty: nothing to summarise")
     metrics = metric_columns(df)
@@ -181,7 +208,11 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     summary = grouped.size().rename("n").to_frame()
     stats = grouped[metrics].agg(["mean", "std"])
     stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
-    summary = summary.join(stats).reset_index()
+    summary = summary.join(stats)
+    texts = [c for c in BENCHMARK_TEXT if c in df]
+    if texts:
+        summary = summary.join(grouped[texts].agg(_distinct))
+    summary = summary.reset_index()
     dense = summary[summary["label"] == DENSE_LABEL].groupby("study")["top1_mean"].mean()
     delta = summary["top1_mean"] - summary["study"].map(dense)
     summary.insert(summary.columns.get_loc("n") + 1, "delta_top1_vs_dense", delta)
@@ -262,15 +293,17 @@ def _markdown(table: pd.DataFrame) -> str:
                              colalign=("left",) + ("right",) * (table.shape[1] - 1)) + "\n"
 
 
-def _sorted_rows(summary: pd.DataFrame, study: str, structured: bool) -> pd.DataFrame:
-    """One study's rows of one kind (structured: a channel target), dense first, then each
-    method by its target."""
-    rows = summary[(summary["study"] == study)
-                   & (summary["channel_sparsity"].notna() == structured)]
+def _in_order(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows dense first, then each method (alphabetically) by its target."""
     order = {label: i for i, label in enumerate(ordered_labels(rows["label"]))}
-    target = "channel_sparsity" if structured else "target_sparsity"
     return rows.assign(_order=rows["label"].map(order)).sort_values(
-        ["_order", target], kind="mergesort")
+        ["_order", "target_sparsity", "channel_sparsity"], kind="mergesort")
+
+
+def _sorted_rows(summary: pd.DataFrame, study: str, structured: bool) -> pd.DataFrame:
+    """One study's rows of one kind (structured: a channel target), in table order."""
+    return _in_order(summary[(summary["study"] == study)
+                             & (summary["channel_sparsity"].notna() == structured)])
 
 
 def _accuracy_columns(rows: pd.DataFrame) -> dict[str, Any]:
@@ -322,7 +355,8 @@ def recovery_pairs(summary: pd.DataFrame, study: str) -> pd.DataFrame:
     )
     finetuned = rows[rows["recovery"] == "finetune"]
     distilled = rows[rows["recovery"] == "distill"]
-    pairs = finetuned.merge(distilled, on=["base", "target"], suffixes=("_ft", "_kd"))
+    # copy(): a merge of wide frames read back from CSV comes out in many blocks
+    pairs = finetuned.merge(distilled, on=["base", "target"], suffixes=("_ft", "_kd")).copy()
     pairs["top1_gain"] = pairs["top1_mean_kd"] - pairs["top1_mean_ft"]
     return pairs.sort_values(["base", "target"], kind="mergesort").reset_index(drop=True)
 
@@ -349,12 +383,217 @@ def recovery_table(summary: pd.DataFrame, study: str) -> str | None:
     }))
 
 
+# ---------------------------------------------------------------- benchmark tables
+
+# Execution modes in table order (the benchmark's `MODES`, CPU ones first; not imported from
+# there, which would load torch); a mode this list lacks comes after them, alphabetically.
+MODE_ORDER = ("dense", "sparse_csr", "dense_fp16", "semi_structured_2_4")
+LATENCY_MEAN = re.compile(r"latency_(?P<mode>.+)_b(?P<batch>\d+)_ms_mean")
+BYTES_PER_MB, MACS_PER_M = 1e6, 1e6
+# (header, summary column, factor to the unit shown) of the hardware table's fixed columns
+HARDWARE_COSTS = (
+    ("Size dense (MB)", "size_dense_bytes_mean", 1 / BYTES_PER_MB),
+    ("Size sparse-encoded (MB)", "size_sparse_bytes_mean", 1 / BYTES_PER_MB),
+    ("MACs dense kernels (M)", "macs_dense_mean", 1 / MACS_PER_M),
+    ("MACs effective (M)", "macs_effective_mean", 1 / MACS_PER_M),
+    ("Peak mem (MB)", "memory_peak_bytes_mean", 1 / BYTES_PER_MB),
+    ("Avg mem (MB)", "memory_avg_bytes_mean", 1 / BYTES_PER_MB),
+)
+ENERGY = "energy_mj_per_sample_mean"
+ACCURACY = (("Top-1 (%)", "top1_mean", 100.0), ("Top-5 (%)", "top5_mean", 100.0))
+
+
+def latency_columns(rows: pd.DataFrame) -> dict[tuple[str, int], str]:
+    """{(mode, batch size): summary column} of the mean latencies `rows` hold; a column that is
+    null in all of them is left out (the mode could not run on that device or model)."""
+    found = {}
+    for column in rows.columns:
+        match = LATENCY_MEAN.fullmatch(column)
+        if match and rows[column].notna().any():
+            found[(match["mode"], int(match["batch"]))] = column
+    return dict(sorted(found.items()))
+
+
+def latency_batches(rows: pd.DataFrame, mode: str = "dense") -> list[int]:
+    """The batch sizes at which `mode` was timed in `rows`, ascending."""
+    return sorted(batch for m, batch in latency_columns(rows) if m == mode)
+
+
+def _modes(columns: Mapping[tuple[str, int], str]) -> list[str]:
+    known = {mode for mode, _ in columns}
+    return [m for m in MODE_ORDER if m in known] + sorted(known - set(MODE_ORDER))
+
+
+def _column(rows: pd.DataFrame, name: str) -> pd.Series:
+    """A column of `rows`, all NaN where the summary has none (no run was benchmarked)."""
+    return rows[name] if name in rows else pd.Series(math.nan, index=rows.index)
+
+
+def _amount(x: float) -> str:
+    """Two decimals, or two significant digits below 1, so small models do not read 0.00."""
+    return f"{x:.2f}" if abs(x) >= 1 or x == 0 else f"{x:#.2g}"
+
+
+def _percent(change: float) -> str:
+    """A relative change in percent, "−74 %", with one decimal below 10 % in size."""
+    rounded = round(change, 1) if abs(change) < 10 else round(change)
+    return "±0 %" if rounded == 0 else f"{rounded:+g} %".replace("-", "−")
+
+
+def _vs_dense(value: float, dense: float, missing: str) -> str:
+    """`value` and its change relative to the dense model's, "0.19 (−74 %)"; the value alone
+    where there is no dense value to compare with (and on the dense row itself)."""
+    if pd.isna(value):
+        return missing
+    if pd.isna(dense) or dense == 0:
+        return _amount(value)
+    return f"{_amount(value)} ({_percent(100 * (value / dense - 1))})"
+
+
+def _cells(rows: pd.DataFrame, column: str, factor: float, dense: Any,
+           missing: str = "–") -> list[str]:
+    """One hardware-table column: each row's value with its change vs the row `dense` (an
+    index of `rows`, or None when the dense model was not benchmarked)."""
+    values = _column(rows, column) * factor
+    reference = math.nan if dense is None else values[dense]
+    return [_vs_dense(v, math.nan if i == dense else reference, missing)
+            for i, v in values.items()]
+
+
+def _benchmarked(summary: pd.DataFrame, study: str) -> pd.DataFrame:
+    """One study's rows that a benchmark measured, in table order (empty if none was)."""
+    rows = _in_order(summary[summary["study"] == study])
+    columns = [c for _, c, _ in HARDWARE_COSTS if c in rows] + list(latency_columns(rows).values())
+    return rows[rows[columns].notna().any(axis=1)] if columns else rows.iloc[:0]
+
+
+def _dense_index(rows: pd.DataFrame) -> Any:
+    dense = rows.index[rows["label"] == DENSE_LABEL]
+    return dense[0] if len(dense) else None
+
+
+def _targets(rows: pd.DataFrame) -> list[str]:
+    return [_target_text(target_key(t, c))
+            for t, c in zip(rows["target_sparsity"], rows["channel_sparsity"])]
+
+
+def _texts(rows: pd.DataFrame, column: str) -> str | None:
+    """The distinct values of a text column over `rows`, joined, or None if it has none."""
+    texts = _distinct(_column(rows, column))
+    return None if pd.isna(texts) else texts
+
+
+HARDWARE_UNITS = (
+    "Size dense is the saved state dict, size sparse-encoded the bitmask and nonzero values "
+    "compressed (what a masked model could ship as); MACs are per sample on dense kernels, and "
+    "effective ones skip zero weights (what sparse kernels could at best save). Top-1/top-5 "
+    "are the runs' test accuracies, as in the tables above."
+)
+HARDWARE_LOOK_FOR = (
+    "Look for: masked models keep the dense model's size, MACs and latency and shrink only "
+    "when sparse-encoded; channel pruning shrinks all of them."
+)
+
+
+def _hardware_note(rows: pd.DataFrame, batches: Sequence[int]) -> str:
+    """What the hardware table's numbers are, once: device, memory method, the latencies
+    shown, why energy is n/a where it is, and what to look for."""
+    device, memory = _texts(rows, "device"), _texts(rows, "memory_method")
+    on = f" on {device}" if device else ""
+    how = f" ({memory})" if memory else ""
+    timed = f", the median latency per batch at {' and '.join(f'b{b}' for b in batches)}" \
+        if batches else ""
+    sentences = [
+        (f"Benchmark of each result model{on}, means over seeds; in brackets each value's "
+         "change relative to the dense model, in percent (for top-1/top-5 too: relative, not "
+         "percentage points)."),
+        HARDWARE_UNITS,
+        f"Memory{how} is measured at the largest batch size{timed}, in the dense execution mode.",
+    ]
+    unavailable = rows[_column(rows, ENERGY).isna()]
+    if len(unavailable):
+        reason = _texts(unavailable, "energy_unavailable_reason") or "not measured"
+        sentences.append(f"Energy n/a: {reason}.")
+    return "*" + " ".join([*sentences, HARDWARE_LOOK_FOR]) + "*\n"
+
+
+def hardware_table(summary: pd.DataFrame, study: str) -> str | None:
+    """The costs of every benchmarked model of a study next to its accuracy, each with its
+    change vs dense, and a note on how they were measured (None if no run was benchmarked)."""
+    rows = _benchmarked(summary, study)
+    if rows.empty:
+        return None
+    dense = _dense_index(rows)
+    batches = latency_batches(rows)
+    shown = sorted({batches[0], batches[-1]}) if batches else []
+    table = {"Method": rows["label"], "Target": _targets(rows)}
+    for header, column, factor in HARDWARE_COSTS:
+        table[header] = _cells(rows, column, factor, dense)
+    for batch in shown:
+        table[f"Latency b{batch} (ms)"] = _cells(rows, f"latency_dense_b{batch}_ms_mean", 1.0,
+                                                 dense)
+    table["Energy (mJ/sample)"] = _cells(rows, ENERGY, 1.0, dense, missing="n/a")
+    for header, column, factor in ACCURACY:
+        table[header] = _cells(rows, column, factor, dense)
+    return _markdown(pd.DataFrame(table)) + "\n" + _hardware_note(rows, shown)
+
+
+def _speedup(reference: float, latency: float) -> str:
+    return "–" if pd.isna(reference) or pd.isna(latency) or latency == 0 \
+        else f"{reference / latency:.2f}×"
+
+
+MODES_NOTE = (
+    "*Median latency per batch, means over seeds, for every execution mode that ran; a mode "
+    "missing for a model could not run on the device or model. Speed-up is a reference's "
+    "dense-mode latency divided by this mode's at the same batch size (above 1.00× is faster): "
+    "vs own dense, the same model on dense kernels (what the execution mode alone buys); vs "
+    "dense model, the unpruned model on dense kernels (what pruning and the mode buy "
+    "together). Look for: masked models on dense kernels stay near 1.00× vs the dense model, "
+    "as unstructured zeros are still multiplied; sparse kernels pay off only at high sparsity, "
+    "if at all; removed channels give a real speed-up.*\n"
+)
+
+
+def _mode_cells(latency: float, own_dense: float, dense_model: float, batch: int) -> dict:
+    """One batch size's cells of an execution-mode row."""
+    return {f"Latency b{batch} (ms)": "–" if pd.isna(latency) else _amount(latency),
+            f"b{batch} speed-up vs own dense": _speedup(own_dense, latency),
+            f"b{batch} speed-up vs dense model": _speedup(dense_model, latency)}
+
+
+def modes_table(summary: pd.DataFrame, study: str) -> str | None:
+    """Latency of each benchmarked model in each execution mode it ran, with the speed-up over
+    its own dense mode and over the dense model's (None if no latency was measured)."""
+    rows = _benchmarked(summary, study)
+    columns = latency_columns(rows)
+    if not columns:
+        return None
+    dense = _dense_index(rows)
+    batches = sorted({batch for _, batch in columns})
+    on_dense = {b: _column(rows, f"latency_dense_b{b}_ms_mean") for b in batches}
+    lines = []
+    for index, target in zip(rows.index, _targets(rows)):
+        for mode in _modes(columns):
+            latency = {b: _column(rows, f"latency_{mode}_b{b}_ms_mean")[index] for b in batches}
+            if all(pd.isna(v) for v in latency.values()):
+                continue
+            line = {"Method": rows.at[index, "label"], "Target": target, "Mode": mode}
+            for b in batches:
+                baseline = math.nan if dense is None else on_dense[b][dense]
+                line.update(_mode_cells(latency[b], on_dense[b][index], baseline, b))
+            lines.append(line)
+    return _markdown(pd.DataFrame(lines)) + "\n" + MODES_NOTE
+
+
 def study_markdown(summary: pd.DataFrame, study: str) -> list[str]:
     """The tables of one study, each under a `###` heading (the ones it has rows for)."""
     tables = [
         ("Dense and unstructured methods (weight sparsity)", study_table(summary, study)),
         ("Structured methods (channels removed)", structured_table(summary, study)),
         ("Fine-tuning vs. distillation", recovery_table(summary, study)),
+        ("Hardware cost (benchmark)", hardware_table(summary, study)),
+        ("Execution modes (benchmark latency)", modes_table(summary, study)),
     ]
     parts = []
     for heading, table in tables:
@@ -406,6 +645,18 @@ def write_tables(df: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> list
 
 def write_headline(summary: pd.DataFrame, path: Path) -> Path:
     return atomic_write_json(path, headline_metrics(summary))
+
+
+def merge_headlines(paths: Iterable[Path], out: Path) -> Path:
+    """One {study: ...} mapping from per-study headline files (a study named twice is an
+    error: two files would disagree about it)."""
+    merged: dict = {}
+    for path in paths:
+        for study, value in _read_json_object(Path(path)).items():
+            if study in merged:
+                raise ConfigError(f"study {study!r} appears in two headline files ({str(path)!r})")
+            merged[study] = value
+    return atomic_write_json(out, dict(sorted(merged.items())))
 
 
 def read_tables(tables_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prunebench.errors import ConfigError
 
-COMMANDS: tuple[str, ...] = ("aggregate", "plot", "report")
+COMMANDS: tuple[str, ...] = ("aggregate", "plot", "report", "headline")
 
 
 def add_subcommands(sub) -> None:
@@ -32,6 +32,10 @@ def add_subcommands(sub) -> None:
     rp.add_argument("--tables", type=Path, required=True, metavar="DIR")
     rp.add_argument("--plots", type=Path, required=True, metavar="DIR")
     rp.add_argument("--out", type=Path, required=True, metavar="FILE", help="report.md path")
+    hl = sub.add_parser("headline", help="merge studies' headline metrics into one JSON file")
+    hl.add_argument("metrics", nargs="+", type=Path, metavar="FILE",
+                    help="metrics.json files written by `aggregate --metrics`")
+    hl.add_argument("--out", type=Path, required=True, metavar="FILE")
 
 
 def run_analysis(args: argparse.Namespace) -> None:
@@ -48,6 +52,10 @@ def run_analysis(args: argparse.Namespace) -> None:
         from prunebench.analysis.report import write_report
 
         print(write_report(args.tables, args.plots, args.out))
+    elif args.command == "headline":
+        from prunebench.analysis.aggregate import merge_headlines
+
+        print(merge_headlines(args.metrics, args.out))
     else:
         raise ValueError(f"not an analysis command: {args.command!r}")
 

@@ -1,9 +1,11 @@
 """Figures per study: accuracy and its loss against sparsity, accuracy against the parameters
-and MACs left, parameters left, training curves.
+and MACs left, parameters left, accuracy against measured MACs and latency (Pareto fronts),
+training curves.
 
 The sparsity-axis figures show the dense model and the unstructured methods only: a
 structured method's target is a fraction of channels, not a weight sparsity. The
-parameter and MAC figures put every method, structured or not, on one measured axis.
+parameter, MAC and Pareto figures put every method, structured or not, on one measured axis;
+the Pareto figures need the benchmark's columns and say so in the figure when it has none.
 
 Figures are built with `matplotlib.figure.Figure` directly (no pyplot), so nothing depends on
 a global backend or figure registry; PNGs are rendered by Agg. Each `*_figure` function
@@ -22,7 +24,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from prunebench.analysis.aggregate import DENSE_LABEL, ordered_labels, studies
+from prunebench.analysis.aggregate import (
+    DENSE_LABEL,
+    MACS_PER_M,
+    latency_batches,
+    ordered_labels,
+    studies,
+)
 from prunebench.io import atomic_write
 
 DPI = 120
@@ -30,9 +38,13 @@ FIGSIZE = (6.4, 4.2)
 DENSE_COLOR = "black"
 MARKERS = "osD^vPX*"  # distinct markers keep overlapping lines apart
 NO_UNSTRUCTURED = "no unstructured methods in this study"  # why a sparsity axis is empty
+NO_BENCHMARK = "no benchmark results in this study"  # why a Pareto figure is empty
+DENSE_MARKER = "*"
+EFFECTIVE_LEGEND = "hollow: effective MACs (zeros skipped)"
+FRONT_COLOR = "grey"
 STRUCTURED_LINESTYLE = "-."  # tells channel-pruned methods apart where all methods meet
 PLOT_NAMES = ("accuracy_vs_sparsity", "delta_vs_dense", "params_remaining", "accuracy_vs_params",
-              "accuracy_vs_macs", "training_curves")
+              "accuracy_vs_macs", "pareto_macs", "pareto_latency", "training_curves")
 
 
 # ---------------------------------------------------------------- axes helpers
@@ -75,6 +87,16 @@ def _fraction_axis(ax: Axes, fractions: Sequence[float], label: str) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:g} %"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(label)
+
+
+def _cost_axis(ax: Axes) -> None:
+    """A log x axis of a measured cost with plain-number ticks at 1, 2, 5 × 10^k (a span of
+    less than a decade gets no crowded minor labels), padded so edge markers stay whole."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(0.1)
 
 
 def _styles(labels: Sequence[str]) -> dict[str, dict]:
@@ -267,6 +289,92 @@ def accuracy_vs_macs_figure(summary: pd.DataFrame, study: str) -> Figure:
         "MACs remaining on dense kernels (fraction of unpruned, log scale)")
 
 
+def pareto_front(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The upper-left envelope of the points, by increasing cost `x`: each point more accurate
+    than every point that costs as much or less (at equal cost only the most accurate)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    front, best = [], -np.inf
+    for i in np.lexsort((-y, x)):
+        if y[i] > best:
+            front.append(i)
+            best = y[i]
+    return x[front], y[front]
+
+
+def _point_style(styles: dict[str, dict], label: str) -> dict:
+    """Markers only, one per method; the dense model as a larger star."""
+    style = styles[label]
+    dense = label == DENSE_LABEL
+    return {"color": style["color"], "marker": style.get("marker", DENSE_MARKER),
+            "markersize": 12 if dense else 7, "linestyle": "none"}
+
+
+def _pareto_figure(summary: pd.DataFrame, study: str, column: str | None, factor: float,
+                   title: str, xlabel: str,
+                   extra: Callable[[Axes, pd.DataFrame, dict], None] | None = None) -> Figure:
+    """Mean top-1 (%) of every benchmarked model against `factor` × `column` on a log axis,
+    one marker per method, the Pareto front as a thin grey step line, and what `extra` draws
+    on the same rows before the legend is made. Without benchmark results (no `column`, or
+    no values in it) the figure says so."""
+    rows = summary[summary["study"] == study]
+    styles = _styles(rows["label"])
+    fig, ax = _new_figure(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test top-1 accuracy (%)")
+    drawn = rows.dropna(subset=[column, "top1_mean"]) if column in rows else rows.iloc[:0]
+    if drawn.empty:
+        _note(ax, NO_BENCHMARK)
+        return fig
+    front_x, front_y = pareto_front(factor * drawn[column], 100 * drawn["top1_mean"])
+    ax.step(front_x, front_y, where="post", color=FRONT_COLOR, linewidth=0.8,
+            label="Pareto front")
+    for label in ordered_labels(drawn["label"]):
+        m = drawn[drawn["label"] == label]
+        ax.plot(factor * m[column], 100 * m["top1_mean"], label=label,
+                **_point_style(styles, label))
+    if extra is not None:
+        extra(ax, drawn, styles)
+    _cost_axis(ax)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    return fig
+
+
+def _effective_macs(ax: Axes, rows: pd.DataFrame, styles: dict[str, dict]) -> None:
+    """Hollow markers at the effective MACs (zero weights skipped) of the masked methods: what
+    sparse kernels could at best save, next to what dense kernels cost. Labels starting with
+    "_" keep them out of the legend, which gets one grey entry for all of them."""
+    masked = rows[(rows["label"] != DENSE_LABEL) & rows["target_sparsity"].notna()]
+    if "macs_effective_mean" not in masked or masked["macs_effective_mean"].isna().all():
+        return
+    masked = masked.dropna(subset=["macs_effective_mean"])
+    for label in ordered_labels(masked["label"]):
+        m = masked[masked["label"] == label]
+        ax.plot(m["macs_effective_mean"] / MACS_PER_M, 100 * m["top1_mean"],
+                label=f"_{label} effective", markerfacecolor="none",
+                **_point_style(styles, label))
+    ax.plot([], [], color=FRONT_COLOR, marker="o", markerfacecolor="none", linestyle="none",
+            label=EFFECTIVE_LEGEND)
+
+
+def pareto_macs_figure(summary: pd.DataFrame, study: str) -> Figure:
+    """Top-1 against the MACs per sample on dense kernels (the Pareto front is over these):
+    masked models stack at the dense model's cost; hollow markers show their effective MACs."""
+    return _pareto_figure(summary, study, "macs_dense_mean", 1 / MACS_PER_M,
+                          f"{study}: test top-1 vs. MACs (benchmark)",
+                          "MACs per sample on dense kernels (M, log scale)", _effective_macs)
+
+
+def pareto_latency_figure(summary: pd.DataFrame, study: str) -> Figure:
+    """Top-1 against the measured dense-mode latency at the study's largest batch size: what
+    each model costs on the hardware as it runs today."""
+    batches = latency_batches(summary[summary["study"] == study])
+    batch = f"{batches[-1]}" if batches else "the largest size"
+    column = f"latency_dense_b{batches[-1]}_ms_mean" if batches else None
+    return _pareto_figure(summary, study, column, 1.0,
+                          f"{study}: test top-1 vs. latency (benchmark)",
+                          f"median latency per batch of {batch}, dense kernels (ms, log scale)")
+
+
 def read_history(run_dir: str | Path) -> pd.DataFrame | None:
     path = Path(run_dir) / "history.csv"
     if not path.is_file():
@@ -335,6 +443,8 @@ def write_plots(runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> lis
             "params_remaining": params_figure(summary, study),
             "accuracy_vs_params": accuracy_vs_params_figure(summary, study),
             "accuracy_vs_macs": accuracy_vs_macs_figure(summary, study),
+            "pareto_macs": pareto_macs_figure(summary, study),
+            "pareto_latency": pareto_latency_figure(summary, study),
             "training_curves": curves_figure(runs, study),
         }
         for name in PLOT_NAMES:

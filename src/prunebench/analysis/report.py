@@ -19,6 +19,8 @@ TITLES = {
     "params_remaining": "Parameters remaining",
     "accuracy_vs_params": "Accuracy vs. parameters remaining",
     "accuracy_vs_macs": "Accuracy vs. MACs remaining",
+    "pareto_macs": "Accuracy vs. MACs (benchmark, Pareto front)",
+    "pareto_latency": "Accuracy vs. latency (benchmark, Pareto front)",
     "training_curves": "Training curves",
 }
 
@@ -53,6 +55,21 @@ CAPTIONS = {
         "on dense kernels, 1 − MACs removed. Masked (unstructured) models sit at 100 %: their "
         "zeros still cost multiply-accumulates without sparse kernels; only removed channels "
         "save compute."
+    ),
+    "pareto_macs": (
+        "Mean test top-1 of every benchmarked model against its MACs per sample on dense "
+        "kernels (log scale), one marker per method, the dense model as a black star; the "
+        "thin grey step line is the Pareto front, the models no cheaper model beats. Masked "
+        "(unstructured) models sit at the dense model's MACs; their hollow markers show the "
+        "effective MACs, what kernels that skip zeros could at best save. Look for which "
+        "methods reach the front: on dense kernels only removed channels move a model left."
+    ),
+    "pareto_latency": (
+        "Mean test top-1 against the measured median latency in the dense execution mode at "
+        "the largest batch size (log scale), with the Pareto front as a thin grey step line. "
+        "Masked models sit at the dense model's latency: unstructured sparsity gives no "
+        "speed-up on dense kernels. Channel-pruned models are smaller dense models and run "
+        "faster; the execution-mode table shows whether sparse kernels change that."
     ),
     "training_curves": (
         "Validation top-1 per epoch, averaged over seeds (band: ±1 std), for the dense model "
