@@ -392,3 +392,18 @@ def test_dropout_in_train_mode_draws_from_the_context_generator(method):
     torch.manual_seed(123)  # a different global RNG must not matter
     assert same(first, run(1))
     assert not same(first, run(2))
+
+
+def test_grasp_warns_when_the_calibration_sample_is_short_of_a_class(caplog):
+    from prunebench.pruning.grasp import sample_per_class
+
+    x = torch.randn(12, 3)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 0, 1, 0, 1])  # class 2 appears twice
+    with caplog.at_level("WARNING"):
+        xs, ys, _ = sample_per_class([(x[:6], y[:6]), (x[6:], y[6:])], 4, 3)
+    assert ys.tolist().count(2) == 2 and len(ys) == 10
+    assert "1 of 3 classes have fewer than 4" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        sample_per_class([(x, y)], 2, 3)
+    assert "fewer than" not in caplog.text

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 from collections.abc import Callable, Iterable
 
 import torch
@@ -38,6 +39,8 @@ from prunebench.pruning.base import METHODS, PruneContext, register_method
 from prunebench.pruning.mask import Mask, apply_mask, global_topk_mask
 from prunebench.pruning.scope import Scope
 from prunebench.pruning.snip import rng_from
+
+log = logging.getLogger(__name__)
 
 
 def sample_per_class(
@@ -67,6 +70,11 @@ def sample_per_class(
             break
     if not xs:
         raise ConfigError("method 'grasp' found no calibration examples")
+    short = int((counts < samples_per_class).sum())
+    if short:
+        log.warning("grasp: %d of %d classes have fewer than %d calibration examples (fewest: "
+                    "%d); raise the study's calibration_batches", short, num_classes,
+                    samples_per_class, int(counts.min()))
     return torch.cat(xs), torch.cat(ys), chunk
 
 
