@@ -261,3 +261,24 @@ def test_a_run_that_fails_leaves_no_directory_behind(tmp_path, monkeypatch, caps
     assert main(["prune", "--no-progress"]) == 2
     assert "slimming" in capsys.readouterr().err
     assert [p.parent.name for p in (tmp_path / "runs").glob("*/*")] == ["train"]
+
+
+def test_a_damaged_finished_run_is_redone_and_a_damaged_file_is_named(in_tmp, capsys):
+    assert main(["train", "--no-progress"]) == 0
+    run = json.loads(capsys.readouterr().out)
+    run_dir = in_tmp / run["path"]
+    before = json.loads((run_dir / "metrics.json").read_text())
+    checksums = json.loads((run_dir / "checksums.json").read_text())
+    assert {"model.pt", "init.pt", "arch.json", "config.json"} <= set(checksums)
+    model = run_dir / "model.pt"
+    good = model.read_bytes()
+    model.write_bytes(good[: len(good) // 2])
+    # evaluate names the damaged file on one line instead of a traceback
+    assert main(["evaluate", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.pt" in err[0] and "cannot be loaded" in err[0]
+    # the stage notices the checksum mismatch and redoes the run, bit for bit
+    assert main(["train", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert model.read_bytes() == good
+    assert json.loads((run_dir / "metrics.json").read_text())["top1"] == before["top1"]

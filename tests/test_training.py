@@ -178,3 +178,30 @@ def test_start_iteration_continues_the_schedule_from_k_to_the_end(tmp_path):
                                      weights_only=True))
     train(again, data, recipe, seed=3, progress=False)
     assert not torch.allclose(next(again.parameters()), next(full.parameters()))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "foreign"])
+def test_a_damaged_last_checkpoint_falls_back_to_a_fresh_start(tmp_path, damage):
+    data = toy_data()
+    cfg = TrainConfig(epochs=3, batch_size=32)
+    clean = toy_model()
+    train(clean, data, cfg, seed=1, run_dir=tmp_path / "clean", progress=False)
+
+    def crash_after_one(state):
+        if state.epoch == 1:
+            raise KeyboardInterrupt
+
+    run_dir = tmp_path / "damaged"
+    with pytest.raises(KeyboardInterrupt):
+        train(toy_model(), data, cfg, seed=1, run_dir=run_dir, on_epoch_end=crash_after_one,
+              progress=False)
+    last = run_dir / "checkpoints/last.pt"
+    if damage == "truncate":
+        last.write_bytes(last.read_bytes()[:100])
+    else:
+        torch.save({"model": {"nope": torch.zeros(1)}}, last)
+    model = toy_model()
+    state = train(model, data, cfg, seed=1, run_dir=run_dir, progress=False)
+    assert state.epoch == 3 and (run_dir / "checkpoints/last.pt.damaged").exists()
+    for a, b in zip(model.parameters(), clean.parameters()):
+        assert torch.equal(a, b)

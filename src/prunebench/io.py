@@ -15,6 +15,8 @@ from typing import IO, Any
 
 import torch
 
+from prunebench.errors import ConfigError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -47,6 +49,16 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda fh: torch.save(obj, fh), mode="wb")
+
+
+def load_tensors(path: str | Path) -> Any:
+    """`torch.load(weights_only=True)`, with an unreadable file named in a one-line error."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 (truncated, foreign or not a torch file)
+        raise ConfigError(f"{str(path)!r} cannot be loaded ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else 'damaged'}); delete the "
+                          f"run directory to redo it") from None
 
 
 def read_json(path: str | Path) -> Any:

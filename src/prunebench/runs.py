@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import shutil
 import time
@@ -34,7 +35,7 @@ from torch import nn
 from prunebench.config import DataConfig, Study, TrainConfig, canonical, config_hash
 from prunebench.data import DataSplits, iterate_batches, load_dataset
 from prunebench.errors import ConfigError
-from prunebench.io import atomic_torch_save, atomic_write_json, read_json
+from prunebench.io import atomic_torch_save, atomic_write_json, load_tensors, read_json
 from prunebench.metrics import count_macs, size_counts
 from prunebench.models import get_model
 from prunebench.pruning import Mask, Scope, save_mask, sparsity_report
@@ -92,6 +93,25 @@ class Run:
     def metrics(self) -> dict:
         return read_json(self.path / "metrics.json")
 
+    def complete(self, metrics: Mapping[str, Any]) -> None:
+        """Record the checksums of the run's files, then `metrics.json`, which marks the run
+        done (so a crash in between leaves it unfinished, never unverifiable)."""
+        sums = {name: _sha256(self.path / name) for name in _result_files(self.path)}
+        atomic_write_json(self.path / CHECKSUMS, sums)
+        atomic_write_json(self.path / "metrics.json", metrics)
+
+    def damaged(self) -> str | None:
+        """The first of a finished run's files whose checksum no longer matches (or that is
+        gone), else None."""
+        sums_file = self.path / CHECKSUMS
+        if not sums_file.is_file():
+            return None  # made before checksums were recorded
+        for name, digest in read_json(sums_file).items():
+            path = self.path / name
+            if not path.is_file() or _sha256(path) != digest:
+                return name
+        return None
+
     def write_config(self) -> None:
         atomic_write_json(
             self.path / "config.json",
@@ -110,6 +130,24 @@ class Run:
         finally:
             log.removeHandler(handler)
             handler.close()
+
+
+CHECKSUMS = "checksums.json"
+_UNCHECKED = {"log.txt", "metrics.json", CHECKSUMS}
+
+
+def _result_files(run_dir: Path) -> list[str]:
+    """The files a finished run is made of: not its log, metrics or training checkpoints."""
+    return sorted(p.name for p in run_dir.iterdir() if p.is_file() and p.name not in _UNCHECKED
+                  and not p.name.startswith("."))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -146,7 +184,7 @@ def load_run_model(run_dir: str | Path, weights: str = "model.pt",
     run_dir = Path(run_dir)
     arch = Arch.read(run_dir)
     model = arch.build()
-    model.load_state_dict(torch.load(run_dir / weights, map_location="cpu", weights_only=True))
+    model.load_state_dict(load_tensors(run_dir / weights))
     return model.to(device), arch
 
 
@@ -224,9 +262,15 @@ class Workspace:
     # ------------------------------------------------------------------ making runs
 
     def ensure(self, run: Run) -> Run:
-        """Make `run` (its parents first) unless it is already done."""
+        """Make `run` (its parents first) unless it is already done and undamaged; a finished
+        run whose files no longer match their checksums is redone."""
         if run.done:
-            return run
+            damaged = run.damaged()
+            if damaged is None:
+                return run
+            log.warning("run %s: %s does not match its checksum; redoing the run", run.path,
+                        damaged)
+            shutil.rmtree(run.path)
         for parent in run.parents:
             self.ensure(parent)
         from prunebench.stages import STAGES
@@ -281,7 +325,7 @@ class Workspace:
         atomic_torch_save(model.state_dict(), run.path / "model.pt")
         atomic_write_json(run.path / "arch.json", arch.to_json())
         run.write_config()
-        atomic_write_json(run.path / "metrics.json", metrics)  # last: marks the run done
+        run.complete(metrics)
         log.info("%s %s done: top1 %.4f", run.kind, run.hash, metrics["top1"])
         return metrics
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from prunebench.errors import ConfigError
-from prunebench.io import atomic_torch_save
+from prunebench.io import atomic_torch_save, load_tensors
 
 Mask = dict[str, Tensor]
 
@@ -127,4 +127,4 @@ def save_mask(mask: Mapping[str, Tensor], path: str | Path) -> None:
 
 
 def load_mask(path: str | Path) -> Mask:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_tensors(path)

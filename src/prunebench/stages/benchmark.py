@@ -76,6 +76,5 @@ class BenchmarkStage(Stage):
         record.update(top1=accuracy["top1"], top5=accuracy["top5"])
         atomic_write_json(run.path / "benchmark.json", record)
         run.write_config()
-        atomic_write_json(run.path / "metrics.json",
-                          {**headline(record), "top1": accuracy["top1"], "top5": accuracy["top5"]})
+        run.complete({**headline(record), "top1": accuracy["top1"], "top5": accuracy["top5"]})
         log.info("benchmark %s done: %s", run.hash, device)

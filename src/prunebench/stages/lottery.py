@@ -14,9 +14,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 
-from prunebench.io import atomic_torch_save
+from prunebench.io import atomic_torch_save, load_tensors
 from prunebench.pruning import PruneContext, apply_mask, load_mask
 from prunebench.runs import Run, Workspace, seeded
 from prunebench.stages.base import Stage, dense_run, method_description, method_of, targets
@@ -70,14 +69,14 @@ def rewind_weights(ws: Workspace, dense: Run, seed: int, iteration: int) -> dict
     deterministic replay of dense training up to that iteration."""
     saved = dense.path / ("init.pt" if iteration == 0 else f"checkpoints/iter_{iteration}.pt")
     if saved.exists():
-        return torch.load(saved, map_location="cpu", weights_only=True)
+        return load_tensors(saved)
     replay = Path(ws.root) / "rewind" / f"{dense.hash}-iter{iteration}.pt"
     if not replay.exists():
         model, _ = ws.load(dense, "init.pt")
         train(model, ws.data, ws.study.train, seed=seed, stop_at_iteration=iteration,
               progress=ws.progress)
         atomic_torch_save(model.state_dict(), replay)
-    return torch.load(replay, map_location="cpu", weights_only=True)
+    return load_tensors(replay)
 
 
 class LotteryStage(Stage):

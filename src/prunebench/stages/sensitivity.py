@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prunebench.io import atomic_write_json
 from prunebench.pruning.sensitivity import (
     DEFAULT_SWEEP,
     batch_evaluator,
@@ -69,6 +68,6 @@ class SensitivityStage(Stage):
                    "top1_drop": SENSITIVITY_DROP,
                    "sparsity_at_top1_drop": drop_sparsity(rows, SENSITIVITY_DROP),
                    "sensitivity_time_s": elapsed}
-        atomic_write_json(run.path / "metrics.json", metrics)  # last: marks the run done
+        run.complete(metrics)
         log.info("sensitivity %s done: %d layers x %d sparsities", run.hash,
                  len(metrics["sparsity_at_top1_drop"]), len(sweep))

@@ -130,8 +130,7 @@ def train(
     """
     device = _device(model)
     steps = num_batches(len(data.train_y), cfg.batch_size)
-    state = TrainState(model, build_optimizer(model.parameters(), cfg), None, steps)
-    state.set_mask(mask)
+    state = _fresh_state(model, cfg, mask, steps)
     if loss_fn is None:
         loss_fn = cross_entropy(cfg.label_smoothing)
     bn_scales = [m.weight for m in model.modules()
@@ -139,10 +138,14 @@ def train(
     l1 = cfg.bn_l1 if bn_scales else 0.0
     ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
     torch.manual_seed(seed)
-    if ckpt_dir is not None and (ckpt_dir / "last.pt").exists():
-        _resume(state, ckpt_dir / "last.pt")
+    checkpoint = ckpt_dir / "last.pt" if ckpt_dir is not None else None
+    resumed = checkpoint is not None and checkpoint.exists() and _resume(state, checkpoint)
+    if resumed:
         log.info("resumed from epoch %d (iteration %d)", state.epoch, state.iteration)
-    elif start_iteration:
+    elif checkpoint is not None and checkpoint.with_name("last.pt.damaged").exists():
+        state = _fresh_state(model, cfg, mask, steps)  # undo what the damaged file half-set
+        torch.manual_seed(seed)
+    if not resumed and start_iteration:
         state.epoch, state.iteration = divmod(start_iteration, steps)[0], start_iteration
     save_iterations = set(save_iterations)
     if ckpt_dir is not None and state.iteration in save_iterations:
@@ -254,13 +257,31 @@ def _checkpoint(state: TrainState, path: Path) -> None:
     )
 
 
-def _resume(state: TrainState, path: Path) -> None:
-    ckpt = torch.load(path, map_location=_device(state.model), weights_only=True)
-    state.model.load_state_dict(ckpt["model"])
-    state.optimizer.load_state_dict(ckpt["optimizer"])
-    state.set_mask(ckpt["mask"])
-    state.epoch, state.iteration, state.history = ckpt["epoch"], ckpt["iteration"], ckpt["history"]
-    torch.set_rng_state(ckpt["torch_rng"].cpu())
+def _fresh_state(model: nn.Module, cfg: TrainConfig, mask, steps: int) -> TrainState:
+    state = TrainState(model, build_optimizer(model.parameters(), cfg), None, steps)
+    state.set_mask(mask)
+    return state
+
+
+def _resume(state: TrainState, path: Path) -> bool:
+    """Restore a checkpoint; a damaged one (truncated, foreign) is set aside and training
+    starts afresh, which gives the same result as resuming would have, only later."""
+    initial = {k: v.clone() for k, v in state.model.state_dict().items()}
+    try:
+        ckpt = torch.load(path, map_location=_device(state.model), weights_only=True)
+        state.model.load_state_dict(ckpt["model"])
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+        state.set_mask(ckpt["mask"])
+        state.epoch, state.iteration = ckpt["epoch"], ckpt["iteration"]
+        state.history = ckpt["history"]
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
+    except Exception as err:  # noqa: BLE001 (any unreadable or foreign file)
+        log.warning("checkpoint %s is damaged (%s: %s); starting this run afresh", path,
+                    type(err).__name__, err)
+        state.model.load_state_dict(initial)
+        path.replace(path.with_name(path.name + ".damaged"))
+        return False
+    return True
 
 
 def write_history(history: Sequence[Mapping], path: Path) -> None:
