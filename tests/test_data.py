@@ -5,8 +5,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import pickle
+import shutil
 import tarfile
 import urllib.error
 from pathlib import Path
@@ -19,12 +21,14 @@ from prunebench.data import (
     DATASETS,
     DataSplits,
     download,
+    integrity,
     iterate_batches,
     load_dataset,
     num_batches,
     random_crop_flip,
 )
 from prunebench.data.cache import CACHE_NAME
+from prunebench.data.formats import read_cifar_batch
 from prunebench.errors import ConfigError, DataError
 
 SHARED_DATA = Path("/work/shared/data")
@@ -80,6 +84,12 @@ def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
 
 
+def _trust(monkeypatch, base: Path) -> None:
+    """Make the files under `base` (laid out like a data root) the 'official' ones."""
+    for path in _files(base):
+        monkeypatch.setitem(download.MD5, path.relative_to(base).as_posix(), _md5(path))
+
+
 CIFAR10_NAMES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
 
@@ -94,8 +104,9 @@ CIFAR10_NAMES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
         ("fashion_mnist", "FashionMNIST", 0.2860, 0.3530),
     ],
 )
-def test_idx_dataset_loads(tmp_path, name, folder, mean, std, gz):
+def test_idx_dataset_loads(tmp_path, monkeypatch, name, folder, mean, std, gz):
     arrays = _write_idx_folder(tmp_path / folder / "raw", gz=gz)
+    _trust(monkeypatch, tmp_path)
     data = load_dataset(name, tmp_path, download=False, val_size=0, mirror="")
     assert (data.name, data.num_classes, data.input_shape, data.augment) == (
         name,
@@ -111,37 +122,41 @@ def test_idx_dataset_loads(tmp_path, name, folder, mean, std, gz):
     assert data.train_y.dtype == torch.int64
 
 
-def test_mixed_gz_and_plain_files_load(tmp_path):
+def test_mixed_gz_and_plain_files_load(tmp_path, monkeypatch):
     raw = tmp_path / "MNIST" / "raw"
     arrays = _write_idx_folder(raw, gz=True)
     gz_file = raw / "train-labels-idx1-ubyte.gz"
     (raw / "train-labels-idx1-ubyte").write_bytes(gzip.decompress(gz_file.read_bytes()))
     gz_file.unlink()
+    _trust(monkeypatch, tmp_path)
     data = load_dataset("mnist", tmp_path, download=False, val_size=0, mirror="")
     assert data.train_y.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
 
 
-def test_corrupt_magic_raises_naming_the_file(tmp_path):
+def test_corrupt_magic_raises_naming_the_file(tmp_path, monkeypatch):
     raw = tmp_path / "MNIST" / "raw"
     _write_idx_folder(raw, gz=False)
     bad = raw / "train-images-idx3-ubyte"
     bad.write_bytes(b"\x00\x00\x08\x01" + bad.read_bytes()[4:])
+    _trust(monkeypatch, tmp_path)  # the readers' own checks, behind a matching checksum
     with pytest.raises(DataError, match="train-images-idx3-ubyte.*magic 0x00000801"):
         load_dataset("mnist", tmp_path, download=False, mirror="")
 
 
-def test_truncated_idx_raises(tmp_path):
+def test_truncated_idx_raises(tmp_path, monkeypatch):
     raw = tmp_path / "MNIST" / "raw"
     _write_idx_folder(raw, gz=False)
     bad = raw / "t10k-images-idx3-ubyte"
     bad.write_bytes(bad.read_bytes()[:-5])
+    _trust(monkeypatch, tmp_path)
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte is truncated"):
         load_dataset("mnist", tmp_path, download=False, mirror="")
 
 
-def test_cache_is_used_and_invalidated_when_raw_files_change(tmp_path):
+def test_cache_is_used_and_invalidated_when_raw_files_change(tmp_path, monkeypatch):
     raw = tmp_path / "MNIST" / "raw"
     _write_idx_folder(raw, gz=True, seed=0)
+    _trust(monkeypatch, tmp_path)
     first = load_dataset("mnist", tmp_path, download=False, val_size=0, mirror="")
     cache = tmp_path / "MNIST" / "processed" / CACHE_NAME
     assert cache.is_file()
@@ -152,12 +167,14 @@ def test_cache_is_used_and_invalidated_when_raw_files_change(tmp_path):
     labels = raw / "train-labels-idx1-ubyte.gz"
     mtime = labels.stat().st_mtime_ns + 10**9  # as if a second passed, whatever the clock says
     os.utime(labels, ns=(mtime, mtime))
+    _trust(monkeypatch, tmp_path)
     changed = load_dataset("mnist", tmp_path, download=False, val_size=0, mirror="")
     assert changed.train_y.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
 
 
-def test_unreadable_cache_is_rebuilt(tmp_path):
+def test_unreadable_cache_is_rebuilt(tmp_path, monkeypatch):
     _write_idx_folder(tmp_path / "MNIST" / "raw", gz=True)
+    _trust(monkeypatch, tmp_path)
     cache = tmp_path / "MNIST" / "processed" / CACHE_NAME
     cache.parent.mkdir(parents=True)
     cache.write_bytes(b"not a torch file")
@@ -168,8 +185,9 @@ def test_unreadable_cache_is_rebuilt(tmp_path):
 # ---------------------------------------------------------------- CIFAR
 
 
-def test_cifar10_loads_with_channel_normalisation(tmp_path):
+def test_cifar10_loads_with_channel_normalisation(tmp_path, monkeypatch):
     batches = _write_cifar_folder(tmp_path / "cifar-10-batches-py", CIFAR10_NAMES, b"labels", 10)
+    _trust(monkeypatch, tmp_path)
     data = load_dataset("cifar10", tmp_path, download=False, val_size=0, mirror="")
     assert (data.num_classes, data.input_shape, data.augment) == (10, (3, 32, 32), "crop_flip")
     assert data.train_x.shape == (20, 3, 32, 32) and data.test_x.shape == (4, 3, 32, 32)
@@ -184,10 +202,11 @@ def test_cifar10_loads_with_channel_normalisation(tmp_path):
     assert load_dataset("cifar10", tmp_path, download=False, augment=False).augment is None
 
 
-def test_cifar100_uses_fine_labels(tmp_path):
+def test_cifar100_uses_fine_labels(tmp_path, monkeypatch):
     batches = _write_cifar_folder(
         tmp_path / "cifar-100-python", ["train", "test"], b"fine_labels", 100, n=6
     )
+    _trust(monkeypatch, tmp_path)
     data = load_dataset("cifar100", tmp_path, download=False, val_size=0, mirror="")
     assert data.num_classes == 100
     assert data.train_y.tolist() == batches["train"][b"fine_labels"]
@@ -196,13 +215,13 @@ def test_cifar100_uses_fine_labels(tmp_path):
 def test_cifar_tarball_from_mirror_is_verified_and_extracted_safely(tmp_path, monkeypatch):
     staging = tmp_path / "staging"
     _write_cifar_folder(staging / "cifar-10-batches-py", CIFAR10_NAMES, b"labels", 10)
-    (staging / "evil").write_bytes(b"x")
+    (tmp_path / "evil_source").write_bytes(b"x")
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     archive = mirror / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(staging / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-        tar.add(staging / "evil", arcname="../evil")
+        tar.add(tmp_path / "evil_source", arcname="../evil")
     root = tmp_path / "root"
 
     with pytest.raises(DataError, match="checksum mismatch"):
@@ -210,6 +229,11 @@ def test_cifar_tarball_from_mirror_is_verified_and_extracted_safely(tmp_path, mo
     assert _files(root) == []
 
     monkeypatch.setitem(download.MD5, "cifar-10-python.tar.gz", _md5(archive))
+    with pytest.raises(DataError, match="mismatch for cifar-10-batches-py/data_batch_1 in .*tar"):
+        load_dataset("cifar10", root, mirror=str(mirror), download=False)
+    assert _files(root / "cifar-10-batches-py") == []  # the archive passed, its batches did not
+
+    _trust(monkeypatch, staging)
     data = load_dataset("cifar10", root, mirror=str(mirror), download=False, val_size=0)
     assert len(data.train_y) == 20
     assert not (tmp_path / "evil").exists()
@@ -217,9 +241,10 @@ def test_cifar_tarball_from_mirror_is_verified_and_extracted_safely(tmp_path, mo
     assert sorted(p.name for p in extracted if p.is_file()) == sorted(CIFAR10_NAMES)
 
 
-def test_cifar_extracted_folder_in_mirror_is_copied(tmp_path):
+def test_cifar_extracted_folder_in_mirror_is_copied(tmp_path, monkeypatch):
     mirror = tmp_path / "mirror"
     _write_cifar_folder(mirror / "cifar-100-python", ["train", "test"], b"fine_labels", 100)
+    _trust(monkeypatch, mirror)
     data = load_dataset("cifar100", tmp_path / "root", mirror=str(mirror), download=False)
     assert len(data.test_y) == 4
 
@@ -313,7 +338,7 @@ def test_real_mnist_through_the_shared_mirror(tmp_path):
     data = load_dataset("mnist", tmp_path, mirror=str(SHARED_DATA), download=False, val_size=0)
     assert (len(data.train_y), len(data.test_y)) == (60000, 10000)
     assert abs(data.train_x.mean().item()) < 1e-3 and abs(data.train_x.std().item() - 1) < 1e-3
-    for rel, md5 in download.MD5.items():
+    for rel, md5 in download.DISTRIBUTED_MD5.items():
         if rel.startswith("MNIST/"):
             assert _md5(tmp_path / rel) == md5
 
@@ -321,6 +346,229 @@ def test_real_mnist_through_the_shared_mirror(tmp_path):
 def test_mirror_that_is_not_a_directory_raises(tmp_path):
     with pytest.raises(DataError, match="data mirror .*nowhere is not a directory"):
         load_dataset("mnist", tmp_path, mirror=str(tmp_path / "nowhere"), download=False)
+
+
+# ---------------------------------------------------------------- verification before use
+
+
+def _load_mnist(root: Path) -> DataSplits:
+    return load_dataset("mnist", root, download=False, mirror="")
+
+
+def _flip_byte(path: Path) -> None:
+    """Change one byte in place: same size, same inode; only mtime and ctime move."""
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 0x01
+    path.write_bytes(content)
+
+
+@pytest.fixture
+def hashed(monkeypatch) -> list[Path]:
+    """Every file hashed in place, in order (copies and downloads are hashed as they stream)."""
+    calls: list[Path] = []
+    real = integrity.file_md5
+
+    def counting(path: Path) -> str:
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(integrity, "file_md5", counting)
+    return calls
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_file_in_the_root_that_is_not_the_official_one_is_refused(tmp_path, gz):
+    raw = tmp_path / "MNIST" / "raw"
+    _write_idx_folder(raw, gz=gz)
+    first = raw / ("train-images-idx3-ubyte.gz" if gz else "train-images-idx3-ubyte")
+    with pytest.raises(DataError) as err:
+        _load_mnist(tmp_path)
+    message = str(err.value)
+    expected = download.MD5[f"MNIST/raw/{first.name}"]
+    assert f"checksum mismatch for {first}: md5 {_md5(first)}, expected {expected}" in message
+    assert "delete it so it is fetched again" in message and "\n" not in message
+    assert not (tmp_path / integrity.STAMP_NAME).exists()
+
+
+def test_verification_is_stamped_and_redone_when_a_file_changes(tmp_path, monkeypatch, hashed):
+    raw = tmp_path / "MNIST" / "raw"
+    _write_idx_folder(raw, gz=True)
+    _trust(monkeypatch, tmp_path)
+    labels = raw / "train-labels-idx1-ubyte.gz"
+    official = _md5(labels)
+
+    _load_mnist(tmp_path)
+    assert sorted(hashed) == sorted(raw.iterdir())
+    stamp = json.loads((tmp_path / integrity.STAMP_NAME).read_text())
+    st = labels.stat()
+    assert stamp["version"] == integrity.STAMP_VERSION
+    assert stamp["files"]["MNIST/raw/train-labels-idx1-ubyte.gz"] == {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "ino": st.st_ino,
+        "md5": official,
+    }
+
+    hashed.clear()
+    _load_mnist(tmp_path)
+    assert hashed == []  # the second job trusts the stamp
+
+    os.utime(labels, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched
+    _load_mnist(tmp_path)
+    assert hashed == [labels]
+
+    hashed.clear()
+    st = labels.stat()
+    _flip_byte(labels)
+    os.utime(labels, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime put back: ctime still moved
+    for _ in range(2):  # a failed check is never stamped
+        with pytest.raises(DataError, match=f"checksum mismatch for {labels}: md5 {_md5(labels)}, "
+                           f"expected {official}; .*delete it"):
+            _load_mnist(tmp_path)
+    assert hashed == [labels, labels]
+
+
+def test_copied_files_are_stamped_in_the_root_and_never_hashed_again(
+    tmp_path, mnist_mirror, hashed
+):
+    root = tmp_path / "root"
+    for _ in range(2):
+        load_dataset("mnist", root, mirror=str(mnist_mirror), download=False)
+    assert hashed == []  # hashed while copied, then trusted by the stamp
+    stamped = json.loads((root / integrity.STAMP_NAME).read_text())["files"]
+    assert sorted(stamped) == sorted(f"MNIST/raw/{p.name}" for p in (root / "MNIST/raw").iterdir())
+    assert not list(mnist_mirror.rglob(integrity.STAMP_NAME))
+
+
+def test_unreadable_stamp_only_costs_a_rehash(tmp_path, monkeypatch, hashed):
+    _write_idx_folder(tmp_path / "MNIST" / "raw", gz=True)
+    _trust(monkeypatch, tmp_path)
+    (tmp_path / integrity.STAMP_NAME).write_text("{not json")
+    assert len(_load_mnist(tmp_path).test_y) == N_TEST
+    assert len(hashed) == 4
+    assert len(json.loads((tmp_path / integrity.STAMP_NAME).read_text())["files"]) == 4
+
+
+def test_download_that_does_not_match_is_discarded(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        download.urllib.request, "urlopen", lambda url, timeout: _FakeResponse(b"not mnist")
+    )
+    with pytest.raises(DataError, match="checksum mismatch for https://.*/train-images-idx3-ubyte"
+                       ".gz: md5 .*, expected f68b3c2d.*nothing was written"):
+        load_dataset("mnist", tmp_path, mirror="", download=True)
+    assert _files(tmp_path) == []
+
+
+def test_every_file_a_loader_reads_has_a_known_md5():
+    idx = [
+        f"{folder}/raw/{stem}{ext}"
+        for folder in ("MNIST", "FashionMNIST")
+        for stem in download.IDX_STEMS
+        for ext in (".gz", "")
+    ]
+    cifar = [f"{folder}/{name}" 
+             for folder, names in download.CIFAR_MEMBERS.items() for name in names]
+    assert {*idx, *cifar, *download.CIFAR_ARCHIVES.values()} <= set(download.MD5)
+    assert set(download.URLS) == set(download.DISTRIBUTED_MD5)  # only what the authors serve
+
+
+class _Payload:
+    """Unpickling this writes a marker file: what a crafted batch would do, made harmless."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",)
+
+
+def _crafted_batch(marker: Path) -> bytes:
+    return pickle.dumps({b"data": _Payload(marker), b"labels": [0]})
+
+
+def test_crafted_payload_is_live(tmp_path):
+    """Guards the two tests below: plain pickle.loads really runs the payload."""
+    pickle.loads(_crafted_batch(tmp_path / "probe"))
+    assert (tmp_path / "probe").read_text() == "pwned"
+
+
+@pytest.mark.parametrize("where", ["root", "mirror"])
+def test_crafted_cifar_batch_is_refused_before_it_is_unpickled(tmp_path, monkeypatch, where):
+    marker = tmp_path / "marker"
+    root, mirror = tmp_path / "root", tmp_path / "mirror"
+    folder = (root if where == "root" else mirror) / "cifar-10-batches-py"
+    _write_cifar_folder(folder, CIFAR10_NAMES, b"labels", 10)
+    (folder / "data_batch_1").write_bytes(_crafted_batch(marker))
+    _trust(monkeypatch, folder.parent)
+    official = download.EXTRACTED_MD5["cifar-10-batches-py/data_batch_1"]
+    monkeypatch.setitem(download.MD5, "cifar-10-batches-py/data_batch_1", official)  # torchvision's
+    with pytest.raises(DataError, match=f"for .*data_batch_1: md5 .*, expected {official}"):
+        load_dataset(
+            "cifar10", root, mirror=str(mirror) if where == "mirror" else "", download=False
+        )
+    assert not marker.exists()
+    if where == "mirror":
+        assert not (root / "cifar-10-batches-py" / "data_batch_1").exists()
+
+
+def test_restricted_unpickler_refuses_a_crafted_batch_whose_md5_matches(tmp_path, monkeypatch):
+    marker = tmp_path / "marker"
+    folder = tmp_path / "cifar-100-python"
+    _write_cifar_folder(folder, ["train", "test"], b"fine_labels", 100)
+    (folder / "train").write_bytes(_crafted_batch(marker))
+    _trust(monkeypatch, tmp_path)  # as if the checksum table itself had been subverted
+    with pytest.raises(DataError, match="train is not a readable CIFAR batch.*forbidden global "
+                       "builtins.exec"):
+        load_dataset("cifar100", tmp_path, download=False, mirror="")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("module", ["numpy.core.multiarray", "numpy._core.multiarray"])
+def test_restricted_unpickler_reads_batches_as_distributed(tmp_path, module):
+    """The official batches are Python 2 pickles naming numpy.core.multiarray._reconstruct;
+    numpy 2 writes numpy._core. Protocol 3 spells globals as text lines, so both can be made."""
+    data = np.random.default_rng(0).integers(0, 256, (3, 3072), dtype=np.uint8)
+    payload = pickle.dumps({b"data": data, b"labels": [1, 2, 3]}, protocol=3)
+    path = tmp_path / "batch"
+    path.write_bytes(payload.replace(b"numpy._core.multiarray\n", module.encode() + b"\n"))
+    assert module.encode() in path.read_bytes()
+    images, labels = read_cifar_batch(path, b"labels")
+    assert torch.equal(images.flatten(1), torch.from_numpy(data)) and labels.tolist() == [1, 2, 3]
+
+
+@pytest.mark.skipif(
+    not (SHARED_DATA / "FashionMNIST" / "raw").is_dir(), reason="no shared Fashion-MNIST"
+)
+def test_real_fashion_mnist_in_the_root_is_verified_and_a_flipped_byte_caught(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for source in (SHARED_DATA / "FashionMNIST" / "raw").glob("*.gz"):
+        shutil.copyfile(source, raw / source.name)  # not copytree: the mirror is read-only
+    data = load_dataset("fashion_mnist", tmp_path, mirror="", download=False, val_size=0)
+    assert (len(data.train_y), len(data.test_y)) == (60000, 10000)
+
+    labels = raw / "train-labels-idx1-ubyte.gz"
+    _flip_byte(labels)
+    with pytest.raises(DataError) as err:
+        load_dataset("fashion_mnist", tmp_path, mirror="", download=False)
+    assert str(err.value).startswith(
+        f"checksum mismatch for {labels}: md5 {_md5(labels)}, "
+        "expected 25c81989df183df01b3e8a0aad5dffbe; "
+    )
+
+
+@pytest.mark.parametrize("folder", ["MNIST", "FashionMNIST"])
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="no shared data")
+def test_recorded_md5s_of_decompressed_idx_files_match_the_real_ones(folder):
+    sources = sorted((SHARED_DATA / folder / "raw").glob("*.gz"))
+    if not sources:
+        pytest.skip(f"no shared {folder}")
+    for source in sources:
+        rel = f"{folder}/raw/{source.name}"
+        assert _md5(source) == download.DISTRIBUTED_MD5[rel]
+        plain = hashlib.md5(gzip.decompress(source.read_bytes())).hexdigest()
+        assert plain == download.EXTRACTED_MD5[rel.removesuffix(".gz")]
 
 
 # ---------------------------------------------------------------- digits, splits, API

@@ -2,6 +2,7 @@
 
 Readers validate what they read and raise DataError naming the file, because a truncated
 download or a wrong file would otherwise surface much later as a shape error in training.
+Callers hand them only files whose MD5 matched (see download.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import pickle
 import zlib
 from math import prod
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -21,6 +22,17 @@ from prunebench.errors import DataError
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 CIFAR_SIDE = 32
+
+# The only globals a CIFAR batch names: numpy's array reconstructor (under its numpy 1 name, as
+# in the official Python 2 pickles, and its numpy 2 name) and the two classes it is given.
+_CIFAR_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+)
 
 
 class RawSplits(NamedTuple):
@@ -68,12 +80,13 @@ def read_idx_labels(path: Path) -> Tensor:
 def read_cifar_batch(path: Path, label_key: bytes) -> tuple[Tensor, Tensor]:
     """Images (N, 3, 32, 32) uint8 and int64 labels of one CIFAR pickle.
 
-    Unpickling runs code from the file, so batches must come from a trusted source: the
-    downloader only extracts them from an MD5-verified official tarball or a local mirror.
+    Unpickling can run code from the file. The downloader hands over only batches whose MD5
+    is the official one; the restricted unpickler is the second wall, building nothing but
+    dicts, lists, bytes, numbers and numpy arrays.
     """
     try:
         with path.open("rb") as stream:
-            batch = pickle.load(stream, encoding="bytes")
+            batch = _CifarUnpickler(stream, encoding="bytes").load()
         data, labels = batch[b"data"], batch[label_key]
     except (OSError, EOFError, pickle.UnpicklingError, TypeError, KeyError) as err:
         raise DataError(f"{path} is not a readable CIFAR batch ({err!r}); delete it") from err
@@ -83,6 +96,16 @@ def read_cifar_batch(path: Path, label_key: bytes) -> tuple[Tensor, Tensor]:
             f"{path}: b'data' is {images.dtype} {tuple(images.shape)}, expected uint8 (N, 3072)"
         )
     return images.reshape(-1, 3, CIFAR_SIDE, CIFAR_SIDE), torch.as_tensor(labels, dtype=torch.long)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that refuses every global outside _CIFAR_GLOBALS, so a crafted batch
+    cannot name os.system, exec or any other callable."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"forbidden global {module}.{name} in a CIFAR batch")
+        return super().find_class(module, name)
 
 
 def check_labelled(images: Tensor, labels: Tensor, num_classes: int, source: Path) -> None:
