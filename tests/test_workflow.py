@@ -23,7 +23,9 @@ import pytest
 import yaml
 
 from prunebench.study import json_schema
+from prunebench.analysis.plots import PLOT_NAMES
 from prunebench.plan import plan
+from prunebench.stages import STAGES
 
 pytest.importorskip("snakemake", reason="the workflow extra is not installed")
 pytest.importorskip("dvc", reason="the workflow extra is not installed")
@@ -52,14 +54,14 @@ TINY = {
                 "lottery": {"prune_fraction": 0.5, "reinit_control": False},
             },
             "sparsities": [0.5, 0.8],
+            "benchmark": {"batch_sizes": [1, 16], "min_time_s": 0.01},
             "seeds": [0],
         }
     },
 }
-RULE_FOR_STAGE = {stage: stage for stage in ("train", "sensitivity", "prune", "finetune",
-                                              "distill", "lottery")}
+RULE_FOR_STAGE = {stage: stage for stage in STAGES}
 ANALYSIS = ["aggregate", "plot", "report", "headline", "granularity"]
-PLOTS = ["accuracy_vs_sparsity", "delta_vs_dense", "params_remaining", "training_curves"]
+PLOTS = list(PLOT_NAMES)
 NOTHING_TO_DO = "Nothing to be done"
 
 
@@ -202,7 +204,7 @@ def test_tables_have_every_method_and_sparsity(built):
         assert len(list(csv.DictReader(fh))) == len(expected)
     assert "tiny" in (out / "report.md").read_text()
     for plot in PLOTS:
-        assert (out / f"plots/tiny_{plot}.png").stat().st_size > 0
+        assert (built / f"results/plots/tiny_{plot}.png").stat().st_size > 0
     assert "top1" in (out / "metrics.json").read_text()
     granularity = json.loads((out / "granularity.json").read_text())
     assert granularity["jobs"] == len(plan(TINY)) + 4  # + download, aggregate, plot, report
@@ -258,7 +260,7 @@ def test_method_option_change_reruns_only_that_method(built, tmp_path):
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     jobs = Counter(planned_jobs(snakemake(work, "-n")))
     # (The DVC test runs this change for real and checks the other jobs' files stay as they were.)
-    assert jobs == Counter([("prune", "random"), ("finetune", "random")]
+    assert jobs == Counter([("prune", "random"), ("finetune", "random"), ("benchmark", "random")]
                            + [(rule, None) for rule in [*ANALYSIS, "all"]])
 
 
