@@ -415,7 +415,7 @@ def test_tables_a_study_lacks_are_left_out(summary):
 HARDWARE_HEADER = ["Method", "Target", "Size dense (MB)", "Size sparse-encoded (MB)",
                    "MACs dense kernels (M)", "MACs effective (M)", "Peak mem (MB)",
                    "Avg mem (MB)", "Latency b1 (ms)", "Latency b128 (ms)",
-                   "Energy (mJ/sample)", "Top-1 (%)", "Top-5 (%)"]
+                   "Speed-up b128 (paired)", "Energy (mJ/sample)", "Top-1 (%)", "Top-5 (%)"]
 
 
 def test_hardware_table_shows_costs_and_changes_vs_dense(summary):
@@ -424,15 +424,15 @@ def test_hardware_table_shows_costs_and_changes_vs_dense(summary):
     assert rows[0] == HARDWARE_HEADER
     assert rows[1:] == [  # benchmarked rows only, dense first
         ["dense", "weight sparsity 0.00", "1.00", "0.90", "2.00", "2.00", "4.00", "3.00",
-         "1.00", "10.00", "n/a", "91.00", "96.00"],
+         "1.00", "10.00", "–", "n/a", "91.00", "96.00"],
         # channels removed: every cost shrinks (0.24 / 0.90 − 1 = −73 %)
         ["l1f", "channels removed 0.50", "0.25 (−75 %)", "0.24 (−73 %)", "0.60 (−70 %)",
          "0.60 (−70 %)", "1.00 (−75 %)", "0.80 (−73 %)", "0.50 (−50 %)", "4.00 (−60 %)",
-         "n/a", "86.00 (−5.5 %)", "91.00 (−5.2 %)"],
+         "–", "n/a", "86.00 (−5.5 %)", "91.00 (−5.2 %)"],
         # masked: dense size, MACs, memory and latency; only the encoding and effective MACs
         ["mag", "weight sparsity 0.90", "1.00 (±0 %)", "0.25 (−72 %)", "2.00 (±0 %)",
-         "0.20 (−90 %)", "4.00 (±0 %)", "3.00 (±0 %)", "1.00 (±0 %)", "10.00 (±0 %)", "n/a",
-         "83.00 (−8.8 %)", "88.00 (−8.3 %)"],
+         "0.20 (−90 %)", "4.00 (±0 %)", "3.00 (±0 %)", "1.00 (±0 %)", "10.00 (±0 %)", "–",
+         "n/a", "83.00 (−8.8 %)", "88.00 (−8.3 %)"],
     ]
     table = hardware_table(summary, STUDY)
     assert table.count(ENERGY_REASON) == 1 and f"Energy n/a: {ENERGY_REASON}." in table
@@ -449,6 +449,21 @@ def test_hardware_table_with_energy_or_without_dense(summary):
     assert [r[:4] for r in rows[1:]] == [  # nothing to compare with: values alone
         ["l1f", "channels removed 0.50", "0.25", "0.24"],
         ["mag", "weight sparsity 0.90", "1.00", "0.25"]]
+
+
+def test_paired_speedups_replace_separately_timed_latencies(summary):
+    """A benchmark's paired speed-up (timed alternately with the dense model in one process)
+    is what the hardware table shows and what the modes table compares with."""
+    labels = summary["label"]
+    paired = summary.assign(speedup_vs_dense_b128_mean=labels.map(
+        {DENSE: 1.0, "l1f": 3.0, "mag": 0.98}))
+    column = HARDWARE_HEADER.index("Speed-up b128 (paired)")
+    assert [r[column] for r in _rows(hardware_table(paired, STUDY))[1:]] == [
+        "1.00×", "3.00×", "0.98×"]
+    rows = _rows(modes_table(paired, STUDY))
+    vs_dense_model = rows[0].index("b128 speed-up vs dense model")
+    by_mode = {(r[0], r[2]): r[vs_dense_model] for r in rows[1:]}
+    assert by_mode[("l1f", "dense")] == "3.00×" and by_mode[("mag", "dense")] == "0.98×"
 
 
 def test_modes_table_speedups_over_own_and_baseline_dense(summary):

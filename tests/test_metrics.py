@@ -405,3 +405,15 @@ def test_dense_model_skips_sparse_csr_and_restores_threads_on_error():
 def test_bad_arguments_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         benchmark_model(_mlp(), (8,), mask=None, device="cpu", **kwargs)
+
+
+def test_paired_speedup_sees_equal_models_as_equal_and_a_smaller_one_as_faster():
+    from prunebench.metrics.timing import paired_speedup
+
+    torch.manual_seed(0)
+    big = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 10))
+    same = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 10))
+    small = nn.Sequential(nn.Linear(256, 32), nn.ReLU(), nn.Linear(32, 10))
+    x = torch.randn(64, 256)
+    assert 0.5 < paired_speedup(same, big, x, min_time_s=0.1) < 2.0
+    assert paired_speedup(small, big, x, min_time_s=0.1) > 2.0

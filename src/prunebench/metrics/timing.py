@@ -133,3 +133,27 @@ def measure(model: nn.Module, x: Tensor, *, min_time_s: float, max_reps: int, wa
         "memory_baseline_bytes": baseline,
         "energy_mj_per_sample": None if energy_mj is None else energy_mj / (len(seconds) * len(x)),
     }
+
+
+@torch.no_grad()
+def paired_speedup(model: nn.Module, reference: nn.Module, x: Tensor, *, min_time_s: float,
+                   rounds: int = 5, max_reps: int = 1000) -> float:
+    """How many times faster `model` runs than `reference` on `x`: the reference's median
+    latency over the model's, both timed in alternating rounds in one process.
+
+    Latencies measured in separate processes, minutes apart, on a shared machine differ by
+    more than the effects being measured (a masked model looked 1.4x faster than the dense
+    model it equals on dense kernels); alternating the two within one process lets the
+    machine's noise hit both alike.
+    """
+    model.eval()
+    reference.eval()
+    for net in (model, reference):
+        for _ in range(3):
+            net(x)
+    times: dict[int, list[float]] = {0: [], 1: []}
+    per_round = min_time_s / rounds
+    for _ in range(rounds):
+        for i, net in enumerate((model, reference)):
+            times[i] += time_passes(net, x, min_time_s=per_round, max_reps=max_reps)
+    return statistics.median(times[1]) / statistics.median(times[0])

@@ -15,11 +15,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from prunebench.io import atomic_write_json
 from prunebench.metrics import benchmark_model
+from prunebench.metrics.timing import paired_speedup
 from prunebench.pruning import load_mask
 from prunebench.runs import Run, Workspace, resolve_device
-from prunebench.stages.base import Stage
+from prunebench.stages.base import Stage, dense_run
 from prunebench.training import evaluate
 
 log = logging.getLogger("prunebench")
@@ -41,10 +44,18 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
     """The flat numbers a table row takes: the headline keys, and the median latency and
     throughput of every mode at every batch size (`latency_<mode>_b<batch>_ms`)."""
     flat = {k: record.get(k) for k in HEADLINE}
+    if record.get("memory_method") == "rss_sampled":
+        # A process's RSS is mostly the Python and torch runtime (~0.5 GB); what inference
+        # adds is the part above the RSS measured just before the timed loop.
+        loop = record["latency"]["dense"][str(max(int(b) for b in record["latency"]["dense"]))]
+        flat["memory_peak_bytes"] = max(loop["memory_peak_bytes"] - loop["memory_baseline_bytes"], 0)
+        flat["memory_avg_bytes"] = max(loop["memory_avg_bytes"] - loop["memory_baseline_bytes"], 0)
     for mode, by_batch in record["latency"].items():
         for batch, timing in by_batch.items():
             flat[f"latency_{mode}_b{batch}_ms"] = timing["latency_median_ms"]
             flat[f"throughput_{mode}_b{batch}"] = timing["throughput_samples_per_s"]
+    for batch, speedup in record.get("speedup_vs_dense", {}).items():
+        flat[f"speedup_vs_dense_b{batch}"] = speedup
     flat["device"] = record["environment"].get("device_name") or record["environment"].get("device")
     flat["threads"] = record["environment"].get("torch_num_threads")
     return flat
@@ -73,8 +84,28 @@ class BenchmarkStage(Stage):
         data = ws.data
         accuracy = evaluate(model.to(device), data.test_x.to(device), data.test_y.to(device),
                             ws.study.eval_batch_size)
-        record.update(top1=accuracy["top1"], top5=accuracy["top5"])
+        record.update(top1=accuracy["top1"], top5=accuracy["top5"],
+                      speedup_vs_dense=self._paired(ws, run, model, device))
         atomic_write_json(run.path / "benchmark.json", record)
         run.write_config()
         run.complete({**headline(record), "top1": accuracy["top1"], "top5": accuracy["top5"]})
+
+    @staticmethod
+    def _paired(ws: Workspace, run: Run, model, device) -> dict[str, float]:
+        """Speed-up over the dense model of the same seed on dense kernels, per batch size,
+        timed alternately in this process (`paired_speedup`): the comparison the tables make,
+        free of the noise between separately timed processes."""
+        cfg = ws.study.benchmark
+        result = run.parents[0]
+        reference = dense_run(ws, result.meta["seed"])
+        dense, _ = ws.load(reference)
+        dense, model = dense.to(device).eval(), model.to(device).eval()
+        generator = torch.Generator().manual_seed(0)
+        shape = tuple(ws.data.input_shape)
+        out = {}
+        for batch in cfg.batch_sizes:
+            x = torch.randn(batch, *shape, generator=generator).to(device)
+            out[str(batch)] = 1.0 if result.path == reference.path else paired_speedup(
+                model, dense, x, min_time_s=2 * cfg.min_time_s)
+        return out
         log.info("benchmark %s done: %s", run.hash, device)
