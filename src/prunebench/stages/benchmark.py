@@ -5,8 +5,9 @@ One benchmark run per result run (dense, gradual, fine-tuned, distilled, lottery
 the model and never trains. `benchmark.json` holds the whole record of
 `prunebench.metrics.benchmark_model` (latency per execution mode and batch size, the
 environment); `metrics.json` holds its flat headline, which the tables join to the result
-run's row. Measuring costs on a device is not deterministic, so a benchmark run is redone
-only when asked (`--forcerun benchmark`) or when its settings or model change.
+run's row. A benchmark run is named by the result run, the study's `benchmark` settings and
+`RECORD_VERSION`, so it is redone when any of them changes; to measure again on the same
+terms (another machine, say), delete `results/runs/benchmark/`.
 """
 
 from __future__ import annotations
@@ -33,8 +34,12 @@ HEADLINE = ("params_total", "params_nonzero", "params_effective_nonzero",
             "energy_mj_per_sample", "energy_method", "energy_unavailable_reason")
 
 
+RECORD_VERSION = 2  # 2: paired speed-up over the dense model, CPU memory above baseline
+
+
 def benchmark_run(ws: Workspace, result: Run) -> Run:
-    desc = {"of": result.description, "benchmark": ws.study.benchmark}
+    desc = {"of": result.description, "benchmark": ws.study.benchmark,
+            "record_version": RECORD_VERSION}
     meta = {**result.meta, "of": str(result.path), "result": False}
     return Run(ws.root, "benchmark", desc, meta, stage="benchmark", label=result.label,
                parents=(result,), spec={})
