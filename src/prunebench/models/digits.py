@@ -17,23 +17,22 @@ def mlp_digits(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     return mlp(input_shape, (128, 64), num_classes)
 
 
-@register_model("cnn_digits")
-def cnn_digits(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
-    """conv 16, conv 32, maxpool, conv 32 (3x3, padding 1, ReLU), then fc 64 and classes.
-
-    Convs and a hidden fc layer give both layer kinds to prune (47,530 parameters on digits).
-    """
+def _cnn(name: str, num_classes: int, input_shape: tuple[int, ...], batch_norm: bool) -> nn.Module:
+    """conv 16, conv 32, maxpool, conv 32 (3x3, padding 1, ReLU; BatchNorm before each ReLU
+    if asked), then fc 64 and classes."""
     channels, height, width = input_shape
     if min(height, width) < 2:
-        raise shape_error("cnn_digits", input_shape, "needs H, W >= 2 (one max-pool)")
+        raise shape_error(name, input_shape, "needs H, W >= 2 (one max-pool)")
+
+    def conv(c_in: int, c_out: int) -> list[nn.Module]:
+        norm = [nn.BatchNorm2d(c_out)] if batch_norm else []
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), *norm, nn.ReLU()]
+
     model = nn.Sequential(
-        nn.Conv2d(channels, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
+        *conv(channels, 16),
+        *conv(16, 32),
         nn.MaxPool2d(2),
-        nn.Conv2d(32, 32, 3, padding=1),
-        nn.ReLU(),
+        *conv(32, 32),
         nn.Flatten(),
         nn.Linear(32 * (height // 2) * (width // 2), 64),
         nn.ReLU(),
@@ -41,6 +40,13 @@ def cnn_digits(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     )
     init_weights(model)
     return model
+
+
+@register_model("cnn_digits")
+def cnn_digits(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """Convs and a hidden fc layer give both layer kinds to prune (47,530 parameters on
+    digits)."""
+    return _cnn("cnn_digits", num_classes, input_shape, batch_norm=False)
 
 
 @register_model("cnn_digits_bn")
@@ -48,24 +54,4 @@ def cnn_digits_bn(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     """`cnn_digits` with BatchNorm after every conv (47,690 parameters on digits): the
     default study's model, so that network slimming (which prunes by BatchNorm scale) runs
     beside every other method."""
-    channels, height, width = input_shape
-    if min(height, width) < 2:
-        raise shape_error("cnn_digits_bn", input_shape, "needs H, W >= 2 (one max-pool)")
-    model = nn.Sequential(
-        nn.Conv2d(channels, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 32, 3, padding=1),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(32 * (height // 2) * (width // 2), 64),
-        nn.ReLU(),
-        nn.Linear(64, num_classes),
-    )
-    init_weights(model)
-    return model
+    return _cnn("cnn_digits_bn", num_classes, input_shape, batch_norm=True)
