@@ -35,6 +35,8 @@ from prunebench.io import atomic_write
 
 DPI = 120
 FIGSIZE = (6.4, 4.2)
+LEGEND_ONE_COLUMN = 12  # more methods than this: a wider figure, a two-column legend
+COLLAPSE_PP = 25.0  # a model this far below the best one has collapsed (chance accuracy)
 DENSE_COLOR = "black"
 MARKERS = "osD^vPX*"  # distinct markers keep overlapping lines apart
 NO_UNSTRUCTURED = "no unstructured methods in this study"  # why a sparsity axis is empty
@@ -335,8 +337,25 @@ def _pareto_figure(summary: pd.DataFrame, study: str, column: str | None, factor
     if extra is not None:
         extra(ax, drawn, styles)
     _cost_axis(ax)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    _clip_collapsed(ax, 100 * drawn["top1_mean"])
+    labels = drawn["label"].nunique()
+    if labels > LEGEND_ONE_COLUMN:
+        fig.set_size_inches(FIGSIZE[0] + 3.2, FIGSIZE[1] + 1.0)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small",
+              ncol=1 if labels <= LEGEND_ONE_COLUMN else 2)
     return fig
+
+
+def _clip_collapsed(ax: Axes, top1: pd.Series) -> None:
+    """Keep the accuracy axis on the models that work: one collapsed model (chance accuracy)
+    would squash every other point into a line. Models more than COLLAPSE_PP below the best
+    fall off the axis, and a note says how many."""
+    floor = top1.max() - COLLAPSE_PP
+    below = int((top1 < floor).sum())
+    if below:
+        ax.set_ylim(bottom=floor, top=min(top1.max() + 1.0, 100.5))
+        ax.text(0.01, 0.01, f"{below} model(s) below {floor:.0f} % not shown", fontsize="small",
+                transform=ax.transAxes, color=FRONT_COLOR)
 
 
 def _effective_macs(ax: Axes, rows: pd.DataFrame, styles: dict[str, dict]) -> None:
@@ -365,13 +384,21 @@ def pareto_macs_figure(summary: pd.DataFrame, study: str) -> Figure:
 
 
 def pareto_latency_figure(summary: pd.DataFrame, study: str) -> Figure:
-    """Top-1 against the measured dense-mode latency at the study's largest batch size: what
-    each model costs on the hardware as it runs today."""
-    batches = latency_batches(summary[summary["study"] == study])
+    """Top-1 against what each model costs on the hardware as it runs today, at the study's
+    largest batch size on dense kernels: its latency relative to the dense model's, timed
+    alternately in one process (1 / the paired speed-up), where the benchmark recorded it;
+    otherwise the measured median latency."""
+    rows = summary[summary["study"] == study]
+    batches = latency_batches(rows)
     batch = f"{batches[-1]}" if batches else "the largest size"
+    paired = f"speedup_vs_dense_b{batch}_mean"
+    title = f"{study}: test top-1 vs. latency (benchmark)"
+    if paired in rows and rows[paired].notna().any():
+        relative = summary.assign(_relative_latency=1.0 / summary[paired])
+        return _pareto_figure(relative, study, "_relative_latency", 1.0, title,
+                              f"latency at batch {batch} / dense model's (paired, log scale)")
     column = f"latency_dense_b{batches[-1]}_ms_mean" if batches else None
-    return _pareto_figure(summary, study, column, 1.0,
-                          f"{study}: test top-1 vs. latency (benchmark)",
+    return _pareto_figure(summary, study, column, 1.0, title,
                           f"median latency per batch of {batch}, dense kernels (ms, log scale)")
 
 
