@@ -129,8 +129,7 @@ def _with_seeds(ws, seeds):
     from prunebench.runs import Workspace
 
     study = dataclasses.replace(ws.study, seeds=tuple(seeds))
-    new = Workspace(study, ws.root, str(ws.device), ws.progress)
-    return new
+    return Workspace(study, ws.root, str(ws.device), ws.progress)
 
 
 def _summary(run) -> dict:

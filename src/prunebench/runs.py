@@ -224,8 +224,9 @@ class Workspace:
     def load(self, run: Run, weights: str = "model.pt") -> tuple[nn.Module, Arch]:
         return load_run_model(run.path, weights, self.device)
 
-    def model_from_state(self, state: Mapping[str, torch.Tensor], arch: Arch | None = None) -> nn.Module:
-        model = (arch or self.dense_arch).build()
+    def model_from_state(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
+        """The study's (unpruned) architecture with `state` loaded, on the device."""
+        model = self.dense_arch.build()
         model.load_state_dict(state)
         return model.to(self.device)
 

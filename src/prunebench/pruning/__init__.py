@@ -17,7 +17,6 @@ from prunebench.pruning.base import (
     METHODS,
     PruneContext,
     PruningMethod,
-    check_sparsity,
     register_method,
 )
 from prunebench.pruning.mask import (
@@ -39,7 +38,6 @@ __all__ = [
     "PruningMethod",
     "Scope",
     "apply_mask",
-    "check_sparsity",
     "global_topk_mask",
     "layerwise_topk_mask",
     "load_mask",

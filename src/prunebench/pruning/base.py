@@ -156,9 +156,3 @@ def register_method(
         return fn
 
     return deco
-
-
-def check_sparsity(sparsity: float, key: str = "sparsity") -> float:
-    if not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
-        raise ConfigError(f"{key} must be a number in [0, 1), got {sparsity!r}")
-    return float(sparsity)

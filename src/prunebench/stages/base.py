@@ -10,7 +10,6 @@ read those declarations, so adding a method never touches a stage.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 from prunebench.config import MethodEntry, TrainConfig
@@ -110,7 +109,3 @@ def method_description(entry: MethodEntry) -> dict[str, Any]:
     """A method as a run's description names it: options equal to their defaults are left
     out, so adding an option with a default keeps old run names valid."""
     return {"method": entry.method, "options": method_of(entry).hashed_options(entry.options)}
-
-
-def options_dict(options: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(options)
