@@ -21,10 +21,9 @@ install: $(STAMP)
 
 # The default params run the offline digits study; paper scale (datasets + GPU):
 #   make run SNAKEMAKE_ARGS="--config scale=paper"
-# The Snakefile is at the root, so Snakemake does not find workflow/profiles/default alone.
+# Plain `snakemake` from the root finds workflow/Snakefile and workflow/profiles/default.
 run: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) \
-		--workflow-profile workflow/profiles/default $(SNAKEMAKE_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 
 test: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q

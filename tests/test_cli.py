@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import json
 import subprocess
 import sys
@@ -138,7 +140,7 @@ def test_repository_params_are_valid_and_every_study_plans():
 
     raw = read_params(Path(__file__).parents[1] / "params.yaml")
     studies = validate_params(raw)
-    assert {s.scale for s in studies.values()} == {"default", "paper"}
+    assert {s.scale for s in studies.values()} == {"default", "paper", "smoke"}
     jobs = plan(apply_overrides(raw, ["scale=all"]))
     assert {j.study for j in jobs} == set(studies)
     default = plan(raw)
@@ -146,6 +148,19 @@ def test_repository_params_are_valid_and_every_study_plans():
     assert labels == {e.label for s in studies.values() if s.scale == "default" for e in s.methods}
     only = plan(apply_overrides(raw, ["only=fmnist_lenet5"]))
     assert {j.study for j in only} == {"fmnist_lenet5"}
+    # One job per grid point: dense training per seed, prune and recovery per method x seed
+    # x target, one lottery chain per method x seed, one benchmark per result run.
+    digits = studies["digits_cnn"]
+    n_seeds = len(digits.seeds)
+    by_stage = Counter(j.stage for j in default)
+    assert sum(1 for j in default if j.stage == "train" and j.label == "dense") == n_seeds
+    assert by_stage["lottery"] == n_seeds * sum(e.method == "lottery" for e in digits.methods)
+    assert all(len(j.runs) == 1 for j in default if j.stage != "lottery")
+    per_label = Counter((j.stage, j.label) for j in default)
+    assert per_label[("prune", "global_magnitude")] == n_seeds * len(digits.sparsities)
+    assert per_label[("finetune", "l1_filter")] == n_seeds * len(digits.channel_sparsities)
+    assert per_label[("prune", "nm_2_4")] == n_seeds  # N:M fixes its sparsity
+    assert len({j.hash for j in default}) == len(default)
 
 
 STRUCTURED = {

@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,6 +45,9 @@ def _common(p: argparse.ArgumentParser, grid: bool = True) -> None:
         p.add_argument("--sparsity", type=float, nargs="+",
                        help="targets in [0, 1): weight sparsities, or channel sparsities for "
                             "structured methods (default: the study's)")
+        p.add_argument("--job", metavar="HASH",
+                       help="only the runs of one planned job (`prunebench plan` lists them; "
+                            "the workflow runs one job per grid point)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +123,19 @@ def select_runs(stage, ws, label: str | None, seeds, targets) -> list:
     return runs
 
 
+def select_job(stage, runs: list, job: str) -> list:
+    """The runs of the planned job whose hash is `job`."""
+    from prunebench.plan import group_runs
+
+    groups = group_runs(stage, runs)
+    for _, h, members in groups:
+        if h == job:
+            return members
+    raise ConfigError(
+        f"--job {job!r} is not a {stage.name} job of this selection; the params ask for: "
+        f"{', '.join(h for _, h, _ in groups) or 'none'} (see `prunebench plan`)")
+
+
 def _target(run) -> float | None:
     spec = run.spec
     return spec.get("target", spec.get("sparsity", run.meta.get("target_sparsity")))
@@ -179,17 +197,24 @@ def run_command(args) -> None:
     stage = STAGES[args.command]
     label = args.method if args.method is not None else stage.default_label
     runs = select_runs(stage, ws, label, list(seeds), args.sparsity)
+    if args.job is not None:
+        runs = select_job(stage, runs, args.job)
     ws.data  # noqa: B018  (load now: a missing data file must fail before any run writes)
     for run in runs:
         ws.ensure(run)
         print(json.dumps(_summary(run)), flush=True)
     if args.manifest is not None:
-        atomic_write_json(args.manifest, {"command": args.command, "study": ws.study.name,
-                                          "runs": [_summary(r) for r in runs]})
+        atomic_write_json(args.manifest, {
+            "command": args.command, "study": ws.study.name, "job": args.job,
+            "runs": [_summary(r) for r in runs],
+            # Time inside this command, so granularity can tell start-up from work.
+            "work_s": round(time.perf_counter() - args.started, 3),
+            "launcher": os.environ.get("PRUNEBENCH_LAUNCHER", "direct")})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # imports the stages, and so torch
+    args.started = time.perf_counter()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stderr)
     try:

@@ -1,9 +1,10 @@
 """The job plan: which CLI invocations a params file asks for, and what each one produces.
 
 The plan iterates over the stages (`prunebench.stages.STAGES`); each stage lists its runs,
-one per grid point, with their parent runs. Runs are grouped into jobs by stage and label
-(one job per stage x method of a study, covering its seeds and targets), and a job's inputs
-are the jobs that hold its runs' parents. Nothing here knows about particular methods.
+one per grid point, with their parent runs. Every run is one job (one seed x target of one
+method), except where a stage groups runs that must be made in sequence in one process (a
+lottery chain: the levels of one method x seed). A job's inputs are the jobs that hold its
+runs' parents. Nothing here knows about particular methods.
 
 The workflow (Snakemake) schedules exactly this plan. A job's manifest path carries the hash
 of the runs it produces, so editing one method's options changes only that method's manifest
@@ -21,23 +22,24 @@ from typing import Any
 
 from prunebench.config import Study, config_hash
 from prunebench.runs import Run, Workspace
-from prunebench.stages import STAGES
+from prunebench.stages import STAGES, Stage
 from prunebench.study import selected_studies
 
 
 @dataclass(frozen=True)
 class Job:
-    """One CLI call: a stage of one method of a study, over all the study's seeds.
+    """One CLI call: one grid point of a stage (or one lottery chain), named by the hash of
+    the runs it makes, so editing one method's options reruns only that method's jobs.
 
-    A job covers every seed (and target) of its method because each job is a process that
-    pays ~1.5 s of Python and torch start-up; per-seed or per-sparsity jobs on the small
-    default study would spend most of their time starting (see results/granularity.json).
-    Jobs stay per method, so editing one method's options reruns only that method's jobs.
+    `point` is a readable name of the grid point (`seed0-s0.80`), not needed to find it. Each
+    job is a process; locally they are forked from a server that has imported torch once
+    (`prunebench.launcher`), so even the smallest grid point pays almost no start-up.
     """
 
     stage: str
     study: str
     label: str
+    point: str
     hash: str
     manifest: str
     inputs: tuple[str, ...] = ()
@@ -45,11 +47,41 @@ class Job:
 
     @property
     def wildcards(self) -> dict[str, Any]:
-        return {"stage": self.stage, "study": self.study, "label": self.label, "hash": self.hash}
+        return {"stage": self.stage, "study": self.study, "label": self.label,
+                "point": self.point, "hash": self.hash}
 
 
-def manifest_path(jobs_root: str | Path, stage: str, study: str, label: str, h: str) -> str:
-    return str(Path(jobs_root) / study / stage / f"{label}-{h}.json")
+def manifest_path(jobs_root: str | Path, stage: str, study: str, label: str, point: str,
+                  h: str) -> str:
+    return str(Path(jobs_root) / study / stage / label / f"{point}-{h}.json")
+
+
+def point_name(run: Run) -> str:
+    """`seed0`, `seed0-s0.80` (weight sparsity), `seed1-c0.50` (channel sparsity), with the
+    run's own label first where it is not the job's (`lottery_reinit-seed0-s0.80`)."""
+    meta = run.meta
+    parts = [] if meta.get("label") in (None, run.label) else [str(meta["label"])]
+    parts.append(f"seed{meta.get('seed', 0)}")
+    if meta.get("channel_sparsity") is not None:
+        parts.append(f"c{meta['channel_sparsity']:.2f}")
+    elif meta.get("target_sparsity"):
+        parts.append(f"s{meta['target_sparsity']:.4g}")
+    return "-".join(parts)
+
+
+def group_runs(stage: Stage, runs: list[Run]) -> list[tuple[str, str, list[Run]]]:
+    """A stage's runs as jobs: (point, hash, runs), one job per run unless the stage groups
+    runs under one key (`Stage.job_key`)."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        key = stage.job_key(run)
+        groups.setdefault((run.label, key or run.hash), []).append(run)
+    jobs = []
+    for (_, key), members in groups.items():
+        point = stage.job_key(members[0]) or point_name(members[0])
+        h = config_hash({"stage": stage.name, "runs": [r.description for r in members]})
+        jobs.append((point, h, members))
+    return jobs
 
 
 def study_jobs(study: Study, runs_root: str | Path, jobs_root: str | Path) -> list[Job]:
@@ -57,14 +89,11 @@ def study_jobs(study: Study, runs_root: str | Path, jobs_root: str | Path) -> li
     jobs: list[Job] = []
     job_of: dict[Path, str] = {}  # run directory -> manifest of the job that makes it
     for stage in STAGES.values():
-        groups: dict[str, list[Run]] = {}
-        for run in stage.runs(ws):
-            groups.setdefault(run.label, []).append(run)
-        for label, runs in groups.items():
-            h = config_hash({"stage": stage.name, "runs": [r.description for r in runs]})
-            manifest = manifest_path(jobs_root, stage.name, study.name, label, h)
+        for point, h, runs in group_runs(stage, stage.runs(ws)):
+            label = runs[0].label
+            manifest = manifest_path(jobs_root, stage.name, study.name, label, point, h)
             inputs = sorted({m for r in runs for m in _parent_jobs(r, job_of)})
-            jobs.append(Job(stage.name, study.name, label, h, manifest, tuple(inputs),
+            jobs.append(Job(stage.name, study.name, label, point, h, manifest, tuple(inputs),
                             tuple(str(r.path) for r in runs)))
             job_of.update({r.path: manifest for r in runs})
     return jobs

@@ -37,8 +37,9 @@ STUDY_KEYS = (
     "calibration_batches", "eval_batch_size", "channel_sparsities", "recover", "distill",
     "benchmark", "threads",
 )
-SCALES = ("default", "paper")
-TOP_KEYS = ("scale", "only", "runs_root", "studies")
+SCALES = ("default", "paper", "smoke")
+TOP_KEYS = ("scale", "only", "runs_root", "gpus_per_job", "studies")
+MAX_GPUS_PER_JOB = 8
 RECOVERY_VARIANTS = ("finetune", "distill")
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # study and method labels: safe in paths and shells
 MAX_SEED = 2**31 - 1
@@ -218,8 +219,12 @@ def validate_params(raw: Mapping[str, Any]) -> dict[str, Study]:
         raise ConfigError(f"unknown top-level key {unknown[0]!r}; allowed: {', '.join(TOP_KEYS)}")
     scale = raw.get("scale", "default")
     if scale not in (*SCALES, "all"):
-        raise ConfigError(f"scale must be one of default, paper, all; got {scale!r}")
+        raise ConfigError(f"scale must be one of {', '.join((*SCALES, 'all'))}; got {scale!r}")
     _runs_root(raw)
+    gpus = raw.get("gpus_per_job", 0)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or not 0 <= gpus <= MAX_GPUS_PER_JOB:
+        raise ConfigError(f"gpus_per_job must be an integer in [0, {MAX_GPUS_PER_JOB}] (GPUs "
+                          f"each workflow job asks for), got {gpus!r}")
     studies = raw.get("studies")
     if not isinstance(studies, Mapping) or not studies:
         raise ConfigError("studies must be a non-empty mapping of study name -> study")
@@ -319,11 +324,16 @@ def json_schema() -> dict:
         "required": ["studies"],
         "properties": {
             "scale": {"enum": [*SCALES, "all"], "default": "default",
-                      "description": "which studies run: default (offline digits), paper, or all"},
+                      "description": "which studies run: default (offline digits), paper, "
+                                     "smoke (a one-minute check), or all"},
             "only": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
                                {"type": "null"}], "default": None,
                      "description": "run only these studies, whatever their scale"},
             "runs_root": {"type": "string", "default": "results/runs"},
+            "gpus_per_job": {"type": "integer", "minimum": 0, "maximum": MAX_GPUS_PER_JOB,
+                             "default": 0,
+                             "description": "GPUs each workflow job asks for (the `gpu` "
+                                            "resource); 0 on CPU-only machines"},
             "studies": {"type": "object", "additionalProperties": study},
         },
         "$defs": {"methods": method_schemas},

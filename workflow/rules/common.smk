@@ -1,11 +1,13 @@
 # Config validation, the job plan, and the lookups the rules' input functions use.
 #
-# Which jobs exist is decided by `prunebench.plan`, not here: a job's manifest path carries
-# the hash of the runs it produces, so an edited option yields new paths and only those jobs
-# run. Inputs are marked ancient(): modification times never trigger a rerun (DVC checkouts
+# Which jobs exist is decided by `prunebench.plan`, not here: one job per grid point, and a
+# job's manifest path carries the hash of the runs it produces, so an edited option yields
+# new paths and only those jobs run. Inputs are marked ancient(): modification times never trigger a rerun (DVC checkouts
 # and `dvc pull` change them); the hash in the path and the params/input/code triggers do.
 import json
+import os
 import re
+import tempfile
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -15,9 +17,12 @@ from prunebench.config import canonical, read_params
 from prunebench.study import validate_params
 from prunebench.errors import ConfigError
 from prunebench.plan import final_jobs, plan
+from prunebench.stages import STAGES
+from prunebench import launcher
 
 # The jobs read their study from this file (the CLI's --params), so the grid must live
-# there: `--config` may pick `scale` and `runs_root`, not edit studies.
+# there: `--config` may pick `scale`, `only`, `runs_root` and `gpus_per_job`, not edit
+# studies.
 PARAMS_FILE = "params.yaml"
 JOBS_ROOT = "results/jobs"
 RUNS_ROOT = config.get("runs_root", "results/runs")
@@ -46,12 +51,58 @@ if config["studies"] != FILE_STUDIES:
     )
 PLANNED = {(j.stage, j.study, j.label, j.hash): j for j in JOBS}
 SELECTED = sorted({j.study for j in JOBS})
+STAGE_NAMES = list(STAGES)
+
+
+def _gpus_per_job():
+    """GPUs each stage job asks for: `gpus_per_job`, else 1 when the command line offers GPUs
+    (`--resources gpu=N`), else 0."""
+    if "gpus_per_job" in config:
+        return int(config["gpus_per_job"])
+    offered = workflow.global_resources.get("gpu")
+    return 1 if offered else 0
+
+
+GPUS_PER_JOB = _gpus_per_job()
 
 
 wildcard_constraints:
     study="|".join(map(re.escape, STUDIES)),
     label=r"[A-Za-z0-9_]+",
+    point=r"[A-Za-z0-9_.+-]+",
     hash=r"[0-9a-f]{16}",
+
+
+# Local runs fork every job from one server that has imported torch (prunebench.launcher);
+# cluster jobs (and dry runs) start their own process as before.
+SERVER = {}
+
+
+def _socket_path():
+    """Under the temp directory: a unix socket's path must stay short (108 bytes)."""
+    return str(Path(tempfile.gettempdir()) / f"prunebench-{os.getpid()}.sock")
+
+
+def _stop_server():
+    if "pid" in SERVER:
+        launcher.stop_server(SERVER.pop("pid"))
+        os.environ.pop(launcher.ENV_SERVER, None)
+
+
+onstart:
+    if workflow.local_exec and os.environ.get("PRUNEBENCH_NO_SERVER") != "1":
+        path = _socket_path()
+        SERVER["pid"] = launcher.start_server(
+            path, parent=os.getpid(), log_path=".snakemake/log/prunebench-server.log")
+        os.environ[launcher.ENV_SERVER] = path
+
+
+onsuccess:
+    _stop_server()
+
+
+onerror:
+    _stop_server()
 
 
 def planned_job(stage, wildcards, label=None):
@@ -67,10 +118,12 @@ def planned_job(stage, wildcards, label=None):
 
 
 def planned_inputs(stage, label=None):
-    """Input function: the manifests of the parent jobs that the plan lists."""
+    """Input function: the study's data manifest and the manifests of the parent jobs that
+    the plan lists."""
 
     def inputs(wildcards):
-        return ancient(list(planned_job(stage, wildcards, label).inputs))
+        parents = list(planned_job(stage, wildcards, label).inputs)
+        return ancient([f"results/data/{wildcards.study}.json", *parents])
 
     return inputs
 
@@ -90,6 +143,10 @@ def all_manifests():
     return [j.manifest for j in JOBS]
 
 
+def study_manifests(study):
+    return [j.manifest for j in JOBS if j.study == study]
+
+
 def result_manifests(study):
     """Manifests of a study's jobs whose runs are results (dense, recovered, lottery) and
     of the benchmark jobs that measured them."""
@@ -102,10 +159,21 @@ def plot_files(study):
     return [f"results/plots/{study}_{plot}.png" for plot in PLOTS]
 
 
+TABLES = ("runs.csv", "summary.csv", "summary.md", "metrics.json")
+
+
 def study_outputs():
-    """The final targets: every selected study's report and granularity check, the headline."""
-    return [f"results/studies/{study}/{name}" for study in SELECTED
-            for name in ("report.md", "granularity.json")] + ["results/metrics.json"]
+    """The final targets: every selected study's tables, plots, report, granularity check
+    and headline. The tables and plots are targets themselves, not only inputs
+    of the report: a job killed while writing them (its outputs deleted) is redone by the
+    next run even though the report is still there."""
+    files = []
+    for study in SELECTED:
+        files += [f"results/studies/{study}/{name}" for name in TABLES]
+        files += plot_files(study)
+        files += [f"results/studies/{study}/{name}" for name in ("report.md", "granularity.json")]
+        files.append(f"results/headline/{study}")
+    return files
 
 
 def job_benchmarks(study):

@@ -1,12 +1,15 @@
-"""Share of the workflow's wall time spent starting processes and importing prunebench.
+"""Share of the workflow's job wall time that is overhead: starting a process, importing
+prunebench, reaching the job server, rather than the job's own work.
 
-Every Snakemake job is one `prunebench` process, which pays for Python start-up and the
-imports (torch, the registries) before doing any work. This measures that fixed cost once
-(the median of a few `python -c "import prunebench.runs, prunebench.cli"`), multiplies it by
-the number of jobs and divides by the jobs' summed wall time from their `benchmark:` files.
-A high share means the jobs are too small: merge stages or make the study heavier.
+Every stage job writes, in its manifest, `work_s`: the seconds spent in the command after
+its imports. Its overhead is its `benchmark:` wall time minus that. Jobs without a manifest
+(download, aggregate, plot, report) are counted with the median overhead of those with one,
+as they are launched the same way. The result says how the jobs were launched (forked from
+the local job server, or each a fresh process) and compares the share with the 15 % target.
+A high share means the jobs are too small for how they are launched.
 
-    python workflow/scripts/granularity.py [BENCHMARK.tsv ...] [--out results/granularity.json]
+    python workflow/scripts/granularity.py BENCHMARK.tsv ... [--jobs results/jobs]
+        [--root results/benchmarks] [--out results/granularity.json]
 """
 
 from __future__ import annotations
@@ -15,25 +18,13 @@ import argparse
 import csv
 import json
 import statistics
-import subprocess
 import sys
-import time
+from collections import Counter
 from pathlib import Path
 
-from prunebench.io import atomic_write_json
+from prunebench.io import atomic_write_json, read_json
 
-IMPORTS = "import prunebench.runs, prunebench.cli"
 TARGET_SHARE = 0.15
-
-
-def startup_seconds(repeats: int) -> float:
-    """Median wall time of a fresh interpreter importing what every job imports."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", IMPORTS], check=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def wall_seconds(tsv: Path) -> float:
@@ -47,27 +38,49 @@ def stage_of(tsv: Path, root: Path) -> str:
     return Path(parts[-1]).stem if len(parts) <= 2 else parts[1]
 
 
-def granularity(tsvs: list[Path], root: Path, repeats: int) -> dict:
-    startup = startup_seconds(repeats)
-    walls = {tsv: wall_seconds(tsv) for tsv in tsvs}
-    total = sum(walls.values())
+def manifest_of(tsv: Path, root: Path, jobs: Path) -> dict | None:
+    path = (jobs / tsv.relative_to(root)).with_suffix(".json")
+    return read_json(path) if path.is_file() else None
+
+
+def granularity(tsvs: list[Path], root: Path, jobs: Path) -> dict:
+    rows = []  # (stage, wall, overhead or None, launcher)
+    for tsv in tsvs:
+        wall = wall_seconds(tsv)
+        manifest = manifest_of(tsv, root, jobs)
+        if manifest is not None and "work_s" in manifest:
+            rows.append((stage_of(tsv, root), wall, max(wall - manifest["work_s"], 0.0),
+                         manifest.get("launcher", "direct")))
+        else:
+            rows.append((stage_of(tsv, root), wall, None, None))
+    measured = [o for _, _, o, _ in rows if o is not None]
+    if not measured:
+        raise SystemExit("no job manifest records work_s: nothing to measure")
+    typical = statistics.median(measured)
     by_stage: dict[str, dict] = {}
-    for tsv, wall in walls.items():
-        entry = by_stage.setdefault(stage_of(tsv, root), {"jobs": 0, "job_wall_s": 0.0})
+    total_wall = total_overhead = 0.0
+    for stage, wall, overhead, _ in rows:
+        overhead = typical if overhead is None else overhead
+        entry = by_stage.setdefault(stage, {"jobs": 0, "job_wall_s": 0.0, "overhead_s": 0.0})
         entry["jobs"] += 1
         entry["job_wall_s"] += wall
+        entry["overhead_s"] += overhead
+        total_wall += wall
+        total_overhead += overhead
     for entry in by_stage.values():
-        entry["startup_share"] = round(entry["jobs"] * startup / entry["job_wall_s"], 4)
+        entry["startup_share"] = round(entry["overhead_s"] / entry["job_wall_s"], 4)
         entry["job_wall_s"] = round(entry["job_wall_s"], 3)
+        entry["overhead_s"] = round(entry["overhead_s"], 3)
     return {
-        "jobs": len(walls),
-        "startup_s_per_job": round(startup, 3),
-        "startup_s_total": round(startup * len(walls), 3),
-        "job_wall_s_total": round(total, 3),
-        "startup_share": round(startup * len(walls) / total, 4) if total else None,
+        "jobs": len(rows),
+        "launchers": dict(Counter(launcher for *_, launcher in rows if launcher)),
+        "startup_s_per_job": round(typical, 3),
+        "startup_s_total": round(total_overhead, 3),
+        "job_wall_s_total": round(total_wall, 3),
+        "startup_share": round(total_overhead / total_wall, 4) if total_wall else None,
         "target_share": TARGET_SHARE,
         "by_stage": dict(sorted(by_stage.items())),
-        "startup_command": f"{Path(sys.executable).name} -c {IMPORTS!r}",
+        "method": "job wall time (benchmark: files) minus the work_s its manifest records",
     }
 
 
@@ -76,13 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("benchmarks", nargs="*", type=Path,
                         help="benchmark TSVs (default: every one under --root but this rule's)")
     parser.add_argument("--root", type=Path, default=Path("results/benchmarks"))
+    parser.add_argument("--jobs", type=Path, default=Path("results/jobs"),
+                        help="where the job manifests are, in the same layout as --root")
     parser.add_argument("--out", type=Path, default=Path("results/granularity.json"))
-    parser.add_argument("--repeats", type=int, default=3, help="start-up measurements (median)")
     args = parser.parse_args(argv)
     tsvs = args.benchmarks or sorted(
         p for p in args.root.rglob("*.tsv") if p.name != "granularity.tsv"
     )
-    result = granularity(tsvs, args.root, args.repeats)
+    result = granularity(tsvs, args.root, args.jobs)
     atomic_write_json(args.out, result)
     print(json.dumps(result))
     return 0

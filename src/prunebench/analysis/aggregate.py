@@ -259,8 +259,55 @@ def headline_metrics(summary: pd.DataFrame) -> dict:
         cell = out.setdefault(row.study, {}).setdefault(row.label, {})
         cell[target_key(row.target_sparsity, row.channel_sparsity)] = {
             "top1_mean": _json_number(row.top1_mean), "top1_std": _json_number(row.top1_std),
+            "params_removed": _json_number(1.0 - row.params_remaining_frac_mean),
         }
     return out
+
+
+WITHIN = 0.01  # "as accurate as dense": top-1 at most one point below the dense mean
+
+
+def headline_rows(metrics: dict) -> dict:
+    """{study: {label: row}}: the few numbers a person reads first. Per method label, the
+    largest fraction of the dense model's parameters removed (zeroed or cut out) while the
+    mean top-1 stays within one point of dense, with that point's target and top-1; null
+    where no target stays within one point."""
+    rows: dict = {}
+    for study, labels in metrics.items():
+        dense = labels.get(DENSE_LABEL, {})
+        dense_top1 = next(iter(dense.values()), {}).get("top1_mean")
+        for label, cells in labels.items():
+            if label == DENSE_LABEL:
+                continue
+            ok = [(cell["params_removed"] or 0.0, key, cell) for key, cell in cells.items()
+                  if dense_top1 is not None and cell.get("top1_mean") is not None
+                  and cell["top1_mean"] >= dense_top1 - WITHIN]
+            best = max(ok, key=lambda x: x[0]) if ok else None
+            rows.setdefault(study, {})[label] = {
+                "dense_top1": dense_top1,
+                "removed_within_1pt": best[0] if best else None,
+                "at_target": best[1] if best else None,
+                "top1_there": best[2]["top1_mean"] if best else None,
+            }
+    return rows
+
+
+def write_headline_dir(paths: Iterable[Path], out: Path) -> list[Path]:
+    """One small JSON file per study and method label, `out/<label>.json` (DVC shows one row
+    per file): the study's headline rows. Files of labels no longer in the study go."""
+    merged: dict = {}
+    for path in paths:
+        merged.update(_read_json_object(Path(path)))
+    rows = headline_rows(merged)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for study, labels in rows.items():
+        for label, row in labels.items():
+            written.append(atomic_write_json(out / f"{label}.json", row))
+    for stale in set(out.glob("*.json")) - set(written):
+        stale.unlink()
+    return written
 
 
 # ---------------------------------------------------------------- markdown tables
@@ -658,18 +705,6 @@ def write_tables(df: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> list
 
 def write_headline(summary: pd.DataFrame, path: Path) -> Path:
     return atomic_write_json(path, headline_metrics(summary))
-
-
-def merge_headlines(paths: Iterable[Path], out: Path) -> Path:
-    """One {study: ...} mapping from per-study headline files (a study named twice is an
-    error: two files would disagree about it)."""
-    merged: dict = {}
-    for path in paths:
-        for study, value in _read_json_object(Path(path)).items():
-            if study in merged:
-                raise ConfigError(f"study {study!r} appears in two headline files ({str(path)!r})")
-            merged[study] = value
-    return atomic_write_json(out, dict(sorted(merged.items())))
 
 
 def read_tables(tables_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

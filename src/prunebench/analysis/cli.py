@@ -32,10 +32,11 @@ def add_subcommands(sub) -> None:
     rp.add_argument("--tables", type=Path, required=True, metavar="DIR")
     rp.add_argument("--plots", type=Path, required=True, metavar="DIR")
     rp.add_argument("--out", type=Path, required=True, metavar="FILE", help="report.md path")
-    hl = sub.add_parser("headline", help="merge studies' headline metrics into one JSON file")
+    hl = sub.add_parser("headline", help="a study's headline: one small JSON file per method "
+                        "(for `dvc metrics show`)")
     hl.add_argument("metrics", nargs="+", type=Path, metavar="FILE",
-                    help="metrics.json files written by `aggregate --metrics`")
-    hl.add_argument("--out", type=Path, required=True, metavar="FILE")
+                    help="the study's metrics.json written by `aggregate --metrics`")
+    hl.add_argument("--out", type=Path, required=True, metavar="DIR")
 
 
 def run_analysis(args: argparse.Namespace) -> None:
@@ -53,9 +54,10 @@ def run_analysis(args: argparse.Namespace) -> None:
 
         print(write_report(args.tables, args.plots, args.out))
     elif args.command == "headline":
-        from prunebench.analysis.aggregate import merge_headlines
+        from prunebench.analysis.aggregate import write_headline_dir
 
-        print(merge_headlines(args.metrics, args.out))
+        for path in write_headline_dir(args.metrics, args.out):
+            print(path)
     else:
         raise ValueError(f"not an analysis command: {args.command!r}")
 

@@ -41,6 +41,11 @@ class Stage:
         """Make `run`; its parents are done and its log is open."""
         raise NotImplementedError
 
+    def job_key(self, run: Run) -> str | None:
+        """Runs with the same key (and label) are made by one job, in order; None (the
+        default) makes every run its own job, one per grid point."""
+        return None
+
 
 def method_of(entry: MethodEntry) -> PruningMethod:
     return METHODS.get(entry.method)

@@ -100,6 +100,11 @@ class LotteryStage(Stage):
                         runs.append(reinit_run(ws, final))
         return runs
 
+    def job_key(self, run: Run) -> str:
+        """One job per method x seed: the chains of its targets share their levels, which
+        are sequential by nature."""
+        return f"seed{run.spec['seed']}"
+
     def execute(self, ws: Workspace, run: Run) -> None:
         entry, seed, dense = run.spec["entry"], run.spec["seed"], run.spec["dense"]
         recipe = ws.study.train
