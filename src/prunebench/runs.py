@@ -48,8 +48,14 @@ VAL_FALLBACK_FRACTION = 0.1
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """`auto`: a GPU if there is one. `auto` or `cuda` on a machine with several GPUs: a free
+    one, claimed for this process (prunebench.devices), so parallel jobs never share one."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        from prunebench.devices import claim_gpu
+
+        return torch.device("cuda", claim_gpu(torch.cuda.device_count()))
     return torch.device(device)
 
 
