@@ -187,6 +187,20 @@ def test_bad_params_fail_cleanly_naming_the_key(tmp_path, edit, key):
     assert not (work / "results").exists()
 
 
+@pytest.mark.parametrize("args, gpu", [
+    ((), 0),                                                     # CPU: no GPU asked for
+    (("--resources", "gpu=2"), 1),                               # GPUs offered: one per job
+    (("--resources", "gpu=2", "--config", "gpus_per_job=0"), 0),  # unless told otherwise
+])
+def test_stage_jobs_ask_for_a_gpu_only_where_gpus_are_offered(tmp_path, args, gpu):
+    out = snakemake(copy_workflow(tmp_path), "-n", *args)
+    blocks = [b for b in re.split(r"\n(?=(?:local)?rule )", out) if b.startswith("rule ")]
+    stage_blocks = [b for b in blocks if re.match(r"rule (\w+):", b).group(1) in STAGES]
+    assert stage_blocks
+    for block in stage_blocks:
+        assert f"gpu={gpu}," in block, block
+
+
 def test_slurm_profile_resolves_the_resources(tmp_path):
     out = snakemake(copy_workflow(tmp_path), "--profile", "workflow/profiles/slurm", "-n")
     train = next(b for b in re.split(r"\n(?=rule )", out) if b.startswith("rule train:"))

@@ -59,8 +59,8 @@ def _gpus_per_job():
     (`--resources gpu=N`), else 0."""
     if "gpus_per_job" in config:
         return int(config["gpus_per_job"])
-    offered = workflow.global_resources.get("gpu")
-    return 1 if offered else 0
+    offered = workflow.global_resources
+    return 1 if "gpu" in offered and offered["gpu"].value else 0
 
 
 GPUS_PER_JOB = _gpus_per_job()
