@@ -33,7 +33,11 @@ ENV_SERVER = "PRUNEBENCH_SERVER"
 ENV_LAUNCHER = "PRUNEBENCH_LAUNCHER"  # "server" inside a forked child, for the manifest
 _LEN = struct.Struct("!I")
 _STATUS = struct.Struct("!i")
-PRELOAD = ("prunebench.cli", "prunebench.stages", "prunebench.runs", "prunebench.plan")
+# What jobs import: prunebench, and what it imports lazily at ~3 s a job (FlopCounterMode
+# pulls in torch._dynamo). Importing defines modules; it runs no torch operation.
+PRELOAD = ("prunebench.cli", "prunebench.stages", "prunebench.runs", "prunebench.plan",
+           "prunebench.metrics", "torch._dynamo", "torch.utils.flop_counter", "thop",
+           "torch_pruning")
 
 
 def main() -> int:
@@ -92,8 +96,16 @@ def serve(path: str, parent: int | None = None) -> None:
     """Accept jobs on the unix socket `path` until SIGTERM or until `parent` exits."""
     import importlib
 
+    import threading
+
     for module in PRELOAD:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError:  # an optional dependency: the job imports it, or fails, itself
+            pass
+    if threading.active_count() > 1:  # forking a process with threads can deadlock the child
+        raise RuntimeError(f"the job server has {threading.active_count()} threads after its "
+                           "imports; it must have one to fork jobs safely")
     if os.path.exists(path):
         os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
