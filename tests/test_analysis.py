@@ -372,7 +372,7 @@ def test_write_tables_and_markdown(runs, summary, tmp_path):
     assert "72.00 ± 2.83" in md and "25.00 ± 7.07" in md
     assert "-66.00" in md  # rnd at 0.9: 25 - 91 pp
     rows = _table(md, "Dense and unstructured methods (weight sparsity)")
-    assert rows[0][:3] == ["Method", "Target sparsity", "Achieved sparsity"]
+    assert rows[0][:4] == ["Method", "Target sparsity", "Achieved sparsity", "Zero params (all)"]
     labels = [r[0] for r in rows[1:]]
     assert labels == [DENSE, "mag", "mag", "mag+distill", "rnd", "rnd"]
     assert summary_markdown(read_tables(tmp_path)[1]) == md  # the same from the CSV

@@ -297,3 +297,18 @@ def test_a_damaged_finished_run_is_redone_and_a_damaged_file_is_named(in_tmp, ca
     capsys.readouterr()
     assert model.read_bytes() == good
     assert json.loads((run_dir / "metrics.json").read_text())["top1"] == before["top1"]
+
+
+def test_the_optimiser_implementation_is_part_of_every_run_name():
+    """Fused, foreach and loop steps round differently: a run made with one is never reused
+    for another, and runs named before the choice existed (the loop) are not reused either."""
+    import dataclasses
+
+    from prunebench.config import TrainConfig, canonical, config_hash
+
+    recipe = TrainConfig()
+    assert recipe.optimizer_impl == "fused" and canonical(recipe)["optimizer_impl"] == "fused"
+    names = {config_hash({"train": dataclasses.replace(recipe, optimizer_impl=impl)})
+             for impl in ("fused", "foreach", "forloop")}
+    old = {k: v for k, v in canonical(recipe).items() if k != "optimizer_impl"}
+    assert len(names) == 3 and config_hash({"train": old}) not in names

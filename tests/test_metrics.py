@@ -21,6 +21,7 @@ from prunebench.metrics import (
     mac_counts,
     macs_thop,
     size_counts,
+    sparsity_counts,
     to_sparse_csr,
 )
 from prunebench.metrics.encoding import MAGIC
@@ -28,6 +29,14 @@ from prunebench.metrics.energy import energy_counter, rapl_counter
 from prunebench.metrics.sparse_exec import is_2_4_sparse
 from prunebench.metrics.timing import MIN_REPS, measure
 from prunebench.models import get_model
+from prunebench.pruning import (
+    METHODS,
+    PruneContext,
+    Scope,
+    apply_mask,
+    masked_nonzero,
+    sparsity_report,
+)
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
@@ -130,6 +139,95 @@ def test_structurally_pruned_model_loses_the_analytic_macs():
     assert before["macs_dense"] - after["macs_dense"] == removed
     assert before["macs_flopcounter"] - after["macs_flopcounter"] == removed
     assert after["macs_effective"] == after["macs_dense"]  # smaller, but still dense
+
+
+# --- achieved sparsity: from the weights, whole model --------------------------------------
+
+
+def _bn_net() -> nn.Sequential:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 4 * 4, 10), nn.ReLU(), nn.Linear(10, 3))
+
+
+def _zeros(tensors) -> tuple[int, int]:
+    tensors = list(tensors)
+    return sum(int((t == 0).sum()) for t in tensors), sum(t.numel() for t in tensors)
+
+
+@torch.no_grad()
+def test_achieved_sparsity_counts_zero_weights_of_the_whole_model_not_the_mask():
+    """A scope that leaves the first layer out and a kept weight that is zero anyway: the
+    mask's sparsity is neither what the model holds over all its weights nor over all its
+    parameters."""
+    model = _bn_net()
+    scope = Scope(exclude_first=True)
+    mask = METHODS.get("global_magnitude")(PruneContext(model, scope), 0.8)
+    apply_mask(model, mask)
+    kept_weight = mask["4.weight"].nonzero()[0].tolist()
+    model[4].weight[tuple(kept_weight)] = 0.0  # dead, though the mask keeps it
+    model[1].bias[0] = 0.0  # a BatchNorm shift at zero
+
+    counts = sparsity_counts(model)
+    zero_weights, weights = _zeros([model[0].weight, model[4].weight, model[6].weight])
+    zero_params, params = _zeros(model.parameters())
+    assert (counts["weights_total"], counts["weights_nonzero"]) == (weights, weights - zero_weights)
+    assert counts["weight_sparsity"] == pytest.approx(zero_weights / weights, rel=1e-12)
+    assert counts["param_sparsity"] == pytest.approx(zero_params / params, rel=1e-12)
+    mask_sparsity = sparsity_report(mask)["weight_sparsity"]
+    assert mask_sparsity == pytest.approx(0.8, abs=1e-3)
+    assert counts["weight_sparsity"] < mask_sparsity  # the dense first layer counts
+    assert zero_weights == sum(int((~m).sum()) for m in mask.values()) + 1  # the dead weight
+    assert masked_nonzero(model, mask) == 0
+
+
+def test_masked_nonzero_finds_a_mask_the_weights_do_not_follow():
+    model = _bn_net()
+    mask = METHODS.get("global_magnitude")(PruneContext(model), 0.5)
+    pruned = sum(int((~m).sum()) for m in mask.values())
+    assert masked_nonzero(model, mask) == pruned
+    apply_mask(model, mask)
+    assert masked_nonzero(model, mask) == 0
+    with torch.no_grad():
+        model[6].weight[~mask["6.weight"]] = 1.0
+    assert masked_nonzero(model, mask) == int((~mask["6.weight"]).sum())
+
+
+def test_a_finished_run_reports_the_sparsity_its_weights_have(tmp_path):
+    """`Workspace.finish`: `weight_sparsity` and `param_sparsity` from the saved model's
+    weights over the whole model, the mask's own figure as `mask_sparsity`; a model whose
+    weights do not follow its mask is refused, not recorded."""
+    from prunebench.runs import Run, Workspace
+    from prunebench.study import parse_study
+
+    study = parse_study("tiny", {
+        "data": {"name": "digits"}, "model": {"name": "mlp_digits"},
+        "scope": {"exclude_first": True}, "methods": {"global_magnitude": {}},
+        "sparsities": [0.8], "seeds": [0]})
+    ws = Workspace(study, tmp_path, "cpu", progress=False)
+    model = ws.new_model(0)
+    mask = METHODS.get("global_magnitude")(PruneContext(model, ws.scope), 0.8)
+    apply_mask(model, mask)
+    run = Run(tmp_path, "prune", {"case": "scope"}, {"seed": 0})
+    metrics = ws.finish(run, model, ws.dense_arch, mask, {})
+
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    zero_weights, total_weights = _zeros(weights)
+    zero_params, total_params = _zeros(model.parameters())
+    assert metrics["weight_sparsity"] == pytest.approx(zero_weights / total_weights, rel=1e-12)
+    assert metrics["param_sparsity"] == pytest.approx(zero_params / total_params, rel=1e-12)
+    assert metrics["mask_sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert metrics["weight_sparsity"] < 0.8 - 0.05  # the first layer, out of scope, is dense
+    assert json.loads((run.path / "metrics.json").read_text()) == metrics
+
+    unmasked = Run(tmp_path, "prune", {"case": "mask not applied"}, {"seed": 0})
+    with pytest.raises(RuntimeError, match="mask prunes"):
+        ws.finish(unmasked, ws.new_model(0), ws.dense_arch, mask, {})
+    assert not unmasked.done
+
+    dense = Run(tmp_path, "train", {"case": "dense"}, {"seed": 0})
+    dense_metrics = ws.finish(dense, ws.new_model(0), ws.dense_arch, None, {})
+    assert dense_metrics["weight_sparsity"] == 0.0 and "mask_sparsity" not in dense_metrics
 
 
 # --- effective sparsity -------------------------------------------------------------------
@@ -407,13 +505,26 @@ def test_bad_arguments_are_rejected(kwargs, message):
         benchmark_model(_mlp(), (8,), mask=None, device="cpu", **kwargs)
 
 
-def test_paired_speedup_sees_equal_models_as_equal_and_a_smaller_one_as_faster():
+class _Sleeper(nn.Module):
+    """A model whose forward pass takes a fixed wall time, whatever else the CPU is doing
+    (the test must not depend on the machine's load)."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, x):
+        import time
+
+        time.sleep(self.seconds)
+        return self.linear(x)
+
+
+def test_paired_speedup_sees_equal_models_as_equal_and_a_faster_one_as_faster():
     from prunebench.metrics.timing import paired_speedup
 
-    torch.manual_seed(0)
-    big = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 10))
-    same = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 10))
-    small = nn.Sequential(nn.Linear(256, 32), nn.ReLU(), nn.Linear(32, 10))
-    x = torch.randn(64, 256)
-    assert 0.5 < paired_speedup(same, big, x, min_time_s=0.1) < 2.0
-    assert paired_speedup(small, big, x, min_time_s=0.1) > 2.0
+    x = torch.randn(2, 4)
+    slow, same, fast = _Sleeper(0.006), _Sleeper(0.006), _Sleeper(0.002)
+    assert 0.7 < paired_speedup(same, slow, x, min_time_s=0.1) < 1.4
+    assert 1.8 < paired_speedup(fast, slow, x, min_time_s=0.1) < 3.5  # 3x less sleep

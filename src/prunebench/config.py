@@ -56,6 +56,7 @@ class TrainConfig:
     epochs: int = field(default=20, metadata={"help": "passes over the training split"})
     batch_size: int = 64
     optimizer: str = field(default="sgd", metadata=_choices("sgd", "adam"))
+    optimizer_impl: str = field(default="fused", metadata={**_choices("fused", "foreach", "forloop"), "help": "torch's implementation of the optimiser step: fused kernels (fastest on CPU), foreach, or the per-parameter loop; part of the run's name, since each rounds differently", "always_hash": True})
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
@@ -172,6 +173,8 @@ def from_dict(cls: type, values: Mapping[str, Any] | None, key: str):
         if choices and value not in choices:
             raise ConfigError(f"{key}.{name} must be one of {', '.join(choices)}, got {value!r}")
         if typing.get_origin(hints[name]) is tuple:
+            if any(isinstance(v, float) and not math.isfinite(v) for v in value):
+                raise ConfigError(f"{key}.{name} must hold finite numbers, got {value!r}")
             value = tuple(value)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
@@ -241,14 +244,17 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
 
 
 def canonical(obj: Any) -> Any:
-    """A JSON-able description: dataclass fields equal to their default are dropped."""
+    """A JSON-able description: dataclass fields equal to their default are dropped (so a
+    new option with a default keeps old names valid), except those marked `always_hash`,
+    whose default changed what old names meant."""
     if dataclasses.is_dataclass(obj):
         out = {}
         for f in dataclasses.fields(obj):
             if not f.metadata.get("hash", True):
                 continue
             value = getattr(obj, f.name)
-            if f.default is not dataclasses.MISSING and value == f.default:
+            if (f.default is not dataclasses.MISSING and value == f.default
+                    and not f.metadata.get("always_hash")):
                 continue
             out[f.name] = canonical(value)
         return out

@@ -36,9 +36,9 @@ from prunebench.config import DataConfig, Study, TrainConfig, canonical, config_
 from prunebench.data import DataSplits, iterate_batches, load_dataset
 from prunebench.errors import ConfigError
 from prunebench.io import atomic_torch_save, atomic_write_json, load_tensors, read_json
-from prunebench.metrics import count_macs, size_counts
+from prunebench.metrics import count_macs, size_counts, sparsity_counts
 from prunebench.models import get_model
-from prunebench.pruning import Mask, Scope, save_mask, sparsity_report
+from prunebench.pruning import Mask, Scope, masked_nonzero, save_mask, sparsity_report
 from prunebench.pruning.base import Batches
 from prunebench.training import evaluate_splits, train
 
@@ -305,26 +305,31 @@ class Workspace:
         """Evaluate, measure and save a finished model: model.pt, arch.json, mask.pt and
         sparsity.json (masked models), config.json, and metrics.json last (marks it done).
 
-        Names say what each number is: `weight_sparsity` is the pruned fraction of the
-        prunable weights (the mask's); `param_reduction` and `macs_reduction` are measured on
-        the saved model against the unpruned architecture (zeros count as removed
-        parameters, but a masked weight still costs its MAC on dense kernels).
+        Names say what each number is: `weight_sparsity` is the fraction of all conv/linear
+        weights of the saved model that are zero and `param_sparsity` that of all its
+        parameters (counted from the weights, whole model, whatever the scope);
+        `mask_sparsity` is the pruned fraction of the weights in the scope (the mask's);
+        `param_reduction` and `macs_reduction` are measured on the saved model against the
+        unpruned architecture (zeros count as removed parameters, but a masked weight still
+        costs its MAC on dense kernels).
         """
         counts = size_counts(model)
         macs = count_macs(model, arch.input_shape)
         dense = self.dense_costs
         metrics = {**evaluate_splits(model, self.data, self.study.eval_batch_size), **counts,
-                   "macs": macs,
+                   **sparsity_counts(model), "macs": macs,
                    "param_reduction": 1.0 - counts["params_nonzero"] / dense["params_total"],
                    "macs_reduction": 1.0 - macs / dense["macs"],
                    "threads": torch.get_num_threads(), **extra}
         if mask is not None:
+            unapplied = masked_nonzero(model, mask)
+            if unapplied:
+                raise RuntimeError(f"run {run.path}: {unapplied} weights that the mask prunes "
+                                   "are nonzero; the model is not the one its mask describes")
             report = sparsity_report(mask)
-            metrics["weight_sparsity"] = report["weight_sparsity"]
+            metrics["mask_sparsity"] = report["weight_sparsity"]
             atomic_write_json(run.path / "sparsity.json", report)
             save_mask(mask, run.path / "mask.pt")
-        else:
-            metrics["weight_sparsity"] = 0.0
         if arch.edits:
             from prunebench.structured import count_channels
 

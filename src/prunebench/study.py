@@ -50,8 +50,9 @@ def _positive(value: Any, key: str, *, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
-def _check_train(t: TrainConfig, key: str) -> None:
-    _positive(t.epochs, f"{key}.epochs", allow_zero=True)
+def _check_train(t: TrainConfig, key: str, *, allow_no_epochs: bool = False) -> None:
+    """`allow_no_epochs`: a fine-tuning recipe may have 0 epochs (prune, no retraining)."""
+    _positive(t.epochs, f"{key}.epochs", allow_zero=allow_no_epochs)
     _positive(t.batch_size, f"{key}.batch_size")
     _positive(t.lr, f"{key}.lr")
     _positive(t.weight_decay, f"{key}.weight_decay", allow_zero=True)
@@ -61,6 +62,11 @@ def _check_train(t: TrainConfig, key: str) -> None:
         raise ConfigError(f"{key}.label_smoothing must be in [0, 1), got {t.label_smoothing!r}")
     if not 0.0 <= t.momentum < 1.0:
         raise ConfigError(f"{key}.momentum must be in [0, 1), got {t.momentum!r}")
+    _positive(t.gamma, f"{key}.gamma")
+    if any(m <= 0 for m in t.milestones) or any(
+            a >= b for a, b in zip(t.milestones, t.milestones[1:])):
+        raise ConfigError(f"{key}.milestones must be increasing epochs > 0, "
+                          f"got {list(t.milestones)!r}")
 
 
 def _check_name(name: Any, key: str) -> str:
@@ -146,7 +152,7 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
     finetune_raw = raw.get("finetune") or {}
     partial = from_dict(TrainConfig, finetune_raw, f"{key}.finetune")
     finetune = dataclasses.replace(train, **{k: getattr(partial, k) for k in finetune_raw})
-    _check_train(finetune, f"{key}.finetune")
+    _check_train(finetune, f"{key}.finetune", allow_no_epochs=True)
     scope = from_dict(ScopeConfig, raw.get("scope"), f"{key}.scope")
     distill = from_dict(DistillConfig, raw.get("distill"), f"{key}.distill")
     _positive(distill.temperature, f"{key}.distill.temperature")

@@ -31,7 +31,8 @@ DISTILL_SUFFIX = "+distill"  # a distilled run's label: the method's label plus 
 ID_COLUMNS = ["study", "dataset", "model", "method", "label", "target_sparsity",
               "channel_sparsity", "recovery"]
 LEADING_COLUMNS = [
-    *ID_COLUMNS, "weight_sparsity", "seed", "top1", "top5", "loss", "val_top1", "val_top5",
+    *ID_COLUMNS, "weight_sparsity", "param_sparsity", "mask_sparsity", "seed", "top1", "top5",
+    "loss", "val_top1", "val_top5",
     "val_loss", "params_total", "params_nonzero", "params_remaining_frac", "param_reduction",
     "macs", "macs_reduction", "threads",
 ]
@@ -369,6 +370,7 @@ def study_table(summary: pd.DataFrame, study: str) -> str:
         "Method": rows["label"],
         "Target sparsity": rows["target_sparsity"].map(lambda s: f"{s:.2f}"),
         "Achieved sparsity": rows["weight_sparsity_mean"].map(_fraction),
+        "Zero params (all)": _column(rows, "param_sparsity_mean").map(_fraction),
         **_accuracy_columns(rows),
     }))
 
@@ -667,11 +669,13 @@ def studies(summary: pd.DataFrame) -> list[str]:
 
 
 TABLES_NOTE = (
-    "Target sparsity is the fraction of prunable weights a method was asked to zero, achieved "
-    "sparsity the measured one. Structured methods are asked for a fraction of *channels* to "
-    "remove, which is no weight sparsity; their params and MACs removed are measured against "
-    "the unpruned architecture (means over seeds). Masked (unstructured) models keep their "
-    "MACs on dense kernels.\n"
+    "Target sparsity is the fraction of prunable weights a method was asked to zero. Achieved "
+    "sparsity is counted from the saved weights: the fraction of all conv/linear weights of "
+    "the model that are zero (layers outside the pruning scope included), and zero params "
+    "that of all parameters, biases and BatchNorm included. Structured methods are asked for "
+    "a fraction of *channels* to remove, which is no weight sparsity; their params and MACs "
+    "removed are measured against the unpruned architecture (means over seeds). Masked "
+    "(unstructured) models keep their MACs on dense kernels.\n"
 )
 
 

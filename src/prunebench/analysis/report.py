@@ -26,8 +26,8 @@ TITLES = {
 
 CAPTIONS = {
     "accuracy_vs_sparsity": (
-        "Test top-1 accuracy against the achieved weight sparsity (fraction of prunable weights "
-        "that are zero), one line per unstructured method, mean over seeds with a ±1 std band. "
+        "Test top-1 accuracy against the achieved weight sparsity (fraction of all conv/linear "
+        "weights of the saved model that are zero), one line per unstructured method, mean over seeds with a ±1 std band. "
         "The dashed line and grey band are the dense model. The x axis is in log-density, "
         "-log10(1 − sparsity), so 0.9, 0.99, 0.999 are evenly spaced; ticks mark the grid "
         "sparsities. Structured methods have no weight-sparsity target and appear in the "

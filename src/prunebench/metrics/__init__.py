@@ -13,7 +13,7 @@ from prunebench.metrics.encoding import (
     size_sparse_bytes,
 )
 from prunebench.metrics.macs import mac_counts, macs_effective, macs_thop
-from prunebench.metrics.size import count_macs, size_counts
+from prunebench.metrics.size import count_macs, size_counts, sparsity_counts
 from prunebench.metrics.sparse_exec import to_semi_structured, to_sparse_csr
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "size_counts",
     "size_dense_bytes",
     "size_sparse_bytes",
+    "sparsity_counts",
     "to_semi_structured",
     "to_sparse_csr",
 ]

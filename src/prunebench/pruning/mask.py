@@ -33,6 +33,15 @@ def apply_mask(model: nn.Module, mask: Mapping[str, Tensor]) -> None:
         params[name].mul_(m.to(device=params[name].device, dtype=params[name].dtype))
 
 
+@torch.no_grad()
+def masked_nonzero(model: nn.Module, mask: Mapping[str, Tensor]) -> int:
+    """How many of the weights that `mask` prunes are nonzero in `model`: 0 once the mask is
+    applied. A saved masked model with any is not the model its mask describes."""
+    params = dict(model.named_parameters())
+    return sum(int(torch.count_nonzero(params[name][~m.to(params[name].device)]))
+               for name, m in mask.items())
+
+
 def sparsity_report(mask: Mapping[str, Tensor]) -> dict:
     """Global and per-layer weight counts of a mask (the prunable weights only)."""
     layers = {}
