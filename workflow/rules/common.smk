@@ -60,7 +60,8 @@ def _gpus_per_job():
     if "gpus_per_job" in config:
         return int(config["gpus_per_job"])
     offered = workflow.global_resources
-    return 1 if "gpu" in offered and offered["gpu"].value else 0
+    gpus = getattr(offered["gpu"], "value", offered["gpu"]) if "gpu" in offered else 0
+    return 1 if gpus else 0
 
 
 GPUS_PER_JOB = _gpus_per_job()
