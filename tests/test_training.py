@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -54,16 +55,64 @@ def test_masked_weights_stay_exactly_zero(recipe):
     assert state.history[-1]["train_loss"] < state.history[0]["train_loss"] * 1.5
 
 
-def test_training_is_deterministic_and_seed_dependent():
+RECIPES = {
+    "sgd": TrainConfig(epochs=2, batch_size=16, optimizer="sgd", lr=0.05, momentum=0.9,
+                       nesterov=True, weight_decay=1e-3),
+    "adam": TrainConfig(epochs=2, batch_size=16, optimizer="adam", lr=1e-2, weight_decay=1e-3),
+}
+
+
+@pytest.mark.parametrize("optimizer", list(RECIPES))
+def test_training_is_deterministic_and_seed_dependent(optimizer):
     data = toy_data()
     a, b, c = toy_model(), toy_model(), toy_model()
-    cfg = TrainConfig(epochs=2, batch_size=16)
-    train(a, data, cfg, seed=3, progress=False)
+    cfg = RECIPES[optimizer]
+    sa = train(a, data, cfg, seed=3, progress=False)
     train(b, data, cfg, seed=3, progress=False)
     train(c, data, cfg, seed=4, progress=False)
+    assert sa.optimizer.defaults["fused"]  # the implementation the loop chose
     for (n, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters()):
         assert torch.equal(pa, pb), n
     assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+
+
+@pytest.mark.parametrize("optimizer", list(RECIPES))
+@pytest.mark.parametrize("impl", ["foreach", "forloop"])
+def test_fused_optimizer_steps_match_the_reference_implementations(optimizer, impl):
+    """The fused kernels (the default) compute torch's reference updates (its per-parameter
+    loop, its multi-tensor ops) with another rounding: over 24 steps the weights agree to
+    compounded float32 rounding (largest difference measured: 6e-8), while a wrong update
+    (here: no weight decay) differs by more than 1e-4."""
+    data = toy_data()
+    fused, reference = toy_model(), toy_model()
+    state = train(fused, data, RECIPES[optimizer], seed=0, progress=False)
+    assert state.optimizer.defaults["fused"]
+    state = train(reference, data, replace(RECIPES[optimizer], optimizer_impl=impl), seed=0,
+                  progress=False)
+    assert not state.optimizer.defaults["fused"]
+    assert state.optimizer.defaults["foreach"] == (impl == "foreach")
+    for (name, a), b in zip(fused.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+    no_decay = toy_model()
+    train(no_decay, data, replace(RECIPES[optimizer], weight_decay=0.0), seed=0, progress=False)
+    assert max((a - b).abs().max().item()
+               for a, b in zip(no_decay.parameters(), reference.parameters())) > 1e-4
+
+
+def test_resuming_keeps_the_recipes_implementation(tmp_path):
+    """A checkpoint saved by another implementation (a run begun before the fused default)
+    resumes with the one the recipe names."""
+    data = toy_data()
+    cfg = RECIPES["adam"]
+
+    def crash_after_one(state):
+        raise Crash
+
+    with pytest.raises(Crash):
+        train(toy_model(), data, replace(cfg, optimizer_impl="forloop"), seed=0,
+              run_dir=tmp_path, progress=False, on_epoch_end=crash_after_one)
+    state = train(toy_model(), data, cfg, seed=0, run_dir=tmp_path, progress=False)
+    assert state.epoch == 2 and state.optimizer.param_groups[0]["fused"]
 
 
 class Crash(Exception):

@@ -13,6 +13,14 @@ LeNet-300-100 training step.
 Determinism: the shuffle and augmentation of epoch e come from a generator seeded with
 (seed, e) alone, so a run resumed from its end-of-epoch checkpoint sees exactly the batches an
 uninterrupted run would have seen.
+
+Optimiser steps use the implementation the recipe's `optimizer_impl` names, by default
+torch's fused kernels (one per parameter for the whole update) rather than torch's own CPU
+default, its per-parameter loop of small ops: fused was the fastest of the three on the
+2-core development CPU (`benchmarks/train_throughput.py`, `optimizer_impls`). Each
+implementation rounds differently, so runs made with the per-parameter loop (before fused
+became the default) end at slightly different weights; a fixed seed still gives
+bit-identical runs with any one of them.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -98,6 +106,26 @@ def mask_sparsity(mask: Mapping[str, Tensor]) -> float:
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+# torch's three implementations of an optimiser step, by the recipe's `optimizer_impl`:
+# fused kernels (one per parameter for the whole update; the fastest on CPU and CUDA,
+# benchmarks/train_throughput.py), foreach (multi-tensor) ops, or the per-parameter loop.
+# Each rounds differently, so the choice is part of every run's name (it is a recipe field).
+OPTIMIZER_IMPLEMENTATION = {
+    "fused": {"fused": True, "foreach": False},
+    "foreach": {"fused": False, "foreach": True},
+    "forloop": {"fused": False, "foreach": False},
+}
+
+
+def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimiser (`build_optimizer` decides its hyperparameters), run by the
+    implementation the recipe's `optimizer_impl` names."""
+    reference = build_optimizer(params, cfg)
+    implementation = OPTIMIZER_IMPLEMENTATION[cfg.optimizer_impl]
+    return type(reference)(reference.param_groups[0]["params"],
+                           **{**reference.defaults, **implementation})
 
 
 def train(
@@ -243,22 +271,40 @@ def add_bn_l1_subgradient(scales: Sequence[Tensor], strength: float) -> None:
 
 
 def _checkpoint(state: TrainState, path: Path) -> None:
+    save_checkpoint(path, state.model, state.optimizer.state_dict(), state.mask, state.epoch,
+                    state.iteration, state.history, torch.get_rng_state())
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer_state: Mapping,
+                    mask: Mapping[str, Tensor] | None, epoch: int, iteration: int,
+                    history: Sequence[Mapping], torch_rng: Tensor) -> None:
+    """An end-of-epoch `last.pt` (also written by stacked training, so either loop resumes
+    the other's runs)."""
     atomic_torch_save(
         {
-            "model": state.model.state_dict(),
-            "optimizer": state.optimizer.state_dict(),
-            "mask": {k: v.cpu() for k, v in state.mask.items()} if state.mask else None,
-            "epoch": state.epoch,
-            "iteration": state.iteration,
-            "history": state.history,
-            "torch_rng": torch.get_rng_state(),
+            "model": model.state_dict(),
+            "optimizer": optimizer_state,
+            "mask": {k: v.cpu() for k, v in mask.items()} if mask else None,
+            "epoch": epoch,
+            "iteration": iteration,
+            "history": list(history),
+            "torch_rng": torch_rng,
         },
         path,
     )
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: Mapping) -> None:
+    """Load a saved optimiser state but keep the implementation `make_optimizer` chose (a
+    checkpoint may have been written by another)."""
+    implementation = {k: optimizer.param_groups[0][k] for k in ("fused", "foreach")}
+    optimizer.load_state_dict(saved)
+    for group in optimizer.param_groups:
+        group.update(implementation)
+
+
 def _fresh_state(model: nn.Module, cfg: TrainConfig, mask, steps: int) -> TrainState:
-    state = TrainState(model, build_optimizer(model.parameters(), cfg), None, steps)
+    state = TrainState(model, make_optimizer(model.parameters(), cfg), None, steps)
     state.set_mask(mask)
     return state
 
@@ -270,7 +316,7 @@ def _resume(state: TrainState, path: Path) -> bool:
     try:
         ckpt = torch.load(path, map_location=_device(state.model), weights_only=True)
         state.model.load_state_dict(ckpt["model"])
-        state.optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(state.optimizer, ckpt["optimizer"])
         state.set_mask(ckpt["mask"])
         state.epoch, state.iteration = ckpt["epoch"], ckpt["iteration"]
         state.history = ckpt["history"]

@@ -1,0 +1,184 @@
+"""Grid throughput: K grid points trained one after another vs as one stack.
+
+A pruning study trains one architecture many times. This times K = 1, 4, 8, 16 masked
+members (global-magnitude masks at sparsities spread over 0-95 %, each member its own
+initialisation) of LeNet-300-100 and of LeNet-5 on MNIST (batch 64, Adam), three ways:
+
+- `sequential`: `train(...)` K times, one after another (what a stage does today);
+- `stacked_one_seed`: `train_stacked(...)` with one seed for all (the levels or methods of one
+  seed: one data stream, each batch shared);
+- `stacked_own_seeds`: `train_stacked(...)` with K seeds (each member its own batch order).
+
+The machine is shared and noisy, so the variants run interleaved (their order rotates from
+repeat to repeat) and every number is a median over the repeats with its spread; a speed-up
+is the ratio of the sequential and stacked times of the same repeat, which ran next to each
+other. Samples/s counts every member's training samples (K x samples per epoch).
+
+    python benchmarks/grid_throughput.py --mirror ../shared/data --out benchmarks/results/grid_throughput.json
+
+Target on the 2-core development CPU: stacked >= 3x sequential at K = 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from prunebench.config import TrainConfig
+from prunebench.data import DataSplits, load_dataset
+from prunebench.io import atomic_write_json
+from prunebench.models import get_model
+from prunebench.pruning import METHODS, PruneContext, Scope
+from prunebench.training import train
+from prunebench.training.stacked import train_stacked
+
+BATCH = 64
+VARIANTS = ("sequential", "stacked_one_seed", "stacked_own_seeds")
+
+
+def mnist_or_synthetic(root: str, mirror: str, samples: int) -> tuple[DataSplits, str]:
+    """The first `samples` MNIST training images, or synthetic tensors of MNIST's shape."""
+    try:
+        data = load_dataset("mnist", root, mirror=mirror, download=False, val_size=0)
+        source = "mnist"
+    except Exception as err:  # noqa: BLE001 (no copy here, no mirror: fall back)
+        print(f"MNIST not available ({type(err).__name__}: {err}); using synthetic tensors")
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(samples, 1, 28, 28, generator=g)
+        y = torch.randint(0, 10, (samples,), generator=g)
+        data = DataSplits("synthetic", 10, (1, 28, 28), x, y, x[:0], y[:0], x[:0], y[:0], None)
+        source = "synthetic"
+    x, y = data.train_x[:samples], data.train_y[:samples]
+    empty_x, empty_y = x[:0], y[:0]  # no validation: every variant times training alone
+    return DataSplits(data.name, 10, (1, 28, 28), x, y, empty_x, empty_y, empty_x, empty_y,
+                      None), source
+
+
+def grid(name: str, k: int) -> tuple[list[torch.nn.Module], list[dict | None]]:
+    """K initialisations and their masks, sparsities spread over 0-95 %."""
+    models, masks = [], []
+    for i in range(k):
+        torch.manual_seed(i)
+        model = get_model(name, 10, (1, 28, 28))
+        sparsity = 0.95 * i / max(1, k - 1)
+        mask = None
+        if sparsity > 0:
+            mask = METHODS.get("global_magnitude")(PruneContext(copy.deepcopy(model), Scope()),
+                                                   sparsity)
+        models.append(model)
+        masks.append(mask)
+    return models, masks
+
+
+def run(variant: str, models, masks, data, recipe) -> tuple[float, list]:
+    models = [copy.deepcopy(m) for m in models]
+    start = time.perf_counter()
+    if variant == "sequential":
+        for model, mask in zip(models, masks):
+            train(model, data, recipe, seed=0, mask=mask, progress=False)
+    else:
+        seeds = [0] * len(models) if variant == "stacked_one_seed" else list(range(len(models)))
+        train_stacked(models, data, recipe, seeds=seeds, masks=masks, progress=False)
+    return time.perf_counter() - start, models
+
+
+def spread(values: list[float]) -> dict:
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "q1": q[0], "q3": q[2]}
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--root", default="data")
+    ap.add_argument("--mirror", default=os.environ.get("PRUNEBENCH_DATA_MIRROR", "../shared/data"))
+    ap.add_argument("--models", nargs="+", default=["lenet_300_100", "lenet5"])
+    ap.add_argument("--ks", nargs="+", type=int, default=[1, 4, 8, 16])
+    ap.add_argument("--samples", type=int, default=6400, help="training samples per member")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="benchmarks/results/grid_throughput.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data, source = mnist_or_synthetic(args.root, args.mirror, args.samples)
+    recipe = TrainConfig(epochs=1, batch_size=BATCH, optimizer="adam", lr=1.2e-3,
+                         schedule="constant")
+    load_start = os.getloadavg()
+    grids = {(name, k): grid(name, k) for name in args.models for k in args.ks}
+    for (name, k), (models, masks) in grids.items():  # warm-up: allocator, kernels
+        for variant in VARIANTS:
+            run(variant, models[:2], masks[:2], DataSplits(
+                data.name, 10, (1, 28, 28), data.train_x[:BATCH * 2], data.train_y[:BATCH * 2],
+                data.val_x, data.val_y, data.test_x, data.test_y, None), recipe)
+    seconds = {key: {v: [] for v in VARIANTS} for key in grids}
+    agreement = {}
+    load_per_repeat = []
+    for r in range(args.repeats):
+        load_per_repeat.append(os.getloadavg()[0])
+        for key, (models, masks) in grids.items():
+            order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
+            trained = {}
+            for variant in order:
+                elapsed, trained[variant] = run(variant, models, masks, data, recipe)
+                seconds[key][variant].append(elapsed)
+            agreement[key] = max(
+                (a - b).abs().max().item()
+                for sm, tm in zip(trained["sequential"], trained["stacked_one_seed"])
+                for a, b in zip(sm.parameters(), tm.parameters()))
+            print(f"repeat {r + 1}/{args.repeats} {key[0]} K={key[1]}: " + ", ".join(
+                f"{v} {seconds[key][v][-1]:.2f}s" for v in VARIANTS), flush=True)
+
+    results = {}
+    for (name, k), times in seconds.items():
+        samples = k * args.samples
+        entry = {
+            "samples_per_s": {v: spread([samples / t for t in times[v]]) for v in VARIANTS},
+            "speedup_over_sequential": {
+                v: {**spread([s / t for s, t in zip(times["sequential"], times[v])]),
+                    "per_repeat": [s / t for s, t in zip(times["sequential"], times[v])]}
+                for v in VARIANTS[1:]},
+            "seconds": times,
+            "max_abs_weight_diff_stacked_vs_sequential": agreement[(name, k)],
+        }
+        results.setdefault(name, {})[str(k)] = entry
+    result = {
+        "benchmark": "grid_throughput",
+        "data": source, "samples_per_member": args.samples, "batch_size": BATCH,
+        "optimizer": recipe.optimizer, "optimizer_impl": recipe.optimizer_impl,
+        "masks": "global magnitude, sparsity 0.95 * i / (K - 1) for member i",
+        "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(), "load_average_start": load_start,
+        "load_average_1min_per_repeat": load_per_repeat, "load_average_end": os.getloadavg(),
+        "models": results,
+        "target": {"K": 8, "speedup_over_sequential": 3.0},
+    }
+    atomic_write_json(args.out, result)
+    for name, by_k in results.items():
+        for k, entry in by_k.items():
+            sequential = entry["samples_per_s"]["sequential"]["median"]
+            speedups = ", ".join(
+                f"{v} {sp['median']:.2f}x [{sp['min']:.2f}-{sp['max']:.2f}]"
+                for v, sp in entry["speedup_over_sequential"].items())
+            print(f"{name:>14} K={k:>2}: sequential {sequential:8.0f} samples/s; {speedups}")
+
+
+if __name__ == "__main__":
+    main()
