@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -235,18 +236,26 @@ def test_stack_writes_run_directories_that_either_loop_resumes(tmp_path):
     assert (dirs[0] / "history.csv").read_text().count("\n") == 4
 
 
-def test_checkpoints_at_different_epochs_restart_the_stack(tmp_path):
+@pytest.mark.parametrize("damage", ["one_missing", "truncated"])
+def test_unusable_checkpoints_restart_the_stack(tmp_path, damage):
+    """Checkpoints that are not all there at one epoch, or a damaged one (set aside as
+    last.pt.damaged, as `train` does), restart the stack, which ends where it would have."""
     data = toy_images()
     recipe = TrainConfig(epochs=2, batch_size=64, optimizer="sgd", lr=0.05)
     init = inits("mlp_digits", 2)
     reference = [copy.deepcopy(m) for m in init]
     train_stacked(reference, data, recipe, seeds=[0, 1], progress=False)
     dirs = [tmp_path / "a", tmp_path / "b"]
-    train(copy.deepcopy(init[0]), data, TrainConfig(**{**recipe.__dict__, "epochs": 1}),
-          seed=0, run_dir=dirs[0], progress=False)  # only one member has a checkpoint
+    one_epoch = replace(recipe, epochs=1)
+    train(copy.deepcopy(init[0]), data, one_epoch, seed=0, run_dir=dirs[0], progress=False)
+    if damage == "truncated":
+        train(copy.deepcopy(init[1]), data, one_epoch, seed=1, run_dir=dirs[1], progress=False)
+        last = dirs[1] / "checkpoints/last.pt"
+        last.write_bytes(last.read_bytes()[:100])
     models = [copy.deepcopy(m) for m in init]
     states = train_stacked(models, data, recipe, seeds=[0, 1], run_dirs=dirs, progress=False)
     assert [h["epoch"] for h in states[0].history] == [1, 2]
+    assert (dirs[1] / "checkpoints/last.pt.damaged").exists() == (damage == "truncated")
     for ours, theirs in zip(models, reference):
         for a, b in zip(ours.parameters(), theirs.parameters()):
             assert torch.equal(a, b)
@@ -264,6 +273,19 @@ def test_what_stacks_and_what_is_refused_with_a_reason():
     mixed = [nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10)), pruned]
     assert "differs" in stack_refusal(mixed)
     assert not can_stack(mixed)
+    frozen = copy.deepcopy(pruned)
+    frozen[1].bias.requires_grad_(False)
+    assert "frozen" in stack_refusal([frozen, copy.deepcopy(frozen)])
+    hooked = copy.deepcopy(pruned)
+    hooked[1].register_forward_pre_hook(lambda module, args: None)
+    assert "hooks" in stack_refusal([hooked, hooked])
+
+    class Scaled(nn.Linear):  # a subclass may compute something else
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    subclass = nn.Sequential(nn.Flatten(), Scaled(64, 10))
+    assert "Scaled" in stack_refusal([subclass, copy.deepcopy(subclass)])
     with pytest.raises(NotStackable, match="differs"):
         train_stacked(mixed, toy_images(), TrainConfig(epochs=1), seeds=[0, 0])
     with pytest.raises(ValueError, match="2 models but 1 seeds"):
