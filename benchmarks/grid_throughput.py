@@ -25,12 +25,13 @@ import argparse
 import copy
 import os
 import platform
-import statistics
 import time
 
 import torch
 
+from _stats import spread
 from prunebench.config import TrainConfig
+from prunebench.metrics.environment import cpu_model
 from prunebench.data import DataSplits, load_dataset
 from prunebench.io import atomic_write_json
 from prunebench.models import get_model
@@ -88,21 +89,6 @@ def run(variant: str, models, masks, data, recipe) -> tuple[float, list]:
     return time.perf_counter() - start, models
 
 
-def spread(values: list[float]) -> dict:
-    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "q1": q[0], "q3": q[2]}
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -164,7 +150,7 @@ def main() -> None:
         "optimizer": recipe.optimizer, "optimizer_impl": recipe.optimizer_impl,
         "masks": "global magnitude, sparsity 0.95 * i / (K - 1) for member i",
         "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_name(),
+        "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model() or "unknown",
         "cpu_count": os.cpu_count(), "load_average_start": load_start,
         "load_average_1min_per_repeat": load_per_repeat, "load_average_end": os.getloadavg(),
         "models": results,

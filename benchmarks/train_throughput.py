@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
 
@@ -32,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from _stats import spread
 from prunebench.config import TrainConfig
+from prunebench.metrics.environment import cpu_model
 from prunebench.data import load_dataset
 from prunebench.io import atomic_write_json
 from prunebench.models import get_model
@@ -102,11 +103,6 @@ def interleaved(fns: dict[str, Callable[[], None]],
     return seconds, loads
 
 
-def spread(values: list[float]) -> dict:
-    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "q1": q[0], "q3": q[2]}
-
 
 def ratio(seconds: dict[str, list[float]], numerator: str, denominator: str,
           minus: float = 0.0) -> dict:
@@ -114,16 +110,6 @@ def ratio(seconds: dict[str, list[float]], numerator: str, denominator: str,
     values = [a / b - minus for a, b in zip(seconds[numerator], seconds[denominator])]
     return {**spread(values), "per_repeat": values}
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -165,7 +151,7 @@ def main() -> None:
         "model": "lenet_300_100", "dataset": "mnist", "batch_size": BATCH,
         "optimizer": "adam", "optimizer_impl": adam_cfg.optimizer_impl,
         "epochs": args.epochs, "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_name(),
+        "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model() or "unknown",
         "cpu_count": os.cpu_count(), "load_average_start": load_start,
         "load_average_1min_per_repeat": loads, "load_average_end": os.getloadavg(),
         "samples_per_s": {k: spread([n / t for t in v]) for k, v in seconds.items()},
