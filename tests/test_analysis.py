@@ -742,3 +742,13 @@ def test_cli_module_does_not_import_pandas_or_matplotlib():
             "print(any(m.split('.')[0] in ('pandas', 'matplotlib') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_report_says_which_thread_counts_made_the_runs(runs, summary, tmp_path):
+    """Results depend on the torch thread count, so the report shows it per study."""
+    runs = runs.copy()
+    runs["threads"] = 1
+    runs.loc[runs.index[:2], "threads"] = 2
+    write_tables(runs, summary, tmp_path / "tables")
+    text = write_report(tmp_path / "tables", tmp_path / "plots", tmp_path / "report.md").read_text()
+    assert f"Torch threads per run: 1 ({len(runs) - 2} runs), 2 (2 runs)." in text

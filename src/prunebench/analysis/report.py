@@ -85,6 +85,15 @@ def _link(target: Path, start: Path) -> str:
     return Path(os.path.relpath(target, start)).as_posix()
 
 
+def _threads_line(runs) -> str:
+    """The torch thread counts the study's runs were made with: results depend on it."""
+    if "threads" not in runs or runs["threads"].isna().all():
+        return "Torch threads per run: not recorded.\n"
+    counts = runs["threads"].dropna().astype(int).value_counts().sort_index()
+    shown = ", ".join(f"{t} ({n} runs)" for t, n in counts.items())
+    return f"Torch threads per run: {shown}.\n"
+
+
 def render_report(tables_dir: Path, plots_dir: Path, out_path: Path) -> str:
     """The report text; figure links are relative to `out_path`'s directory, and only figures
     that exist are linked."""
@@ -102,6 +111,7 @@ def render_report(tables_dir: Path, plots_dir: Path, out_path: Path) -> str:
     ]
     for study in studies(summary):
         parts.append(f"## {study}\n")
+        parts.append(_threads_line(runs[runs["study"] == study]))
         parts += study_markdown(summary, study)
         for name in PLOT_NAMES:
             plot = Path(plots_dir) / plot_filename(study, name)
