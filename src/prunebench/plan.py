@@ -72,16 +72,14 @@ def point_name(run: Run) -> str:
 def group_runs(stage: Stage, runs: list[Run]) -> list[tuple[str, str, list[Run]]]:
     """A stage's runs as jobs: (point, hash, runs), one job per run unless the stage groups
     runs under one key (`Stage.job_key`)."""
-    groups: dict[tuple[str, str], list[Run]] = {}
+    groups: dict[tuple[str, str], tuple[str, list[Run]]] = {}
     for run in runs:
         key = stage.job_key(run)
-        groups.setdefault((run.label, key or run.hash), []).append(run)
-    jobs = []
-    for (_, key), members in groups.items():
-        point = stage.job_key(members[0]) or point_name(members[0])
-        h = config_hash({"stage": stage.name, "runs": [r.description for r in members]})
-        jobs.append((point, h, members))
-    return jobs
+        if (run.label, key or run.hash) not in groups:
+            groups[(run.label, key or run.hash)] = (key or point_name(run), [])
+        groups[(run.label, key or run.hash)][1].append(run)
+    return [(point, config_hash({"stage": stage.name, "runs": [r.description for r in members]}),
+             members) for point, members in groups.values()]
 
 
 def study_jobs(study: Study, runs_root: str | Path, jobs_root: str | Path) -> list[Job]:

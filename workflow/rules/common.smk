@@ -2,8 +2,9 @@
 #
 # Which jobs exist is decided by `prunebench.plan`, not here: one job per grid point, and a
 # job's manifest path carries the hash of the runs it produces, so an edited option yields
-# new paths and only those jobs run. Inputs are marked ancient(): modification times never trigger a rerun (DVC checkouts
-# and `dvc pull` change them); the hash in the path and the params/input/code triggers do.
+# new paths and only those jobs run. Inputs are marked ancient(): modification times never
+# trigger a rerun (DVC checkouts and `dvc pull` change them); the hash in the path and the
+# params/input/code triggers do.
 import json
 import os
 import re
@@ -47,7 +48,7 @@ validate(config, "../schemas/params.schema.json", set_default=False)
 if config["studies"] != FILE_STUDIES:
     raise WorkflowError(
         f"studies differ from {PARAMS_FILE}, which the jobs read: edit the grid there "
-        "(--config/--configfile may only set scale, only and runs_root)"
+        "(--config/--configfile may only set scale, only, runs_root and gpus_per_job)"
     )
 PLANNED = {(j.stage, j.study, j.label, j.hash): j for j in JOBS}
 SELECTED = sorted({j.study for j in JOBS})
