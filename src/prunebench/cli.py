@@ -200,8 +200,14 @@ def run_command(args) -> None:
     if args.job is not None:
         runs = select_job(stage, runs, args.job)
     ws.data  # noqa: B018  (load now: a missing data file must fail before any run writes)
+    from prunebench.stacking import stacks
+
+    stacked = stacks(stage, ws, stage.runs(ws))  # the plan's stacks, whatever the selection
     for run in runs:
-        ws.ensure(run)
+        if run.path in stacked:
+            ws.ensure_stack(stacked[run.path])
+        else:
+            ws.ensure(run)
         print(json.dumps(_summary(run)), flush=True)
     if args.manifest is not None:
         atomic_write_json(args.manifest, {

@@ -94,6 +94,16 @@ class BenchmarkConfig:
 
 
 @dataclass(frozen=True)
+class StackConfig:
+    """Stacked training (`prunebench.training.stacked`): how a job trains several grid points
+    of one architecture and recipe as one batched model. Which runs share a stack is fixed by
+    the plan, so the same params always give the same stacks (and the same bits)."""
+
+    max_members: int = field(default=8, metadata={"help": "most grid points trained as one stack; 1 trains every run alone"})
+    memory_mb: int = field(default=2048, metadata={"help": "memory budget of one stack on its device (MiB); a stack that would not fit trains in smaller parts"})
+
+
+@dataclass(frozen=True)
 class MethodEntry:
     """One method of a study. `label` names it in tables; `method` is the registry name."""
 
@@ -123,6 +133,7 @@ class Study:
     benchmark: BenchmarkConfig = BenchmarkConfig()
     # Torch CPU threads of every job: float reductions, and so results, depend on it.
     threads: int = 1
+    stack: StackConfig = StackConfig()
 
     def method(self, label: str) -> MethodEntry:
         for entry in self.methods:

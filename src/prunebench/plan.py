@@ -4,7 +4,9 @@ The plan iterates over the stages (`prunebench.stages.STAGES`); each stage lists
 one per grid point, with their parent runs. Every run is one job (one seed x target of one
 method), except where a stage groups runs that must be made in sequence in one process (a
 lottery chain: the levels of one method x seed). A job's inputs are the jobs that hold its
-runs' parents. Nothing here knows about particular methods.
+runs' parents. Runs that train as one stack (`prunebench.stacking`) keep their own jobs: the
+stack's leader waits for every member's parents and trains them all, the other members wait
+for the leader. Nothing here knows about particular methods.
 
 The workflow (Snakemake) schedules exactly this plan. A job's manifest path carries the hash
 of the runs it produces, so editing one method's options changes only that method's manifest
@@ -22,6 +24,7 @@ from typing import Any
 
 from prunebench.config import Study, config_hash
 from prunebench.runs import Run, Workspace
+from prunebench.stacking import stacks
 from prunebench.stages import STAGES, Stage
 from prunebench.study import selected_studies
 
@@ -87,19 +90,32 @@ def study_jobs(study: Study, runs_root: str | Path, jobs_root: str | Path) -> li
     jobs: list[Job] = []
     job_of: dict[Path, str] = {}  # run directory -> manifest of the job that makes it
     for stage in STAGES.values():
-        for point, h, runs in group_runs(stage, stage.runs(ws)):
-            label = runs[0].label
-            manifest = manifest_path(jobs_root, stage.name, study.name, label, point, h)
-            inputs = sorted({m for r in runs for m in _parent_jobs(r, job_of)})
-            jobs.append(Job(stage.name, study.name, label, point, h, manifest, tuple(inputs),
-                            tuple(str(r.path) for r in runs)))
-            job_of.update({r.path: manifest for r in runs})
+        runs = stage.runs(ws)
+        stacked = stacks(stage, ws, runs)
+        grouped = [(point, h, members,
+                    manifest_path(jobs_root, stage.name, study.name, members[0].label, point, h))
+                   for point, h, members in group_runs(stage, runs)]
+        job_of.update({r.path: manifest for *_, members, manifest in grouped for r in members})
+        for point, h, members, manifest in grouped:
+            waits_for = list(members)  # runs whose parents this job needs
+            inputs = set()
+            for run in members:
+                stack = stacked.get(run.path, ())
+                if stack and stack[0] is not run:
+                    inputs.add(job_of[stack[0].path])  # the leader's job trains this run
+                else:
+                    waits_for += stack[1:]
+            inputs |= {m for r in waits_for for m in _parent_jobs(r, job_of)}
+            inputs.discard(manifest)
+            jobs.append(Job(stage.name, study.name, members[0].label, point, h, manifest,
+                            tuple(sorted(inputs)), tuple(str(r.path) for r in members)))
     return jobs
 
 
 def _parent_jobs(run: Run, job_of: Mapping[Path, str]) -> set[str]:
     """The jobs that make `run`'s parents; a parent no job lists (an intermediate lottery
-    level) is made inside this job, so its own parents count instead."""
+    level) is made inside this job, so its own parents count instead. A parent made by the
+    job itself is dropped by the caller."""
     found = set()
     for parent in run.parents:
         if parent.path in job_of:

@@ -23,7 +23,7 @@ import hashlib
 import logging
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -271,26 +271,44 @@ class Workspace:
     def ensure(self, run: Run) -> Run:
         """Make `run` (its parents first) unless it is already done and undamaged; a finished
         run whose files no longer match their checksums is redone."""
-        if run.done:
-            damaged = run.damaged()
-            if damaged is None:
-                return run
-            log.warning("run %s: %s does not match its checksum; redoing the run", run.path,
-                        damaged)
-            shutil.rmtree(run.path)
+        if _reusable(run):
+            return run
         for parent in run.parents:
             self.ensure(parent)
         from prunebench.stages import STAGES
 
-        fresh = not run.path.exists()
-        try:
-            with run.logging():
-                STAGES[run.stage].execute(self, run)
-        except BaseException:
-            if fresh and not (run.path / "checkpoints").is_dir():
-                shutil.rmtree(run.path, ignore_errors=True)  # nothing to resume from: no orphan
-            raise
+        with _cleanup_on_failure([run]), run.logging():
+            STAGES[run.stage].execute(self, run)
         return run
+
+    def ensure_stack(self, runs: Sequence[Run]) -> None:
+        """Make the unfinished runs of one stack (`prunebench.stacking`) together, their
+        parents first; each run's log gets the stack's lines. A single unfinished run is
+        made alone, as `ensure` makes it."""
+        if all(_reusable(run) for run in runs):
+            return
+        with _locked(self.root / ".stacks" / f"{runs[0].hash}.lock"):
+            # Jobs of one stack may run at once (after an edit adds runs to a stack whose
+            # leader is done): the first trains what is missing, the others then find it done.
+            todo = [run for run in runs if not _reusable(run)]
+            if len(todo) < 2:
+                for run in todo:
+                    self.ensure(run)
+                return
+            self._make_stack(todo)
+
+    def _make_stack(self, todo: Sequence[Run]) -> None:
+        for run in todo:
+            for parent in run.parents:
+                self.ensure(parent)
+        from prunebench.stages import STAGES
+
+        with _cleanup_on_failure(todo), contextlib.ExitStack() as logs:
+            for run in todo:
+                logs.enter_context(run.logging())
+            log.info("training %d runs as one stack: %s", len(todo),
+                     " ".join(r.hash for r in todo))
+            STAGES[todo[0].stage].execute_stack(self, todo)
 
     def train(self, run_dir: Path, model: nn.Module, recipe: TrainConfig, seed: int,
               mask: Mask | None = None, **kw) -> tuple[float, Any]:
@@ -299,6 +317,18 @@ class Workspace:
         state = train(model, self.data, recipe, seed=seed, mask=mask, run_dir=run_dir,
                       eval_batch_size=self.study.eval_batch_size, progress=self.progress, **kw)
         return time.perf_counter() - start, state
+
+    def train_stack(self, runs: Sequence[Run], models: Sequence[nn.Module], recipe: TrainConfig,
+                    masks: Sequence[Mask | None]) -> float:
+        """Train `models[k]` for `runs[k]` (seed, checkpoints) as one stack; the seconds each
+        member's share of the stack took (its wall time over K)."""
+        from prunebench.training.stacked import train_stacked
+
+        start = time.perf_counter()
+        train_stacked(models, self.data, recipe, seeds=[r.spec["seed"] for r in runs],
+                      masks=masks, run_dirs=[r.path for r in runs],
+                      eval_batch_size=self.study.eval_batch_size, progress=self.progress)
+        return (time.perf_counter() - start) / len(runs)
 
     def finish(self, run: Run, model: nn.Module, arch: Arch, mask: Mask | None,
                extra: Mapping[str, Any]) -> dict:
@@ -340,6 +370,46 @@ class Workspace:
         run.complete(metrics)
         log.info("%s %s done: top1 %.4f", run.kind, run.hash, metrics["top1"])
         return metrics
+
+
+def _reusable(run: Run) -> bool:
+    """Whether `run` is done and undamaged; a damaged finished run is removed (to be redone)."""
+    if not run.done:
+        return False
+    damaged = run.damaged()
+    if damaged is None:
+        return True
+    log.warning("run %s: %s does not match its checksum; redoing the run", run.path, damaged)
+    shutil.rmtree(run.path)
+    return False
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive `flock` on `path` (created if missing) for the block."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _cleanup_on_failure(runs: Sequence[Run]) -> Iterator[None]:
+    """On any failure, remove the directories of `runs` that this attempt created and that
+    hold no checkpoint to resume from: no orphans."""
+    fresh = [run for run in runs if not run.path.exists()]
+    try:
+        yield
+    except BaseException:
+        for run in fresh:
+            if not (run.path / "checkpoints").is_dir():
+                shutil.rmtree(run.path, ignore_errors=True)
+        raise
 
 
 def evaluate_run_dir(path: str | Path, device: str = "auto") -> dict:

@@ -22,6 +22,7 @@ from prunebench.config import (
     MethodEntry,
     ModelConfig,
     ScopeConfig,
+    StackConfig,
     Study,
     TrainConfig,
     apply_overrides,
@@ -35,8 +36,9 @@ from prunebench.options import options_schema
 STUDY_KEYS = (
     "data", "model", "train", "finetune", "scope", "methods", "sparsities", "seeds", "scale",
     "calibration_batches", "eval_batch_size", "channel_sparsities", "recover", "distill",
-    "benchmark", "threads",
+    "benchmark", "threads", "stack",
 )
+MAX_STACK = 64
 SCALES = ("default", "paper", "smoke")
 TOP_KEYS = ("scale", "only", "runs_root", "gpus_per_job", "studies")
 MAX_GPUS_PER_JOB = 8
@@ -159,6 +161,11 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
     if not 0.0 <= distill.alpha <= 1.0:
         raise ConfigError(f"{key}.distill.alpha must be in [0, 1], got {distill.alpha!r}")
     benchmark = _benchmark(raw.get("benchmark"), f"{key}.benchmark")
+    stack = from_dict(StackConfig, raw.get("stack"), f"{key}.stack")
+    if not 1 <= stack.max_members <= MAX_STACK:
+        raise ConfigError(f"{key}.stack.max_members must be an integer in [1, {MAX_STACK}], "
+                          f"got {stack.max_members!r}")
+    _positive(stack.memory_mb, f"{key}.stack.memory_mb")
     methods = _methods(raw.get("methods"), f"{key}.methods")
     sparsities = _fractions(raw.get("sparsities", [0.5, 0.8, 0.9]), f"{key}.sparsities")
     channel = _fractions(raw.get("channel_sparsities", list(Study.channel_sparsities)),
@@ -190,7 +197,7 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
             extra[k] = raw[k]
     return Study(name, data, model, train, finetune, scope, methods, sparsities, tuple(seeds),
                  scale, channel_sparsities=channel, recover=tuple(recover), distill=distill,
-                 benchmark=benchmark, **extra)
+                 benchmark=benchmark, stack=stack, **extra)
 
 
 def _benchmark(raw: Any, key: str) -> BenchmarkConfig:
@@ -300,6 +307,7 @@ def json_schema() -> dict:
             "scope": dataclass_schema(ScopeConfig),
             "distill": dataclass_schema(DistillConfig),
             "benchmark": dataclass_schema(BenchmarkConfig),
+            "stack": dataclass_schema(StackConfig),
             "methods": {
                 "type": "object",
                 "description": "label -> options; `method:` names the registry entry (default: "

@@ -76,6 +76,7 @@ class _Spec:
     mean: tuple[float, ...]  # per channel, of the [0, 1] pixels
     std: tuple[float, ...]
     augment: str | None
+    input_shape: tuple[int, ...]  # (C, H, W) of one image, known before any file is read
 
 
 def _load_cached(
@@ -149,7 +150,7 @@ def _parse_digits(paths: dict[str, Path]) -> RawSplits:
 
 def _idx_spec(folder: str, mean: float, std: float) -> _Spec:
     load = partial(_load_cached, folder, ensure_idx_files, _parse_idx)
-    return _Spec(10, load, 255.0, (mean,), (std,), None)
+    return _Spec(10, load, 255.0, (mean,), (std,), None, (1, 28, 28))
 
 
 def _cifar_spec(
@@ -162,12 +163,12 @@ def _cifar_spec(
 ) -> _Spec:
     parse = partial(_parse_cifar, test_name=test_name, label_key=label_key, num_classes=num_classes)
     load = partial(_load_cached, folder, ensure_cifar_files, parse)
-    return _Spec(num_classes, load, 255.0, mean, std, "crop_flip")
+    return _Spec(num_classes, load, 255.0, mean, std, "crop_flip", (3, 32, 32))
 
 
 _SPECS: dict[str, _Spec] = {
     # digits: mean/std of the fixed 1,437-sample train split after /16.
-    "digits": _Spec(10, partial(_load_cached, "digits", _digits_source, _parse_digits), 16.0, (0.3054,), (0.3761,), None),
+    "digits": _Spec(10, partial(_load_cached, "digits", _digits_source, _parse_digits), 16.0, (0.3054,), (0.3761,), None, (1, 8, 8)),
     "mnist": _idx_spec("MNIST", 0.1307, 0.3081),
     "fashion_mnist": _idx_spec("FashionMNIST", 0.2860, 0.3530),
     "cifar10": _cifar_spec(
@@ -188,6 +189,15 @@ _SPECS: dict[str, _Spec] = {
     ),
 }
 DATASETS: tuple[str, ...] = tuple(_SPECS)
+
+
+def dataset_shape(name: str) -> tuple[int, tuple[int, ...]]:
+    """(number of classes, input shape) of a dataset, without reading it (for planning)."""
+    if name not in _SPECS:
+        raise ConfigError(
+            f"unknown dataset {name!r} (key data.name); allowed: {', '.join(DATASETS)}"
+        )
+    return _SPECS[name].num_classes, _SPECS[name].input_shape
 
 
 def load_dataset(
@@ -213,11 +223,14 @@ def load_dataset(
     spec = _SPECS[name]
     augmentation = _augmentation(name, spec, augment)
     raw = spec.load_raw(Path(root), resolve_mirror(mirror), download)
+    if tuple(raw.train_x.shape[1:]) != spec.input_shape:
+        raise ValueError(f"dataset {name!r}: images of shape {tuple(raw.train_x.shape[1:])}, "
+                         f"expected {spec.input_shape}")
     train_idx, val_idx = _val_split(len(raw.train_y), val_size)
     return DataSplits(
         name=name,
         num_classes=spec.num_classes,
-        input_shape=tuple(raw.train_x.shape[1:]),
+        input_shape=spec.input_shape,
         train_x=_normalise(raw.train_x[train_idx], spec).to(device),
         train_y=raw.train_y[train_idx].to(device),
         val_x=_normalise(raw.train_x[val_idx], spec).to(device),

@@ -41,6 +41,15 @@ class Stage:
         """Make `run`; its parents are done and its log is open."""
         raise NotImplementedError
 
+    def stack_recipe(self, ws: Workspace, run: Run) -> TrainConfig | None:
+        """The recipe `run` trains with when it may share a stack with other runs of this
+        stage and recipe (`prunebench.stacking`), else None (the default): it trains alone."""
+        return None
+
+    def execute_stack(self, ws: Workspace, runs: list[Run]) -> None:
+        """Make `runs` as one stack; their parents are done and their logs are open."""
+        raise NotImplementedError
+
     def job_key(self, run: Run) -> str | None:
         """Runs with the same key (and label) are made by one job, in order; None (the
         default) makes every run its own job, one per grid point."""

@@ -54,11 +54,17 @@ class RecoverStage(Stage):
         return [recover_run(ws, self.name, entry, t, seed) for entry in ws.study.methods
                 if one_shot(entry) for seed in ws.study.seeds for t in targets(ws, entry)]
 
+    def stack_recipe(self, ws: Workspace, run: Run):
+        """Fine-tuning of masked networks stacks (the unpruned architecture, one recipe);
+        distillation (a teacher in the loss) and channel-pruned networks (each its own
+        shapes) train alone."""
+        recipe = run.description["train"]
+        if self.name != "finetune" or method_of(run.spec["entry"]).structured or not recipe.epochs:
+            return None
+        return recipe
+
     def execute(self, ws: Workspace, run: Run) -> None:
-        pruned = run.parents[0]
-        model, arch = ws.load(pruned)
-        mask_file = Path(pruned.path) / "mask.pt"
-        mask = load_mask(mask_file) if mask_file.is_file() else None
+        model, arch, mask = _pruned(ws, run)
         loss_fn = None
         if self.name == "distill":
             teacher, _ = ws.load(run.parents[1])
@@ -68,11 +74,29 @@ class RecoverStage(Stage):
                      cfg.temperature, cfg.alpha)
         recipe = run.description["train"]
         elapsed, _ = ws.train(run.path, model, recipe, run.spec["seed"], mask, loss_fn=loss_fn)
-        oneshot = pruned.metrics()
-        ws.finish(run, model, arch, mask, {
-            "train_time_s": elapsed, "prune_time_s": oneshot["prune_time_s"],
-            "oneshot_top1": oneshot["top1"], "oneshot_top5": oneshot["top5"],
-        })
+        ws.finish(run, model, arch, mask, _recover_metrics(run, elapsed))
+
+    def execute_stack(self, ws: Workspace, runs: list[Run]) -> None:
+        pruned = [_pruned(ws, run) for run in runs]
+        share = ws.train_stack(runs, [m for m, _, _ in pruned], runs[0].description["train"],
+                               [mask for _, _, mask in pruned])
+        for run, (model, arch, mask) in zip(runs, pruned):
+            ws.finish(run, model, arch, mask, {**_recover_metrics(run, share),
+                                               "stack_members": len(runs)})
+
+
+def _pruned(ws: Workspace, run: Run):
+    """The pruned network `run` recovers: (model, arch, mask or None)."""
+    pruned = run.parents[0]
+    model, arch = ws.load(pruned)
+    mask_file = Path(pruned.path) / "mask.pt"
+    return model, arch, load_mask(mask_file) if mask_file.is_file() else None
+
+
+def _recover_metrics(run: Run, train_time_s: float) -> dict:
+    oneshot = run.parents[0].metrics()
+    return {"train_time_s": train_time_s, "prune_time_s": oneshot["prune_time_s"],
+            "oneshot_top1": oneshot["top1"], "oneshot_top5": oneshot["top5"]}
 
 
 FINETUNE = RecoverStage("finetune", "retrain pruned networks on the labels")

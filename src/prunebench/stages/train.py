@@ -25,6 +25,14 @@ from prunebench.stages.base import (
 log = logging.getLogger("prunebench")
 
 
+def _initialised(ws: Workspace, run: Run):
+    """The run's freshly initialised model, saved as init.pt (what rewinding and methods
+    applied at initialisation start from)."""
+    model = ws.new_model(run.spec["seed"])
+    atomic_torch_save(model.state_dict(), run.path / "init.pt")
+    return model
+
+
 def during_training_run(ws: Workspace, entry, sparsity: float, seed: int) -> Run:
     parent = dense_run(ws, seed)
     desc = {**parent.description, "scope": ws.study.scope, **method_description(entry),
@@ -53,16 +61,27 @@ class TrainStage(Stage):
                          for seed in seeds for s in targets(ws, entry)]
         return runs
 
+    def stack_recipe(self, ws: Workspace, run: Run):
+        """Dense and pretraining runs stack (seeds apart, each with its own data order);
+        pruning during training changes masks mid-run and trains alone."""
+        return None if "sparsity" in run.spec else run.description["train"]
+
     def execute(self, ws: Workspace, run: Run) -> None:
         seed = run.spec["seed"]
         if "sparsity" in run.spec:
             return self._during_training(ws, run)
         log.info("dense training %s (seed %d)", run.hash, seed)
-        model = ws.new_model(seed)
-        atomic_torch_save(model.state_dict(), run.path / "init.pt")
+        model = _initialised(ws, run)
         recipe = run.description["train"]
         elapsed, _ = ws.train(run.path, model, recipe, seed)
         ws.finish(run, model, ws.dense_arch, None, {"train_time_s": elapsed})
+
+    def execute_stack(self, ws: Workspace, runs: list[Run]) -> None:
+        models = [_initialised(ws, run) for run in runs]
+        share = ws.train_stack(runs, models, runs[0].description["train"], [None] * len(runs))
+        for run, model in zip(runs, models):
+            ws.finish(run, model, ws.dense_arch, None,
+                      {"train_time_s": share, "stack_members": len(runs)})
 
     def _during_training(self, ws: Workspace, run: Run) -> None:
         """Train the dense run's initialisation with the full recipe while a callback prunes
