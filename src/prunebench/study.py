@@ -215,6 +215,13 @@ def _benchmark(raw: Any, key: str) -> BenchmarkConfig:
     return cfg
 
 
+def _stack_schema() -> dict:
+    schema = dataclass_schema(StackConfig)
+    schema["properties"]["max_members"].update(minimum=1, maximum=MAX_STACK)
+    schema["properties"]["memory_mb"].update(minimum=1)
+    return schema
+
+
 def _runs_root(raw: Mapping[str, Any]) -> None:
     root = raw.get("runs_root", "results/runs")
     if not isinstance(root, str) or not root.strip():
@@ -307,7 +314,7 @@ def json_schema() -> dict:
             "scope": dataclass_schema(ScopeConfig),
             "distill": dataclass_schema(DistillConfig),
             "benchmark": dataclass_schema(BenchmarkConfig),
-            "stack": dataclass_schema(StackConfig),
+            "stack": _stack_schema(),
             "methods": {
                 "type": "object",
                 "description": "label -> options; `method:` names the registry entry (default: "
