@@ -1,12 +1,14 @@
 """Which runs of a stage train together as one stack, decided by the plan.
 
 A stage says which of its runs could share a stack (`Stage.stack_recipe`: the recipe the run
-trains with, or None when it must train alone). Runs of one stage and recipe are ordered by
-seed (members of one seed share each input batch), then split into equal stacks of at most
-`stack.max_members`, fewer where the study's `stack.memory_mb` would not hold them. Nothing
-here depends on what is already on disk, so the same params always give the same stacks: a
-stack's members agree with runs trained alone only to float rounding (batched kernels sum in
-another order), and a fixed membership is what keeps a rerun bit-identical.
+trains with, or None when it must train alone). The runs of one method label, stage and
+recipe (a method's seeds x sparsities) are ordered by seed (members of one seed share each
+input batch), then split into equal stacks of at most `stack.max_members`, fewer where the
+study's `stack.memory_mb` would not hold them. Nothing here depends on what is already on
+disk, so the same params always give the same stacks: a stack's members agree with runs
+trained alone only to float rounding (batched kernels sum in another order), and a fixed
+membership is what keeps a rerun bit-identical. Stacks never mix methods, so adding or
+editing one method neither reruns nor changes another method's runs.
 
 The workflow keeps one job per grid point. A stack's first run is its leader: the leader's
 job waits for every member's parents and trains the stack; each other member's job waits for
@@ -63,11 +65,11 @@ def stacks(stage, ws: Workspace, runs: Sequence[Run]) -> dict[Path, tuple[Run, .
     cfg = ws.study.stack
     if cfg.max_members < 2:
         return {}
-    groups: dict[str, tuple[TrainConfig, list[Run]]] = {}
+    groups: dict[tuple[str, str], tuple[TrainConfig, list[Run]]] = {}
     for run in runs:
         recipe = stage.stack_recipe(ws, run)
         if recipe is not None:
-            groups.setdefault(config_hash(recipe), (recipe, []))[1].append(run)
+            groups.setdefault((run.label, config_hash(recipe)), (recipe, []))[1].append(run)
     arch = study_arch(ws.study)
     out: dict[Path, tuple[Run, ...]] = {}
     for recipe, members in groups.values():
