@@ -41,6 +41,7 @@ from prunebench.models import get_model
 from prunebench.pruning import Mask, Scope, masked_nonzero, save_mask, sparsity_report
 from prunebench.pruning.base import Batches
 from prunebench.training import evaluate_splits, train
+from prunebench.training.loop import early_stopping
 
 log = logging.getLogger("prunebench")
 
@@ -350,7 +351,8 @@ class Workspace:
                    **sparsity_counts(model), "macs": macs,
                    "param_reduction": 1.0 - counts["params_nonzero"] / dense["params_total"],
                    "macs_reduction": 1.0 - macs / dense["macs"],
-                   "threads": torch.get_num_threads(), **extra}
+                   "threads": torch.get_num_threads(),
+                   **early_stopping(run.path / "history.csv"), **extra}
         if mask is not None:
             unapplied = masked_nonzero(model, mask)
             if unapplied:

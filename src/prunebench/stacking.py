@@ -65,11 +65,13 @@ def stacks(stage, ws: Workspace, runs: Sequence[Run]) -> dict[Path, tuple[Run, .
     cfg = ws.study.stack
     if cfg.max_members < 2:
         return {}
-    groups: dict[tuple[str, str], tuple[TrainConfig, list[Run]]] = {}
+    groups: dict[tuple, tuple[TrainConfig, list[Run]]] = {}
     for run in runs:
         recipe = stage.stack_recipe(ws, run)
         if recipe is not None:
-            groups.setdefault((run.label, config_hash(recipe)), (recipe, []))[1].append(run)
+            # Runs that a stage makes in one job (`job_key`) stack only with each other.
+            key = (run.label, stage.job_key(run), config_hash(recipe))
+            groups.setdefault(key, (recipe, []))[1].append(run)
     arch = study_arch(ws.study)
     out: dict[Path, tuple[Run, ...]] = {}
     for recipe, members in groups.values():

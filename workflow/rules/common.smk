@@ -36,6 +36,7 @@ PLOTS = (
     "pareto_macs",
     "pareto_latency",
     "training_curves",
+    "lottery_tickets",
 )
 
 try:

@@ -1,6 +1,8 @@
 """Figures per study: accuracy and its loss against sparsity, accuracy against the parameters
 and MACs left, parameters left, accuracy against measured MACs and latency (Pareto fronts),
-training curves.
+training curves, and lottery tickets (Frankle & Carbin's two curves: test accuracy and the
+early-stopping iteration against the weights remaining, tickets beside their reinitialised
+controls).
 
 The sparsity-axis figures show the dense model and the unstructured methods only: a
 structured method's target is a fraction of channels, not a weight sparsity. The
@@ -46,7 +48,10 @@ EFFECTIVE_LEGEND = "hollow: effective MACs (zeros skipped)"
 FRONT_COLOR = "grey"
 STRUCTURED_LINESTYLE = "-."  # tells channel-pruned methods apart where all methods meet
 PLOT_NAMES = ("accuracy_vs_sparsity", "delta_vs_dense", "params_remaining", "accuracy_vs_params",
-              "accuracy_vs_macs", "pareto_macs", "pareto_latency", "training_curves")
+              "accuracy_vs_macs", "pareto_macs", "pareto_latency", "training_curves", "lottery_tickets")
+LOTTERY_METHOD = "lottery"
+REINIT_SUFFIX = "_reinit"  # the random-reinitialisation control's method and label
+NO_LOTTERY = "no lottery-ticket runs in this study"
 
 
 # ---------------------------------------------------------------- axes helpers
@@ -451,6 +456,61 @@ def curves_figure(runs: pd.DataFrame, study: str,
     return fig
 
 
+def _lottery_lines(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Each lottery label's levels and its control's, dense prepended at 100 % remaining."""
+    lines = {}
+    dense = rows[rows["label"] == DENSE_LABEL]
+    tickets = rows[rows["method"] == LOTTERY_METHOD]
+    for label in ordered_labels(tickets["label"]):
+        for name in (label, label + REINIT_SUFFIX):
+            levels = rows[rows["label"] == name]
+            if len(levels):
+                lines[name] = pd.concat([dense, levels]).sort_values("target_sparsity")
+    return lines
+
+
+def lottery_figure(summary: pd.DataFrame, study: str) -> Figure:
+    """Test top-1 (left) and the early-stopping iteration, the iteration of minimum
+    validation loss (right), against the percentage of weights remaining (log scale, falling
+    to the right), mean ±std over seeds, for each lottery-ticket label and its random
+    reinitialisation control; both lines start at the dense model (100 %)."""
+    rows = summary[summary["study"] == study]
+    styles = _styles(rows["label"])
+    fig = Figure(figsize=(FIGSIZE[0] * 1.8, FIGSIZE[1]), dpi=DPI, layout="tight")
+    axes = fig.subplots(1, 2)
+    lines = _lottery_lines(rows)
+    panels = (("top1", 100.0, "test top-1 accuracy (%)"),
+              ("early_stop_iteration", 1.0, "early-stopping iteration (min. validation loss)"))
+    for ax, (metric, scale, ylabel) in zip(axes, panels):
+        ax.grid(True, alpha=0.3)
+        drawn = 0
+        for name, line in lines.items():
+            if f"{metric}_mean" not in line or line[f"{metric}_mean"].isna().all():
+                continue
+            base = name.removesuffix(REINIT_SUFFIX)
+            x = 100 * (1.0 - line["weight_sparsity_mean"].to_numpy(dtype=float))
+            y = scale * line[f"{metric}_mean"].to_numpy(dtype=float)
+            err = scale * _std(line[f"{metric}_std"])
+            reinit = name != base
+            ax.plot(x, y, color=styles[base]["color"], marker=styles[base]["marker"],
+                    linestyle="--" if reinit else "-", markersize=4,
+                    label=f"{base} (random reinit)" if reinit else f"{base} (ticket)")
+            ax.fill_between(x, y - err, y + err, color=styles[base]["color"],
+                            alpha=0.08 if reinit else 0.18, linewidth=0)
+            drawn += 1
+        if drawn:
+            ax.set_xscale("log")
+            ax.invert_xaxis()
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.legend(fontsize="small")
+        else:
+            _note(ax, NO_LOTTERY)
+        ax.set_xlabel("weights remaining (%, log scale)")
+        ax.set_ylabel(ylabel)
+    fig.suptitle(f"{study}: lottery tickets against random reinitialisation")
+    return fig
+
+
 # ---------------------------------------------------------------- writing
 
 
@@ -473,6 +533,7 @@ def write_plots(runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> lis
             "pareto_macs": pareto_macs_figure(summary, study),
             "pareto_latency": pareto_latency_figure(summary, study),
             "training_curves": curves_figure(runs, study),
+            "lottery_tickets": lottery_figure(summary, study),
         }
         for name in PLOT_NAMES:
             written.append(save_figure(figures[name], out_dir / plot_filename(study, name)))

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from prunebench.io import atomic_torch_save, load_tensors
 from prunebench.pruning import PruneContext, apply_mask, load_mask
+from prunebench.pruning.lottery import round_sparsities
 from prunebench.runs import Run, Workspace, seeded
+from prunebench.stacking import study_arch
 from prunebench.stages.base import Stage, dense_run, method_description, method_of, targets
 from prunebench.training import train
 
@@ -44,6 +46,17 @@ def lottery_schedule(prune_fraction: float, target: float) -> list[float]:
     if levels and (1.0 - target) / (1.0 - levels[-1]) > 1.0 - prune_fraction / 2:
         levels.pop()
     return [*levels, target]
+
+
+def level_schedule(ws: Workspace, opts, target: float) -> list[float]:
+    """The sparsity of every level of a chain to `target`: by `prune_fraction` of all
+    remaining weights per round, or, with per-layer rates (`output_prune_fraction`), the
+    rounds of the study's architecture up to the first that reaches `target`."""
+    if opts["output_prune_fraction"] is None:
+        return lottery_schedule(opts["prune_fraction"], target)
+    if target <= 0:
+        return []
+    return round_sparsities(study_arch(ws.study).build(), ws.scope, opts, target)
 
 
 def level_run(ws: Workspace, entry, schedule: list[float], seed: int) -> Run:
@@ -79,6 +92,15 @@ def rewind_weights(ws: Workspace, dense: Run, seed: int, iteration: int) -> dict
     return load_tensors(replay)
 
 
+def _reinitialised(ws: Workspace, run: Run):
+    """A control's start: its ticket's mask on a fresh random initialisation."""
+    mask = load_mask(run.parents[0].path / "mask.pt")
+    model = ws.new_model(run.spec["seed"] + REINIT_SEED_OFFSET)
+    apply_mask(model, mask)
+    log.info("random reinitialisation control for %s", run.parents[0].hash)
+    return model, mask
+
+
 class LotteryStage(Stage):
     name = kind = "lottery"
     help = "lottery-ticket iterative pruning with rewinding"
@@ -91,7 +113,7 @@ class LotteryStage(Stage):
                 continue
             for seed in ws.study.seeds:
                 for target in targets(ws, entry):
-                    schedule = lottery_schedule(entry.options["prune_fraction"], target)
+                    schedule = level_schedule(ws, entry.options, target)
                     if not schedule:
                         continue
                     final = level_run(ws, entry, schedule, seed)
@@ -105,13 +127,24 @@ class LotteryStage(Stage):
         are sequential by nature."""
         return f"seed{run.spec['seed']}"
 
+    def stack_recipe(self, ws: Workspace, run: Run):
+        """The random-reinitialisation controls of one chain stack (their masks are all
+        known once the chain is trained); the levels are sequential by nature."""
+        return ws.study.train if run.spec.get("reinit") else None
+
+    def execute_stack(self, ws: Workspace, runs: list[Run]) -> None:
+        started = [_reinitialised(ws, run) for run in runs]
+        share = ws.train_stack(runs, [m for m, _ in started], ws.study.train,
+                               [mask for _, mask in started])
+        for run, (model, mask) in zip(runs, started):
+            ws.finish(run, model, ws.dense_arch, mask,
+                      {"train_time_s": share, "stack_members": len(runs)})
+
     def execute(self, ws: Workspace, run: Run) -> None:
         entry, seed, dense = run.spec["entry"], run.spec["seed"], run.spec["dense"]
         recipe = ws.study.train
         if run.spec.get("reinit"):
-            mask = load_mask(run.parents[0].path / "mask.pt")
-            model = ws.new_model(seed + REINIT_SEED_OFFSET)
-            log.info("random reinitialisation control for %s", run.parents[0].hash)
+            model, mask = _reinitialised(ws, run)
         else:
             previous = run.parents[0]
             trained, _ = ws.load(previous)
@@ -123,7 +156,7 @@ class LotteryStage(Stage):
             model = ws.model_from_state(rewind_weights(ws, dense, seed, rewind))
             log.info("level %d: sparsity %.4f, rewound to iteration %d", run.meta["level"],
                      sparsity, rewind)
-        apply_mask(model, mask)
+            apply_mask(model, mask)
         # Late rewinding continues the schedule from iteration k (Frankle et al. 2020).
         start = 0 if run.spec.get("reinit") else entry.options["rewind_iteration"]
         elapsed, _ = ws.train(run.path, model, recipe, seed, mask, start_iteration=start)

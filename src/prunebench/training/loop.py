@@ -336,3 +336,21 @@ def write_history(history: Sequence[Mapping], path: Path) -> None:
     keys = list(history[0])
     lines = [",".join(keys)] + [",".join(f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k]) for k in keys) for row in history]
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def early_stopping(path: Path) -> dict[str, float]:
+    """The early-stopping point of a run's `history.csv` (Frankle & Carbin's measure of how
+    fast a network learns): the iteration of minimum validation loss, recorded per epoch, and
+    the validation top-1 there. Empty without a history or a validation split."""
+    import csv
+
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if math.isfinite(float(r.get("val_loss") or "nan"))]
+    if not rows:
+        return {}
+    best = min(rows, key=lambda r: float(r["val_loss"]))  # the first of equal minima
+    return {"early_stop_iteration": int(best["iteration"]),
+            "early_stop_val_loss": float(best["val_loss"]),
+            "early_stop_val_top1": float(best["val_top1"])}
