@@ -83,8 +83,10 @@ def test_the_plan_keeps_one_job_per_grid_point_and_orders_each_stack_behind_its_
         assert seeds == sorted(seeds)  # one seed's members together: they share batches
         leader = manifests[str(group[0])]
         leader_job = next(j for j in jobs if j.manifest == leader)
+        assert leader_job.stack == len(group)  # a cluster runtime limit scales with it
         for path in group[1:]:
             follower = next(j for j in jobs if j.manifest == manifests[str(path)])
+            assert follower.stack == 1
             assert leader in follower.inputs  # the leader's job trains the follower's run
             assert set(leader_job.inputs) >= set(follower.inputs) - {leader}
     # Without stacking, a finetune job waits only for its own prune job.

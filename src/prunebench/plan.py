@@ -47,6 +47,9 @@ class Job:
     manifest: str
     inputs: tuple[str, ...] = ()
     runs: tuple[str, ...] = field(default=(), compare=False)
+    # Runs this job trains in one stack: its stack's size for a leader, else 1 (what a
+    # cluster job's runtime limit scales with).
+    stack: int = field(default=1, compare=False)
 
     @property
     def wildcards(self) -> dict[str, Any]:
@@ -98,17 +101,19 @@ def study_jobs(study: Study, runs_root: str | Path, jobs_root: str | Path) -> li
         job_of.update({r.path: manifest for *_, members, manifest in grouped for r in members})
         for point, h, members, manifest in grouped:
             waits_for = list(members)  # runs whose parents this job needs
-            inputs = set()
+            inputs, trains = set(), 1
             for run in members:
                 stack = stacked.get(run.path, ())
                 if stack and stack[0] is not run:
                     inputs.add(job_of[stack[0].path])  # the leader's job trains this run
                 else:
                     waits_for += stack[1:]
+                    trains = max(trains, len(stack))
             inputs |= {m for r in waits_for for m in _parent_jobs(r, job_of)}
             inputs.discard(manifest)
             jobs.append(Job(stage.name, study.name, members[0].label, point, h, manifest,
-                            tuple(sorted(inputs)), tuple(str(r.path) for r in members)))
+                            tuple(sorted(inputs)), tuple(str(r.path) for r in members),
+                            trains))
     return jobs
 
 

@@ -131,6 +131,15 @@ def planned_inputs(stage, label=None):
     return inputs
 
 
+def planned_runtime(stage, minutes):
+    """Resource function: `minutes` per grid point, times the runs a stack's leader trains."""
+
+    def runtime(wildcards):
+        return minutes * planned_job(stage, wildcards).stack
+
+    return runtime
+
+
 def study_threads(wildcards):
     """A job's cores: its study's `threads`, which every run of the study trains with (the
     CLI reads it from the params file, so local and cluster runs agree bit for bit)."""

@@ -7,8 +7,8 @@
 # common.smk), so a job costs its work, not ~2.5 s of start-up. `gpu` is 1 per job with
 # `--config gpus_per_job=1` (or `--resources gpu=N`, which implies it): N jobs then train at
 # once, each on a free GPU of its own (prunebench.devices). Runtimes are in minutes, the
-# SLURM limit of one grid point at paper scale; raise one with
-# `--set-resources lottery:runtime=2880`.
+# SLURM limit of one grid point at paper scale, times the runs a stack's leader trains
+# (prunebench.stacking); raise one with `--set-resources lottery:runtime=2880`.
 RUNTIME = {
     "train": 240,
     "sensitivity": 120,
@@ -37,7 +37,7 @@ for stage_name in STAGE_NAMES:
         threads: study_threads
         resources:
             gpu=GPUS_PER_JOB,
-            runtime=RUNTIME[stage_name],
+            runtime=planned_runtime(stage_name, RUNTIME[stage_name]),
         params:
             params_file=PARAMS_FILE,
             runs_root=RUNS_ROOT,
