@@ -74,13 +74,12 @@ def main() -> None:
     for name, members in (("alone", 1), ("stacked", args.max_members)):
         root = _runs_root(project, source, name)
         try:
-            walls[name], runs[name] = _recover(project, root, args, members)
+            walls[name], made = _recover(project, root, args, members)
+            runs[name] = [{**r, "weights": torch.load(project / r["path"] / "model.pt",
+                                                      weights_only=True),
+                           "metrics": json.loads((project / r["path"] / "metrics.json")
+                                                 .read_text())} for r in made]
         finally:
-            kept = {r["path"]: (project / r["path"]) for r in runs.get(name, [])}
-            runs[name] = [{**r, "weights": {k: v.clone() for k, v in torch.load(
-                kept[r["path"]] / "model.pt", weights_only=True).items()},
-                "metrics": json.loads((kept[r["path"]] / "metrics.json").read_text())}
-                for r in runs.get(name, [])]
             shutil.rmtree(root, ignore_errors=True)
     pairs = []
     for alone, stacked in zip(runs["alone"], runs["stacked"]):

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from prunebench.config import DataConfig, Study, TrainConfig, canonical, config_hash
-from prunebench.data import DataSplits, iterate_batches, load_dataset
+from prunebench.data import DataSplits, dataset_shape, iterate_batches, load_dataset
 from prunebench.errors import ConfigError
 from prunebench.io import atomic_torch_save, atomic_write_json, load_tensors, read_json
 from prunebench.metrics import count_macs, size_counts, sparsity_counts
@@ -215,7 +215,10 @@ class Workspace:
 
     @cached_property
     def dense_arch(self) -> Arch:
-        return Arch(self.study.model.name, self.data.num_classes, tuple(self.data.input_shape))
+        """The study's unpruned architecture, known without reading the data (planning
+        uses it)."""
+        num_classes, input_shape = dataset_shape(self.study.data.name)
+        return Arch(self.study.model.name, num_classes, input_shape)
 
     @cached_property
     def dense_costs(self) -> dict[str, int]:

@@ -22,15 +22,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from prunebench.config import Study, TrainConfig, config_hash
-from prunebench.data import dataset_shape
+from prunebench.config import TrainConfig, config_hash
 from prunebench.runs import Arch, Run, Workspace
-
-
-def study_arch(study: Study) -> Arch:
-    """The study's unpruned architecture, known without reading the data."""
-    num_classes, input_shape = dataset_shape(study.data.name)
-    return Arch(study.model.name, num_classes, input_shape)
 
 
 @functools.lru_cache(maxsize=64)
@@ -72,7 +65,7 @@ def stacks(stage, ws: Workspace, runs: Sequence[Run]) -> dict[Path, tuple[Run, .
             # Runs that a stage makes in one job (`job_key`) stack only with each other.
             key = (run.label, stage.job_key(run), config_hash(recipe))
             groups.setdefault(key, (recipe, []))[1].append(run)
-    arch = study_arch(ws.study)
+    arch = ws.dense_arch
     out: dict[Path, tuple[Run, ...]] = {}
     for recipe, members in groups.values():
         size = min(cfg.max_members, _capacity(arch, recipe, cfg.memory_mb))
@@ -85,4 +78,4 @@ def stacks(stage, ws: Workspace, runs: Sequence[Run]) -> dict[Path, tuple[Run, .
     return out
 
 
-__all__ = ["split_evenly", "stacks", "study_arch"]
+__all__ = ["split_evenly", "stacks"]

@@ -19,7 +19,6 @@ from prunebench.io import atomic_torch_save, load_tensors
 from prunebench.pruning import PruneContext, apply_mask, load_mask
 from prunebench.pruning.lottery import round_sparsities
 from prunebench.runs import Run, Workspace, seeded
-from prunebench.stacking import study_arch
 from prunebench.stages.base import Stage, dense_run, method_description, method_of, targets
 from prunebench.training import train
 
@@ -56,7 +55,7 @@ def level_schedule(ws: Workspace, opts, target: float) -> list[float]:
         return lottery_schedule(opts["prune_fraction"], target)
     if target <= 0:
         return []
-    return round_sparsities(study_arch(ws.study).build(), ws.scope, opts, target)
+    return round_sparsities(ws.dense_arch.build(), ws.scope, opts, target)
 
 
 def level_run(ws: Workspace, entry, schedule: list[float], seed: int) -> Run:
@@ -111,11 +110,9 @@ class LotteryStage(Stage):
         for entry in ws.study.methods:
             if method_of(entry).when != "iterative":
                 continue
+            schedules = [level_schedule(ws, entry.options, t) for t in targets(ws, entry)]
             for seed in ws.study.seeds:
-                for target in targets(ws, entry):
-                    schedule = level_schedule(ws, entry.options, target)
-                    if not schedule:
-                        continue
+                for schedule in filter(None, schedules):
                     final = level_run(ws, entry, schedule, seed)
                     runs.append(final)
                     if entry.options["reinit_control"]:
