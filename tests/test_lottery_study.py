@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from prunebench.analysis.aggregate import lottery_table, study_markdown
 from prunebench.analysis.plots import NO_LOTTERY, lottery_figure
 from prunebench.cli import main
 from prunebench.config import read_params
@@ -165,3 +166,31 @@ def test_lottery_figure_says_why_it_is_empty():
     fig = lottery_figure(_lottery_summary(with_early_stop=False), "s")
     assert len(fig.axes[0].get_lines()) == 2
     assert NO_LOTTERY in [t.get_text() for t in fig.axes[1].texts]
+
+
+def _table_rows(table: str) -> tuple[list[str], list[list[str]]]:
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in table.splitlines() if line.startswith("|")]
+    return rows[0], rows[2:]
+
+
+def test_lottery_table_puts_each_level_beside_its_control_and_dense():
+    header, body = _table_rows(lottery_table(_lottery_summary(), "s"))
+    assert header[:4] == ["Method", "Weights remaining (%)", "Ticket top-1 (%)",
+                          "Control top-1 (%)"]
+    assert [r[1] for r in body] == ["100.0", "51.0", "21.0", "2.0"]
+    dense, *levels = [dict(zip(header, r)) for r in body]
+    assert dense["Method"] == "dense" and dense["Control top-1 (%)"] == "–"
+    assert dense["Ticket early stop (iter.)"] == "9,000 ± 500"
+    assert levels[1]["Ticket top-1 (%)"] == "98.60 ± 0.20"
+    assert levels[1]["Control top-1 (%)"] == "97.60 ± 0.30"
+    assert levels[1]["Ticket − dense (pp)"] == "+0.60"
+    assert levels[2]["Control − dense (pp)"] == "-3.00"
+    assert levels[2]["Control early stop (iter.)"] == "18,000 ± 400"
+    # In the report's tables only where the study has lottery runs.
+    summary = _lottery_summary().assign(channel_sparsity=np.nan, recovery=None, top5_mean=0.999,
+                                        top5_std=0.0, delta_top1_vs_dense=0.0)
+    assert "### Lottery tickets vs. random reinitialisation\n" in study_markdown(summary, "s")
+    assert lottery_table(summary[summary["method"] == "dense"], "s") is None
+    header, body = _table_rows(lottery_table(_lottery_summary(with_early_stop=False), "s"))
+    assert {r[header.index("Ticket early stop (iter.)")] for r in body} == {"–"}

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from prunebench.io import atomic_write_json, atomic_write_text
 RESULT_KINDS = ("train", "recover", "lottery", "lottery_reinit")
 DENSE_LABEL = "dense"
 DISTILL_SUFFIX = "+distill"  # a distilled run's label: the method's label plus this
+LOTTERY_METHOD = "lottery"
+REINIT_SUFFIX = "_reinit"  # the random-reinitialisation control's method and label
 
 # A structured method's target is `channel_sparsity` (fraction of channels removed) and its
 # `target_sparsity` is null; an unstructured one's is the other way round.
@@ -432,6 +434,76 @@ def recovery_table(summary: pd.DataFrame, study: str) -> str | None:
     }))
 
 
+def lottery_lines(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Each lottery label's levels and its control's (`<label>_reinit`), keyed by label, each
+    with the dense rows prepended (0 sparsity, 100 % remaining), by target sparsity."""
+    lines = {}
+    dense = rows[rows["label"] == DENSE_LABEL]
+    tickets = rows[rows["method"] == LOTTERY_METHOD]
+    for label in ordered_labels(tickets["label"]):
+        for name in (label, label + REINIT_SUFFIX):
+            levels = rows[rows["label"] == name]
+            if len(levels):
+                lines[name] = pd.concat([dense, levels]).sort_values("target_sparsity",
+                                                                     kind="mergesort")
+    return lines
+
+
+def _iterations(mean: float, std: float) -> str:
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:,.0f} ± {'–' if pd.isna(std) else f'{std:,.0f}'}"
+
+
+def _stat(row: pd.Series | None, metric: str, fmt: Callable[[float, float], str]) -> str:
+    """`metric`'s mean ± std from a summary row, "–" without the row or the metric."""
+    if row is None or f"{metric}_mean" not in row:
+        return "–"
+    return fmt(row[f"{metric}_mean"], row.get(f"{metric}_std", math.nan))
+
+
+def lottery_table(summary: pd.DataFrame, study: str) -> str | None:
+    """Frankle & Carbin's comparison as a table (None without lottery runs): per lottery label
+    and level, the ticket's and its random-reinitialisation control's test top-1 and
+    early-stopping iteration (of minimum validation loss), beside the dense model's."""
+    rows = summary[summary["study"] == study]
+    lines = lottery_lines(rows)
+    if not lines:
+        return None
+    dense = rows[rows["label"] == DENSE_LABEL]
+    dense_top1 = dense["top1_mean"].iloc[0] if len(dense) else math.nan
+    table = []
+    for label in [name for name in lines if not name.endswith(REINIT_SUFFIX)]:
+        controls = lines.get(label + REINIT_SUFFIX, pd.DataFrame(columns=rows.columns))
+        for _, ticket in lines[label].iterrows():
+            control = controls[(controls["label"] != DENSE_LABEL)
+                               & (controls["target_sparsity"] == ticket["target_sparsity"])]
+            control = control.iloc[0] if len(control) and ticket["label"] != DENSE_LABEL else None
+            table.append({
+                "Method": ticket["label"],
+                "Weights remaining (%)": f"{100 * (1 - ticket['weight_sparsity_mean']):.1f}",
+                "Ticket top-1 (%)": _stat(ticket, "top1", _pm),
+                "Control top-1 (%)": _stat(control, "top1", _pm),
+                "Ticket − dense (pp)": _signed(ticket["top1_mean"] - dense_top1),
+                "Control − dense (pp)": ("–" if control is None
+                                         else _signed(control["top1_mean"] - dense_top1)),
+                "Ticket early stop (iter.)": _stat(ticket, "early_stop_iteration", _iterations),
+                "Control early stop (iter.)": _stat(control, "early_stop_iteration",
+                                                    _iterations),
+                "n": int(ticket["n"]),
+            })
+    return _markdown(pd.DataFrame(table)) + "\n" + LOTTERY_NOTE
+
+
+LOTTERY_NOTE = (
+    "Tickets are the iterative-magnitude-pruning masks with the survivors rewound; controls "
+    "are the same masks from a fresh random initialisation. Top-1 is the test accuracy at "
+    "the end of training; the early-stopping iteration is the training iteration of minimum "
+    "validation loss, read once per epoch (mean ± std over seeds). The first row is the "
+    "dense model.\n"
+)
+
+
 # ---------------------------------------------------------------- benchmark tables
 
 # Execution modes in table order (the benchmark's `MODES`, CPU ones first; not imported from
@@ -654,6 +726,7 @@ def study_markdown(summary: pd.DataFrame, study: str) -> list[str]:
         ("Dense and unstructured methods (weight sparsity)", study_table(summary, study)),
         ("Structured methods (channels removed)", structured_table(summary, study)),
         ("Fine-tuning vs. distillation", recovery_table(summary, study)),
+        ("Lottery tickets vs. random reinitialisation", lottery_table(summary, study)),
         ("Hardware cost (benchmark)", hardware_table(summary, study)),
         ("Execution modes (benchmark latency)", modes_table(summary, study)),
     ]
