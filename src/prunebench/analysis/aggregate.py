@@ -434,21 +434,6 @@ def recovery_table(summary: pd.DataFrame, study: str) -> str | None:
     }))
 
 
-def lottery_lines(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Each lottery label's levels and its control's (`<label>_reinit`), keyed by label, each
-    with the dense rows prepended (0 sparsity, 100 % remaining), by target sparsity."""
-    lines = {}
-    dense = rows[rows["label"] == DENSE_LABEL]
-    tickets = rows[rows["method"] == LOTTERY_METHOD]
-    for label in ordered_labels(tickets["label"]):
-        for name in (label, label + REINIT_SUFFIX):
-            levels = rows[rows["label"] == name]
-            if len(levels):
-                lines[name] = pd.concat([dense, levels]).sort_values("target_sparsity",
-                                                                     kind="mergesort")
-    return lines
-
-
 def _iterations(mean: float, std: float) -> str:
     if pd.isna(mean):
         return "–"
@@ -462,36 +447,41 @@ def _stat(row: pd.Series | None, metric: str, fmt: Callable[[float, float], str]
     return fmt(row[f"{metric}_mean"], row.get(f"{metric}_std", math.nan))
 
 
+def _lottery_row(ticket: pd.Series, control: pd.Series | None, dense_top1: float) -> dict:
+    """One row of the lottery table: a level's ticket beside its control (None: no control,
+    as for the dense model's row)."""
+    return {
+        "Method": ticket["label"],
+        "Weights remaining (%)": f"{100 * (1 - ticket['weight_sparsity_mean']):.1f}",
+        "Ticket top-1 (%)": _stat(ticket, "top1", _pm),
+        "Control top-1 (%)": _stat(control, "top1", _pm),
+        "Ticket − dense (pp)": _signed(ticket["top1_mean"] - dense_top1),
+        "Control − dense (pp)": ("–" if control is None
+                                 else _signed(control["top1_mean"] - dense_top1)),
+        "Ticket early stop (iter.)": _stat(ticket, "early_stop_iteration", _iterations),
+        "Control early stop (iter.)": _stat(control, "early_stop_iteration", _iterations),
+        "n": int(ticket["n"]),
+    }
+
+
 def lottery_table(summary: pd.DataFrame, study: str) -> str | None:
-    """Frankle & Carbin's comparison as a table (None without lottery runs): per lottery label
-    and level, the ticket's and its random-reinitialisation control's test top-1 and
-    early-stopping iteration (of minimum validation loss), beside the dense model's."""
+    """Frankle & Carbin's comparison as a table (None without lottery runs): the dense model,
+    then per lottery label and level the ticket's and its random-reinitialisation control's
+    test top-1 and early-stopping iteration (of minimum validation loss)."""
     rows = summary[summary["study"] == study]
-    lines = lottery_lines(rows)
-    if not lines:
+    tickets = rows[rows["method"] == LOTTERY_METHOD]
+    if tickets.empty:
         return None
     dense = rows[rows["label"] == DENSE_LABEL]
     dense_top1 = dense["top1_mean"].iloc[0] if len(dense) else math.nan
-    table = []
-    for label in [name for name in lines if not name.endswith(REINIT_SUFFIX)]:
-        controls = lines.get(label + REINIT_SUFFIX, pd.DataFrame(columns=rows.columns))
-        for _, ticket in lines[label].iterrows():
-            control = controls[(controls["label"] != DENSE_LABEL)
-                               & (controls["target_sparsity"] == ticket["target_sparsity"])]
-            control = control.iloc[0] if len(control) and ticket["label"] != DENSE_LABEL else None
-            table.append({
-                "Method": ticket["label"],
-                "Weights remaining (%)": f"{100 * (1 - ticket['weight_sparsity_mean']):.1f}",
-                "Ticket top-1 (%)": _stat(ticket, "top1", _pm),
-                "Control top-1 (%)": _stat(control, "top1", _pm),
-                "Ticket − dense (pp)": _signed(ticket["top1_mean"] - dense_top1),
-                "Control − dense (pp)": ("–" if control is None
-                                         else _signed(control["top1_mean"] - dense_top1)),
-                "Ticket early stop (iter.)": _stat(ticket, "early_stop_iteration", _iterations),
-                "Control early stop (iter.)": _stat(control, "early_stop_iteration",
-                                                    _iterations),
-                "n": int(ticket["n"]),
-            })
+    table = [_lottery_row(dense.iloc[0], None, dense_top1)] if len(dense) else []
+    for label in ordered_labels(tickets["label"]):
+        controls = rows[rows["label"] == label + REINIT_SUFFIX]
+        levels = rows[rows["label"] == label].sort_values("target_sparsity", kind="mergesort")
+        for _, ticket in levels.iterrows():
+            match = controls[controls["target_sparsity"] == ticket["target_sparsity"]]
+            table.append(_lottery_row(ticket, match.iloc[0] if len(match) else None,
+                                      dense_top1))
     return _markdown(pd.DataFrame(table)) + "\n" + LOTTERY_NOTE
 
 

@@ -29,9 +29,9 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from prunebench.analysis.aggregate import (
     DENSE_LABEL,
     MACS_PER_M,
+    LOTTERY_METHOD,
     REINIT_SUFFIX,
     latency_batches,
-    lottery_lines,
     ordered_labels,
     studies,
 )
@@ -456,6 +456,19 @@ def curves_figure(runs: pd.DataFrame, study: str,
     return fig
 
 
+def _lottery_lines(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Each lottery label's levels and its control's, dense prepended at 100 % remaining."""
+    lines = {}
+    dense = rows[rows["label"] == DENSE_LABEL]
+    tickets = rows[rows["method"] == LOTTERY_METHOD]
+    for label in ordered_labels(tickets["label"]):
+        for name in (label, label + REINIT_SUFFIX):
+            levels = rows[rows["label"] == name]
+            if len(levels):
+                lines[name] = pd.concat([dense, levels]).sort_values("target_sparsity")
+    return lines
+
+
 def lottery_figure(summary: pd.DataFrame, study: str) -> Figure:
     """Test top-1 (left) and the early-stopping iteration, the iteration of minimum
     validation loss (right), against the percentage of weights remaining (log scale, falling
@@ -465,7 +478,7 @@ def lottery_figure(summary: pd.DataFrame, study: str) -> Figure:
     styles = _styles(rows["label"])
     fig = Figure(figsize=(FIGSIZE[0] * 1.8, FIGSIZE[1]), dpi=DPI, layout="tight")
     axes = fig.subplots(1, 2)
-    lines = lottery_lines(rows)
+    lines = _lottery_lines(rows)
     panels = (("top1", 100.0, "test top-1 accuracy (%)"),
               ("early_stop_iteration", 1.0, "early-stopping iteration (min. validation loss)"))
     for ax, (metric, scale, ylabel) in zip(axes, panels):
