@@ -17,6 +17,18 @@ other. Samples/s counts every member's training samples (K x samples per epoch).
     python benchmarks/grid_throughput.py --mirror ../shared/data --out benchmarks/results/grid_throughput.json
 
 Target on the 2-core development CPU: stacked >= 3x sequential at K = 8.
+
+The JSON also says how far from the machine each variant runs (`roofline`): the FLOPs of one
+training step per sample (torch's `FlopCounterMode`, forward and backward), the same thread
+count's sustained matrix-multiply rate (a 2048^3 fp32 GEMM, best of several), each variant's
+achieved GFLOP/s, and `ceiling_speedup`: the sequential time over the time the stack's
+matrix products alone would take at that peak rate. No stack can beat it without doing less
+arithmetic (it ignores the optimiser step, the masks and every memory-bound kernel), so a
+target above it is out of reach on this machine, whatever the implementation. A profiled
+stacked epoch per K adds where its time goes (`stacked_time_fractions`: matrix products and
+convolutions, the optimiser's kernel, re-masking, everything else) and `kernel_bound_speedup`,
+the speed-up the stack would reach if everything but the matrix products and the optimiser
+kernel were free.
 """
 
 from __future__ import annotations
@@ -25,9 +37,11 @@ import argparse
 import copy
 import os
 import platform
+import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from _stats import spread
 from prunebench.config import TrainConfig
@@ -91,6 +105,56 @@ def run(variant: str, models, masks, data, recipe) -> tuple[float, list]:
 
 
 
+def flops_per_sample(name: str, batch: int = BATCH) -> float:
+    """FLOPs of one training step (forward and backward) per sample, as torch counts them
+    (2 per multiply-add of every matrix product and convolution)."""
+    torch.manual_seed(0)
+    model = get_model(name, 10, (1, 28, 28))
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() / batch
+
+
+def gemm_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """This thread count's sustained fp32 matrix-multiply rate (GFLOP/s), best of `repeats`."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9
+
+
+KERNELS = {  # self-time categories of a profiled stacked epoch, by aten op name
+    "matmul_conv": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "conv"),
+    "optimizer": ("adam", "sgd", "aten::_foreach"),
+    "masks": ("aten::mul_",),
+}
+
+
+def step_breakdown(models, masks, data, recipe) -> dict:
+    """Where one stacked (one-seed) epoch's CPU time goes, from torch's profiler: self time of
+    the matrix products and convolutions, of the optimiser's kernel, of re-zeroing masked
+    weights (`mul_`), and of everything else (autograd bookkeeping, activations, the loss,
+    batching), as fractions of their sum."""
+    models = [copy.deepcopy(m) for m in models]
+    seeds = [0] * len(models)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        train_stacked(models, data, recipe, seeds=seeds, masks=masks, progress=False)
+    spent = dict.fromkeys([*KERNELS, "other"], 0.0)
+    for event in prof.key_averages():
+        name = event.key.lower()
+        kind = next((k for k, keys in KERNELS.items() if any(x.lower() in name for x in keys)),
+                    "other")
+        spent[kind] += event.self_cpu_time_total
+    total = sum(spent.values())
+    return {k: v / total for k, v in spent.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default="data")
@@ -107,6 +171,8 @@ def main() -> None:
     recipe = TrainConfig(epochs=1, batch_size=BATCH, optimizer="adam", lr=1.2e-3,
                          schedule="constant")
     load_start = os.getloadavg()
+    flops = {name: flops_per_sample(name) for name in args.models}
+    peaks = []
     grids = {(name, k): grid(name, k) for name in args.models for k in args.ks}
     for (name, k), (models, masks) in grids.items():  # warm-up: allocator, kernels
         for variant in VARIANTS:
@@ -118,6 +184,7 @@ def main() -> None:
     load_per_repeat = []
     for r in range(args.repeats):
         load_per_repeat.append(os.getloadavg()[0])
+        peaks.append(gemm_peak_gflops())
         for key, (models, masks) in grids.items():
             order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
             trained = {}
@@ -131,10 +198,27 @@ def main() -> None:
             print(f"repeat {r + 1}/{args.repeats} {key[0]} K={key[1]}: " + ", ".join(
                 f"{v} {seconds[key][v][-1]:.2f}s" for v in VARIANTS), flush=True)
 
+    breakdown = {key: step_breakdown(models, masks, data, recipe)
+                 for key, (models, masks) in grids.items()}
     results = {}
+    peak = max(peaks)
     for (name, k), times in seconds.items():
         samples = k * args.samples
+        gemm_bound_s = samples * flops[name] / (peak * 1e9)
         entry = {
+            "roofline": {
+                "gflops_per_s": {v: statistics.median(samples * flops[name] / t / 1e9
+                                                      for t in times[v]) for v in VARIANTS},
+                "matmul_seconds_at_peak": gemm_bound_s,
+                "ceiling_speedup": statistics.median(times["sequential"]) / gemm_bound_s,
+                # The stacked epoch's time by kind of work; `kernel_bound_speedup` is the
+                # speed-up if everything but the matrix products and the optimiser's kernel
+                # took no time at all.
+                "stacked_time_fractions": breakdown[(name, k)],
+                "kernel_bound_speedup": statistics.median(
+                    [s / t for s, t in zip(times["sequential"], times["stacked_one_seed"])])
+                / (breakdown[(name, k)]["matmul_conv"] + breakdown[(name, k)]["optimizer"]),
+            },
             "samples_per_s": {v: spread([samples / t for t in times[v]]) for v in VARIANTS},
             "speedup_over_sequential": {
                 v: {**spread([s / t for s, t in zip(times["sequential"], times[v])]),
@@ -153,6 +237,12 @@ def main() -> None:
         "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model() or "unknown",
         "cpu_count": os.cpu_count(), "load_average_start": load_start,
         "load_average_1min_per_repeat": load_per_repeat, "load_average_end": os.getloadavg(),
+        "roofline": {
+            "flops_per_sample": flops,
+            "gemm_peak_gflops_per_s": peak, "gemm_peak_per_repeat": peaks,
+            "note": "ceiling_speedup: sequential time / (the stack's matrix-product FLOPs at the "
+                    "peak GEMM rate); no stack beats it without doing less arithmetic",
+        },
         "models": results,
         "target": {"K": 8, "speedup_over_sequential": 3.0},
     }
@@ -163,7 +253,9 @@ def main() -> None:
             speedups = ", ".join(
                 f"{v} {sp['median']:.2f}x [{sp['min']:.2f}-{sp['max']:.2f}]"
                 for v, sp in entry["speedup_over_sequential"].items())
-            print(f"{name:>14} K={k:>2}: sequential {sequential:8.0f} samples/s; {speedups}")
+            print(f"{name:>14} K={k:>2}: sequential {sequential:8.0f} samples/s; {speedups}; "
+                  f"ceiling {entry['roofline']['ceiling_speedup']:.2f}x, kernel bound "
+                  f"{entry['roofline']['kernel_bound_speedup']:.2f}x")
 
 
 if __name__ == "__main__":

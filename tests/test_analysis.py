@@ -692,7 +692,9 @@ def test_cli_end_to_end_and_report(manifests, tmp_path, capsys):
     assert report.read_bytes() == first
     links = _links(text)
     images = [x for x in links if x.endswith(".png")]
-    assert len(images) == len(PLOT_NAMES)
+    # every figure but the lottery one: this study has no lottery runs
+    assert sorted(images) == sorted(f"plots/{STUDY}_{name}.png" for name in PLOT_NAMES
+                                    if name != "lottery_tickets")
     assert all(not Path(x).is_absolute() and (results / x).is_file() for x in links)
     assert "tables/runs.csv" in links and f"{n_runs} runs" in text and "83.00 ± 4.24" in text
     assert "Channels removed (target)" in text and "Distilled − fine-tuned (pp)" in text
@@ -718,6 +720,24 @@ def test_report_links_are_relative_to_the_report(runs, summary, tmp_path):
     assert f"../plots/{STUDY}_accuracy_vs_sparsity.png" in links
     assert f"../plots/{STUDY}_accuracy_vs_params.png" in links
     assert all((report.parent / x).is_file() for x in links)
+
+
+def test_report_shows_the_lottery_figure_only_for_a_study_with_lottery_runs(runs, tmp_path):
+    """Every study gets every figure file (the workflow's outputs are fixed), but the lottery
+    figure of a study without lottery runs only says so, and the report leaves it out."""
+    figure = f"../plots/{STUDY}_lottery_tickets.png"
+    for with_lottery in (False, True):
+        made = runs.copy()
+        if with_lottery:  # random's runs, relabelled as lottery tickets
+            made.loc[made["label"] == "rnd", "method"] = "lottery"
+        out = tmp_path / str(with_lottery)
+        summary = summarise(made)
+        write_tables(made, summary, out / "tables")
+        write_plots(made, summary, out / "plots")
+        assert (out / "plots" / f"{STUDY}_lottery_tickets.png").is_file()
+        text = write_report(out / "tables", out / "plots", out / "docs" / "report.md").read_text()
+        assert (figure in _links(text)) is with_lottery
+        assert ("Lottery tickets against random reinitialisation" in text) is with_lottery
 
 
 @pytest.mark.parametrize("argv, name", [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -190,6 +192,23 @@ def test_lower_target_than_current_mask_is_an_error_not_a_revival():
         global_topk_mask(scores, 0.3, current)
     with pytest.raises(ConfigError, match="never come back"):
         layerwise_topk_mask(scores, 0.3, current)
+
+
+@pytest.mark.parametrize("written", [
+    lambda i: round(1 - 0.8 ** i, 12),  # as a user writes them: 0.2, 0.36, 0.488, ...
+    lambda i: 1 - 0.8 ** i,             # as code computes them: 0.3599999999999999, ...
+])
+def test_lottery_chains_share_the_levels_their_targets_name(tmp_path, written):
+    """Every level of a 20 %-per-round chain is a target: each level is one run, which the
+    chains to later targets pass through, whichever float spelling the targets have."""
+    targets = [written(i) for i in range(1, 6)]
+    study = tiny_study(lottery={"prune_fraction": 0.2, "reinit_control": False})
+    study = dataclasses.replace(study, sparsities=tuple(targets))
+    ws = Workspace(study, tmp_path, "cpu", progress=False)
+    runs = STAGES["lottery"].runs(ws)
+    assert [r.description["levels"] for r in runs] == [targets[:i] for i in range(1, 6)]
+    for shorter, longer in zip(runs, runs[1:]):
+        assert longer.parents[0].path == shorter.path  # one run per level, shared
 
 
 @pytest.mark.parametrize("fraction, target, expected", [

@@ -464,14 +464,19 @@ def _lottery_row(ticket: pd.Series, control: pd.Series | None, dense_top1: float
     }
 
 
+def has_lottery_runs(summary: pd.DataFrame, study: str) -> bool:
+    """Whether `study` has lottery-ticket runs (its report then has their table and figure)."""
+    return bool(((summary["study"] == study) & (summary["method"] == LOTTERY_METHOD)).any())
+
+
 def lottery_table(summary: pd.DataFrame, study: str) -> str | None:
     """Frankle & Carbin's comparison as a table (None without lottery runs): the dense model,
     then per lottery label and level the ticket's and its random-reinitialisation control's
     test top-1 and early-stopping iteration (of minimum validation loss)."""
+    if not has_lottery_runs(summary, study):
+        return None
     rows = summary[summary["study"] == study]
     tickets = rows[rows["method"] == LOTTERY_METHOD]
-    if tickets.empty:
-        return None
     dense = rows[rows["label"] == DENSE_LABEL]
     dense_top1 = dense["top1_mean"].iloc[0] if len(dense) else math.nan
     table = [_lottery_row(dense.iloc[0], None, dense_top1)] if len(dense) else []

@@ -9,7 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from prunebench.analysis.aggregate import TABLES_NOTE, read_tables, studies, study_markdown
+from prunebench.analysis.aggregate import (
+    TABLES_NOTE,
+    has_lottery_runs,
+    read_tables,
+    studies,
+    study_markdown,
+)
 from prunebench.analysis.plots import PLOT_NAMES, plot_filename
 from prunebench.io import atomic_write_text
 
@@ -125,7 +131,10 @@ def render_report(tables_dir: Path, plots_dir: Path, out_path: Path) -> str:
         parts += study_markdown(summary, study)
         for name in PLOT_NAMES:
             plot = Path(plots_dir) / plot_filename(study, name)
-            if not plot.is_file():
+            # The workflow draws every figure for every study (its outputs are fixed); the
+            # lottery figure of a study without lottery runs says only that, so is left out.
+            if not plot.is_file() or (name == "lottery_tickets"
+                                      and not has_lottery_runs(summary, study)):
                 continue
             parts.append(f"### {TITLES[name]}\n")
             parts.append(f"![{study}: {TITLES[name].lower()}]({_link(plot, here)})\n")
