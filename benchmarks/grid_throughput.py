@@ -29,6 +29,10 @@ stacked epoch per K adds where its time goes (`stacked_time_fractions`: matrix p
 convolutions, the optimiser's kernel, re-masking, everything else) and `kernel_bound_speedup`,
 the speed-up the stack would reach if everything but the matrix products and the optimiser
 kernel were free.
+
+`--device cuda` runs the same comparison on a GPU (data and models on it, timings after a
+synchronise; the GEMM peak is an 8192^3 fp32 product there). The profile is left out there
+(`kernel_bound_speedup` null): it reads CPU self time, which on CUDA is kernel launches.
 """
 
 from __future__ import annotations
@@ -75,8 +79,9 @@ def mnist_or_synthetic(root: str, mirror: str, samples: int) -> tuple[DataSplits
                       None), source
 
 
-def grid(name: str, k: int) -> tuple[list[torch.nn.Module], list[dict | None]]:
-    """K initialisations and their masks, sparsities spread over 0-95 %."""
+def grid(name: str, k: int, device: torch.device
+         ) -> tuple[list[torch.nn.Module], list[dict | None]]:
+    """K initialisations on `device` and their masks, sparsities spread over 0-95 %."""
     models, masks = [], []
     for i in range(k):
         torch.manual_seed(i)
@@ -86,13 +91,14 @@ def grid(name: str, k: int) -> tuple[list[torch.nn.Module], list[dict | None]]:
         if sparsity > 0:
             mask = METHODS.get("global_magnitude")(PruneContext(copy.deepcopy(model), Scope()),
                                                    sparsity)
-        models.append(model)
-        masks.append(mask)
+        models.append(model.to(device))
+        masks.append(None if mask is None else {n: m.to(device) for n, m in mask.items()})
     return models, masks
 
 
 def run(variant: str, models, masks, data, recipe) -> tuple[float, list]:
     models = [copy.deepcopy(m) for m in models]
+    sync(models[0])
     start = time.perf_counter()
     if variant == "sequential":
         for model, mask in zip(models, masks):
@@ -100,7 +106,15 @@ def run(variant: str, models, masks, data, recipe) -> tuple[float, list]:
     else:
         seeds = [0] * len(models) if variant == "stacked_one_seed" else list(range(len(models)))
         train_stacked(models, data, recipe, seeds=seeds, masks=masks, progress=False)
+    sync(models[0])
     return time.perf_counter() - start, models
+
+
+def sync(model: torch.nn.Module) -> None:
+    """Wait for the model's device (CUDA runs asynchronously)."""
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 
@@ -117,14 +131,20 @@ def flops_per_sample(name: str, batch: int = BATCH) -> float:
     return counter.get_total_flops() / batch
 
 
-def gemm_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """This thread count's sustained fp32 matrix-multiply rate (GFLOP/s), best of `repeats`."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def gemm_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+    """The device's (on CPU: this thread count's) sustained fp32 matrix-multiply rate
+    (GFLOP/s), best of `repeats`."""
+    size = size * 4 if device.type == "cuda" else size
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size ** 3 / best / 1e9
 
@@ -164,16 +184,21 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=6400, help="training samples per member")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--out", default="benchmarks/results/grid_throughput.json")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch finds no CUDA device here")
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     data, source = mnist_or_synthetic(args.root, args.mirror, args.samples)
+    data = data.to(device)
     recipe = TrainConfig(epochs=1, batch_size=BATCH, optimizer="adam", lr=1.2e-3,
                          schedule="constant")
     load_start = os.getloadavg()
     flops = {name: flops_per_sample(name) for name in args.models}
     peaks = []
-    grids = {(name, k): grid(name, k) for name in args.models for k in args.ks}
+    grids = {(name, k): grid(name, k, device) for name in args.models for k in args.ks}
     for (name, k), (models, masks) in grids.items():  # warm-up: allocator, kernels
         for variant in VARIANTS:
             run(variant, models[:2], masks[:2], DataSplits(
@@ -184,7 +209,7 @@ def main() -> None:
     load_per_repeat = []
     for r in range(args.repeats):
         load_per_repeat.append(os.getloadavg()[0])
-        peaks.append(gemm_peak_gflops())
+        peaks.append(gemm_peak_gflops(device))
         for key, (models, masks) in grids.items():
             order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
             trained = {}
@@ -198,8 +223,9 @@ def main() -> None:
             print(f"repeat {r + 1}/{args.repeats} {key[0]} K={key[1]}: " + ", ".join(
                 f"{v} {seconds[key][v][-1]:.2f}s" for v in VARIANTS), flush=True)
 
-    breakdown = {key: step_breakdown(models, masks, data, recipe)
-                 for key, (models, masks) in grids.items()}
+    # The profile reads CPU self time, which on CUDA is kernel launches, not the kernels.
+    breakdown = {key: step_breakdown(models, masks, data, recipe) if device.type == "cpu"
+                 else None for key, (models, masks) in grids.items()}
     results = {}
     peak = max(peaks)
     for (name, k), times in seconds.items():
@@ -215,7 +241,8 @@ def main() -> None:
                 # speed-up if everything but the matrix products and the optimiser's kernel
                 # took no time at all.
                 "stacked_time_fractions": breakdown[(name, k)],
-                "kernel_bound_speedup": statistics.median(
+                "kernel_bound_speedup": None if breakdown[(name, k)] is None
+                else statistics.median(
                     [s / t for s, t in zip(times["sequential"], times["stacked_one_seed"])])
                 / (breakdown[(name, k)]["matmul_conv"] + breakdown[(name, k)]["optimizer"]),
             },
@@ -234,6 +261,7 @@ def main() -> None:
         "optimizer": recipe.optimizer, "optimizer_impl": recipe.optimizer_impl,
         "masks": "global magnitude, sparsity 0.95 * i / (K - 1) for member i",
         "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model() or "unknown",
         "cpu_count": os.cpu_count(), "load_average_start": load_start,
         "load_average_1min_per_repeat": load_per_repeat, "load_average_end": os.getloadavg(),
@@ -253,9 +281,10 @@ def main() -> None:
             speedups = ", ".join(
                 f"{v} {sp['median']:.2f}x [{sp['min']:.2f}-{sp['max']:.2f}]"
                 for v, sp in entry["speedup_over_sequential"].items())
+            bound = entry["roofline"]["kernel_bound_speedup"]
             print(f"{name:>14} K={k:>2}: sequential {sequential:8.0f} samples/s; {speedups}; "
                   f"ceiling {entry['roofline']['ceiling_speedup']:.2f}x, kernel bound "
-                  f"{entry['roofline']['kernel_bound_speedup']:.2f}x")
+                  + ("n/a" if bound is None else f"{bound:.2f}x"))
 
 
 if __name__ == "__main__":
