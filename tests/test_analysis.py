@@ -589,6 +589,25 @@ def test_pareto_front_is_the_upper_left_envelope():
     assert x.tolist() == [0.5, 1.0, 3.0] and y.tolist() == [40, 60, 70]
 
 
+@pytest.mark.parametrize("figure", [accuracy_figure, delta_figure, params_figure,
+                                    accuracy_vs_params_figure, pareto_macs_figure])
+def test_a_study_of_many_methods_keeps_its_whole_legend_in_the_image(summary, figure):
+    """Twenty unstructured methods (a study with distilled variants has that many): every
+    legend entry is drawn inside the saved image and none over the data."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    mag = summary[summary["label"] == "mag"]
+    many = pd.concat([summary] + [mag.assign(label=f"method_{i:02d}", method=f"method_{i:02d}")
+                                  for i in range(20)], ignore_index=True)
+    fig = figure(many, STUDY)
+    FigureCanvasAgg(fig).draw()
+    ax, legend = fig.axes[0], fig.axes[0].get_legend()
+    assert {f"method_{i:02d}" for i in range(20)} <= {t.get_text() for t in legend.get_texts()}
+    box, image, plot = legend.get_window_extent(), fig.bbox, ax.get_window_extent()
+    assert image.x0 <= box.x0 and box.x1 <= image.x1 and image.y0 <= box.y0 and box.y1 <= image.y1
+    assert box.x0 >= plot.x1  # beside the axes, not over the lines
+
+
 def test_pareto_macs_marks_dense_kernel_and_effective_macs(summary):
     ax = pareto_macs_figure(summary, STUDY).axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}

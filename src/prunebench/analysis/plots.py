@@ -39,7 +39,7 @@ from prunebench.io import atomic_write
 
 DPI = 120
 FIGSIZE = (6.4, 4.2)
-LEGEND_ONE_COLUMN = 12  # more methods than this: a wider figure, a two-column legend
+LEGEND_ONE_COLUMN = 12  # more legend entries than this: a wider figure, two columns
 COLLAPSE_PP = 25.0  # a model this far below the best one has collapsed (chance accuracy)
 DENSE_COLOR = "black"
 MARKERS = "osD^vPX*"  # distinct markers keep overlapping lines apart
@@ -125,6 +125,18 @@ def _new_figure(title: str) -> tuple[Figure, Axes]:
     return fig, ax
 
 
+def _method_legend(fig: Figure, ax: Axes) -> None:
+    """The legend of the methods, beside the axes: inside them it would cover the data. Past
+    LEGEND_ONE_COLUMN entries (a study of many methods and their distilled variants) the
+    figure grows and the legend takes two columns, so that every entry stays in the image."""
+    entries = len(ax.get_legend_handles_labels()[0])
+    if entries > LEGEND_ONE_COLUMN:
+        rows = -(-entries // 2)
+        fig.set_size_inches(FIGSIZE[0] + 3.2, max(FIGSIZE[1] + 1.0, 0.22 * rows + 1.0))
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small",
+              ncol=1 if entries <= LEGEND_ONE_COLUMN else 2)
+
+
 def _std(values: pd.Series) -> np.ndarray:
     """Std for a band: a single seed has no spread (NaN) and gets none drawn."""
     return values.fillna(0.0).to_numpy(dtype=float)
@@ -195,7 +207,7 @@ def accuracy_figure(summary: pd.DataFrame, study: str) -> Figure:
     _sparsity_axis(ax, _grid_sparsities(rows), "achieved weight sparsity (log-density scale)")
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_ylim(top=100.5)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    _method_legend(fig, ax)
     return fig
 
 
@@ -220,7 +232,7 @@ def delta_figure(summary: pd.DataFrame, study: str) -> Figure:
     ax.set_xlabel("target weight sparsity")
     ax.set_ylabel("Δ top-1 vs. dense (percentage points)")
     if methods:
-        ax.legend(loc="best", fontsize="small")
+        _method_legend(fig, ax)
     else:
         _note(ax, NO_UNSTRUCTURED)
     return fig
@@ -250,7 +262,7 @@ def params_figure(summary: pd.DataFrame, study: str) -> Figure:
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_ylabel("nonzero / total parameters (%)")
-    ax.legend(loc="best", fontsize="small")
+    _method_legend(fig, ax)
     return fig
 
 
@@ -276,7 +288,7 @@ def _accuracy_vs_remaining(summary: pd.DataFrame, study: str, reduction: str, ti
     _fraction_axis(ax, fractions, xlabel)
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_ylim(top=100.5)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    _method_legend(fig, ax)
     return fig
 
 
@@ -343,11 +355,7 @@ def _pareto_figure(summary: pd.DataFrame, study: str, column: str | None, factor
         extra(ax, drawn, styles)
     _cost_axis(ax)
     _clip_collapsed(ax, 100 * drawn["top1_mean"])
-    labels = drawn["label"].nunique()
-    if labels > LEGEND_ONE_COLUMN:
-        fig.set_size_inches(FIGSIZE[0] + 3.2, FIGSIZE[1] + 1.0)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small",
-              ncol=1 if labels <= LEGEND_ONE_COLUMN else 2)
+    _method_legend(fig, ax)
     return fig
 
 
@@ -448,7 +456,7 @@ def curves_figure(runs: pd.DataFrame, study: str,
                         linewidth=0)
         drawn += 1
     if drawn:
-        ax.legend(loc="lower right", fontsize="small")
+        _method_legend(fig, ax)
     else:
         _note(ax, "no history.csv found in the run directories")
     ax.set_xlabel("epoch (of the run's own training or recovery)")
