@@ -50,6 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from _stats import spread
 from prunebench.config import TrainConfig
 from prunebench.metrics.environment import cpu_model
+from prunebench.metrics.timing import synchronize
 from prunebench.data import DataSplits, load_dataset
 from prunebench.io import atomic_write_json
 from prunebench.models import get_model
@@ -98,7 +99,8 @@ def grid(name: str, k: int, device: torch.device
 
 def run(variant: str, models, masks, data, recipe) -> tuple[float, list]:
     models = [copy.deepcopy(m) for m in models]
-    sync(models[0])
+    device = next(models[0].parameters()).device
+    synchronize(device)
     start = time.perf_counter()
     if variant == "sequential":
         for model, mask in zip(models, masks):
@@ -106,17 +108,8 @@ def run(variant: str, models, masks, data, recipe) -> tuple[float, list]:
     else:
         seeds = [0] * len(models) if variant == "stacked_one_seed" else list(range(len(models)))
         train_stacked(models, data, recipe, seeds=seeds, masks=masks, progress=False)
-    sync(models[0])
+    synchronize(device)
     return time.perf_counter() - start, models
-
-
-def sync(model: torch.nn.Module) -> None:
-    """Wait for the model's device (CUDA runs asynchronously)."""
-    device = next(model.parameters()).device
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 
 
 def flops_per_sample(name: str, batch: int = BATCH) -> float:
@@ -139,12 +132,10 @@ def gemm_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         torch.mm(a, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size ** 3 / best / 1e9
 

@@ -11,24 +11,16 @@ import torch
 from torch import nn
 
 from prunebench.config import TrainConfig
-from prunebench.data import DataSplits
 from prunebench.metrics import benchmark_model
 from prunebench.models import get_model
 from prunebench.pruning import METHODS, PruneContext, Scope
 from prunebench.training import train
 from prunebench.training.stacked import train_stacked
+from test_stacked import inits, magnitude_mask, toy_images
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 CUDA = torch.device("cuda")
-
-
-def toy(n=320, shape=(1, 12, 12), dtype=torch.float64) -> DataSplits:
-    g = torch.Generator().manual_seed(0)
-    y = torch.randint(0, 10, (n,), generator=g)
-    x = (torch.randn(n, *shape, generator=g) + 0.3 * y.view(-1, 1, 1, 1)).to(dtype)
-    return DataSplits("toy", 10, shape, x[:256], y[:256], x[256:288], y[256:288], x[288:],
-                      y[288:], None).to(CUDA)
 
 
 @pytest.mark.parametrize("name", ["lenet_300_100", "lenet5", "cnn_digits_bn"])
@@ -37,14 +29,10 @@ def test_stack_on_the_gpu_ends_where_separate_gpu_runs_end(name):
     stack and alone: same weights to rounding. A wrong data order or mask is off by far more
     (1e-3 and up, checked in test_stacked)."""
     shape = (1, 8, 8) if name == "cnn_digits_bn" else (1, 12, 12)
-    data = toy(shape=shape)
+    data = toy_images(shape=shape, dtype=torch.float64).to(CUDA)
     recipe = TrainConfig(epochs=2, batch_size=32, optimizer="adam", lr=2e-3)
-    models = []
-    for i in range(3):
-        torch.manual_seed(100 + i)
-        models.append(get_model(name, 10, shape).to(torch.float64).to(CUDA))
-    masks = [None] + [METHODS.get("global_magnitude")(
-        PruneContext(copy.deepcopy(m), Scope()), s) for m, s in zip(models[1:], (0.5, 0.9))]
+    models = [m.to(CUDA) for m in inits(name, 3, shape, torch.float64)]
+    masks = [None] + [magnitude_mask(m, s) for m, s in zip(models[1:], (0.5, 0.9))]
     seeds = [0, 0, 1]
     alone = [copy.deepcopy(m) for m in models]
     for model, seed, mask in zip(alone, seeds, masks):

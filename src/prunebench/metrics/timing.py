@@ -66,7 +66,8 @@ def _memory_reader(device: torch.device) -> Callable[[], int]:
     return lambda: process.memory_info().rss
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; CPU work is done)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -115,7 +116,7 @@ def measure(model: nn.Module, x: Tensor, *, min_time_s: float, max_reps: int, wa
     device = x.device
     for _ in range(warmup):
         model(x)
-    _synchronize(device)
+    synchronize(device)
     read = _memory_reader(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -123,7 +124,7 @@ def measure(model: nn.Module, x: Tensor, *, min_time_s: float, max_reps: int, wa
     energy_before = energy.read() if energy else None
     with sampled(read) as samples:
         seconds = time_passes(model, x, min_time_s=min_time_s, max_reps=max_reps)
-    _synchronize(device)
+    synchronize(device)
     energy_mj = energy.mj_between(energy_before, energy.read()) if energy else None
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else max(samples)
     return {
