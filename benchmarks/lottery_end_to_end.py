@@ -98,7 +98,7 @@ def collect(project: Path) -> dict:
     top1 = []
     with table.open() as f:
         for row in csv.DictReader(f):
-            top1.append({k: row.get(k) for k in ("method", "seed", "target_sparsity",
+            top1.append({k: row.get(k) for k in ("method", "control", "seed", "target_sparsity",
                                                  "weight_sparsity", "top1")})
     train_s = sum(r["train_time_s"] or 0 for r in runs)
     return {"train_time_s_total": round(train_s, 2), "runs": runs, "top1": top1}

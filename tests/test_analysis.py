@@ -1,4 +1,8 @@
-"""Aggregation, plots and report, on run directories written by hand with known numbers."""
+"""Aggregation, plots and report, on run directories written by hand with known numbers.
+
+The fixtures write run configs in the current shape (the plain method label, `recovery` and
+`control`); `legacy=True` writes them as prunebench did before `control` existed (the
+recovery and the lottery control in the label and method), to check both give one result."""
 
 from __future__ import annotations
 
@@ -12,11 +16,13 @@ import pandas as pd
 import pytest
 
 from prunebench.analysis.aggregate import (
+    ID_COLUMNS,
     LEADING_COLUMNS,
     SORT_KEYS,
     collect_runs,
     hardware_table,
     headline_metrics,
+    lottery_table,
     modes_table,
     read_tables,
     recovery_pairs,
@@ -24,10 +30,11 @@ from prunebench.analysis.aggregate import (
     summary_markdown,
     write_tables,
 )
+from prunebench.analysis.names import PLOTS, check_kind, normalise_legacy_record, series_name
 from prunebench.analysis.plots import (
     EFFECTIVE_LEGEND,
+    FIGURES,
     NO_BENCHMARK,
-    PLOT_NAMES,
     accuracy_figure,
     accuracy_vs_macs_figure,
     accuracy_vs_params_figure,
@@ -39,7 +46,8 @@ from prunebench.analysis.plots import (
     pareto_macs_figure,
     write_plots,
 )
-from prunebench.analysis.report import write_report
+from prunebench.analysis.plots import lottery_figure
+from prunebench.analysis.report import CAPTIONS, TITLES, write_report
 from prunebench.cli import main
 from prunebench.errors import ConfigError
 
@@ -53,19 +61,33 @@ MACS_TOTAL = 5000
 class Method(NamedTuple):
     kind: str
     method: str
+    label: str  # the study's method label, as the run's config has it
     recovery: str | None
+    control: str | None
     structured: bool  # its targets are channel sparsities
 
+    @property
+    def command(self) -> str:
+        """The command whose job manifest lists the run."""
+        return {"train": "train", "recover": self.recovery}.get(self.kind, "lottery")
 
+
+# By series name (what tables and legends show).
 METHODS = {
-    DENSE: Method("train", "dense", None, False),
-    "mag": Method("recover", "global_magnitude", "finetune", False),
-    "mag+distill": Method("recover", "global_magnitude", "distill", False),
-    "rnd": Method("recover", "random", "finetune", False),
-    "l1f": Method("recover", "l1_filter", "finetune", True),
-    "l1f+distill": Method("recover", "l1_filter", "distill", True),
+    DENSE: Method("train", "dense", DENSE, None, None, False),
+    "mag": Method("recover", "global_magnitude", "mag", "finetune", None, False),
+    "mag+distill": Method("recover", "global_magnitude", "mag", "distill", None, False),
+    "rnd": Method("recover", "random", "rnd", "finetune", None, False),
+    "l1f": Method("recover", "l1_filter", "l1f", "finetune", None, True),
+    "l1f+distill": Method("recover", "l1_filter", "l1f", "distill", None, True),
 }
-# top-1 per (label, target) and seed; the target is a channel sparsity for structured labels
+# Lottery tickets and their controls, written only where a test asks for them.
+LOTTERY = {
+    "lt": Method("lottery", "lottery", "lt", None, "ticket", False),
+    "lt_reinit": Method("lottery_reinit", "lottery", "lt", None, "reinit", False),
+}
+ALL = {**METHODS, **LOTTERY}
+# top-1 per (series, target) and seed; the target is a channel sparsity for structured ones
 TOP1 = {
     ("dense", 0.0): (0.90, 0.92),
     ("mag", 0.5): (0.89, 0.91),
@@ -76,6 +98,12 @@ TOP1 = {
     ("l1f", 0.25): (0.88, 0.90),
     ("l1f", 0.5): (0.85, 0.87),
     ("l1f+distill", 0.5): (0.86, 0.90),
+}
+LOTTERY_TOP1 = {
+    ("lt", 0.5): (0.91, 0.93),
+    ("lt", 0.8): (0.90, 0.90),
+    ("lt_reinit", 0.5): (0.88, 0.90),
+    ("lt_reinit", 0.8): (0.80, 0.84),
 }
 STRUCTURED = ("dense", "l1f", "l1f+distill")
 HISTORY_EPOCHS = 3
@@ -104,28 +132,39 @@ ENERGY_REASON = "no energy counter is readable on this CPU"
 BENCHMARK_THREADS = 1  # the training runs report 2: the benchmark's gets the prefix
 
 
-def _reductions(label: str, target: float) -> tuple[int, int, float]:
+def _reductions(name: str, target: float) -> tuple[int, int, float]:
     """(params_total, params_nonzero, macs_reduction) of a run: masks zero weights but keep
     the architecture and its MACs; removing a fraction c of the channels leaves (1 - c)^2 of
     the weights and a little more of the MACs."""
-    if not METHODS[label].structured:
+    if not ALL[name].structured:
         return PARAMS_TOTAL, round(PARAMS_TOTAL * (1 - target)), 0.0
     left = round(PARAMS_TOTAL * (1 - target) ** 2)
     return left, left, 1 - (1 - target) ** 2 - 0.05
 
 
-def _write_run(root: Path, label: str, target: float, seed: int, study: str = STUDY,
-               **extra_metrics) -> dict:
-    spec = METHODS[label]
-    run_hash = f"{label.replace('+', '_')}{int(target * 100):03d}s{seed}"
+def _meta(spec: Method, name: str, legacy: bool) -> dict:
+    """A run's identifying config keys: the label, method, recovery and control as they are
+    written now, or (`legacy`) as before `control`: the series name as label, and the
+    control's method "lottery_reinit"."""
+    if legacy:
+        return {"method": "lottery_reinit" if spec.control == "reinit" else spec.method,
+                "label": name, "recovery": spec.recovery}
+    return {"method": spec.method, "label": spec.label, "recovery": spec.recovery,
+            "control": spec.control}
+
+
+def _write_run(root: Path, name: str, target: float, seed: int, study: str = STUDY,
+               legacy: bool = False, top1s: dict | None = None, **extra_metrics) -> dict:
+    spec = ALL[name]
+    run_hash = f"{name.replace('+', '_')}{int(target * 100):03d}s{seed}"
     path = root / spec.kind / run_hash
     path.mkdir(parents=True)
-    top1 = TOP1[(label, target)][seed]
-    meta = {"study": study, "dataset": "digits", "model": "mlp", "method": spec.method,
-            "label": label, "target_sparsity": None if spec.structured else target,
+    top1 = (top1s or TOP1)[(name, target)][seed]
+    meta = {"study": study, "dataset": "digits", "model": "mlp", **_meta(spec, name, legacy),
+            "target_sparsity": None if spec.structured else target,
             "channel_sparsity": target if spec.structured else None,
-            "recovery": spec.recovery, "seed": seed, "result": True}
-    total, nonzero, macs_reduction = _reductions(label, target)
+            "seed": seed, "result": True}
+    total, nonzero, macs_reduction = _reductions(name, target)
     metrics = {"top1": top1, "top5": min(1.0, top1 + 0.05), "loss": 1 - top1,
                "val_top1": top1 - 0.01, "val_top5": 1.0, "val_loss": 1.01 - top1,
                "weight_sparsity": 0.0 if spec.structured else target + 0.001 * seed,
@@ -135,6 +174,8 @@ def _write_run(root: Path, label: str, target: float, seed: int, study: str = ST
                "threads": 2, "train_time_s": 1.0 + seed, **extra_metrics}
     if spec.structured:
         metrics["channels"] = {"fc1": {"kept": 8, "total": 16}}  # nested: not a column
+    if spec.control:
+        metrics["early_stop_iteration"] = 100 * (seed + 1) * (2 if spec.control == "reinit" else 1)
     (path / "config.json").write_text(json.dumps(
         {"kind": spec.kind, "hash": run_hash, **meta, "data": {}, "config": {}}))
     (path / "metrics.json").write_text(json.dumps(metrics))
@@ -142,17 +183,18 @@ def _write_run(root: Path, label: str, target: float, seed: int, study: str = ST
     pd.DataFrame({"epoch": epochs, "iteration": 10 * epochs, "lr": 0.1, "train_loss": 1.0,
                   "train_top1": 0.5, "val_loss": 1.0, "val_top1": top1 * epochs / HISTORY_EPOCHS,
                   "val_top5": 1.0, "epoch_time_s": 0.1}).to_csv(path / "history.csv", index=False)
-    return {"kind": spec.kind, "path": str(path), **meta, "top1": top1}
+    return {"kind": spec.kind, "path": str(path), **meta, "top1": top1, "series": name}
 
 
-def _write_intermediate(root: Path, kind: str, label: str, seed: int) -> dict:
+def _write_intermediate(root: Path, kind: str, label: str, seed: int,
+                        legacy: bool = False) -> dict:
     """A finished run that only feeds others (slimming's pretraining, a one-shot prune)."""
     path = root / kind / f"{label}s{seed}"
     path.mkdir(parents=True)
     meta = {"study": STUDY, "dataset": "digits", "model": "mlp", "method": "slimming",
             "label": label, "target_sparsity": 0.0 if kind == "train" else None,
             "channel_sparsity": None if kind == "train" else 0.5, "recovery": None,
-            "seed": seed, "result": False}
+            **({} if legacy else {"control": None}), "seed": seed, "result": False}
     (path / "config.json").write_text(json.dumps({"kind": kind, "hash": path.name, **meta}))
     (path / "metrics.json").write_text(json.dumps({"top1": 0.5, "params_total": PARAMS_TOTAL,
                                                    "params_nonzero": PARAMS_TOTAL}))
@@ -162,7 +204,7 @@ def _write_intermediate(root: Path, kind: str, label: str, seed: int) -> dict:
 def _write_benchmark(root: Path, run: dict, target: float, seed: int) -> dict:
     """The benchmark run of a result run, as the benchmark stage writes it, and its manifest
     entry (with `of`, the measured run's path)."""
-    spec = BENCHMARKED[(run["label"], target)]
+    spec = BENCHMARKED[(run["series"], target)]
     path = root / "benchmark" / Path(run["path"]).name
     path.mkdir(parents=True)
     headline = {k: v for k, v in spec.items() if k != "latency"}
@@ -183,44 +225,50 @@ def _write_benchmark(root: Path, run: dict, target: float, seed: int) -> dict:
             "result": False}
 
 
-def _targets(label: str) -> list[float]:
-    return [t for (name, t) in TOP1 if name == label]
+def _targets(name: str, top1s: dict | None = None) -> list[float]:
+    return [t for (series, t) in (top1s or TOP1) if series == name]
 
 
-@pytest.fixture
-def manifests(tmp_path: Path) -> list[Path]:
+def _write_study(tmp_path: Path, legacy: bool = False, lottery: bool = False) -> list[Path]:
     """A train manifest (dense and slimming's pretraining, which must be ignored), one
-    manifest per recovered method (each listing its prune parents, which must be ignored), a
-    benchmark manifest (dense, mag @ 0.9 and l1f @ 0.5), a prune manifest, and the train
-    manifest again."""
+    manifest per recovered method (each listing its prune parents, which must be ignored),
+    with `lottery` one of the lottery tickets and their controls, a benchmark manifest
+    (dense, mag @ 0.9 and l1f @ 0.5), a prune manifest, and the train manifest again. With
+    `legacy`, configs and manifest entries are written in the shape before `control`."""
     root, jobs = tmp_path / "runs", tmp_path / "jobs"
-    jobs.mkdir()
-    train = [_write_run(root, "dense", 0.0, s) for s in SEEDS]
+    jobs.mkdir(parents=True)
+    top1s = {**TOP1, **LOTTERY_TOP1} if lottery else TOP1
+    train = [_write_run(root, "dense", 0.0, s, legacy=legacy) for s in SEEDS]
     benchmarks = [_write_benchmark(root, run, 0.0, s) for s, run in zip(SEEDS, train)]
-    train += [_write_intermediate(root, "train", "slim_pretrain", s) for s in SEEDS]
+    train += [_write_intermediate(root, "train", "slim_pretrain", s, legacy) for s in SEEDS]
     files = [jobs / "train.json"]
     files[0].write_text(json.dumps({"command": "train", "study": STUDY, "runs": train}))
-    for label, spec in METHODS.items():
-        if label == DENSE:
+    for name, spec in (ALL if lottery else METHODS).items():
+        if name == DENSE:
             continue
         runs = []
         for seed in SEEDS:
-            for target in _targets(label):
-                run = _write_run(root, label, target, seed)
-                if (label, target) in BENCHMARKED:
+            for target in _targets(name, top1s):
+                run = _write_run(root, name, target, seed, legacy=legacy, top1s=top1s)
+                if (name, target) in BENCHMARKED:
                     benchmarks.append(_write_benchmark(root, run, target, seed))
                 runs.append(run)
         runs.append({"kind": "prune", "path": str(root / "prune" / "x")})  # intermediate
-        files.append(jobs / f"{label}.json")
-        files[-1].write_text(json.dumps({"command": spec.recovery, "study": STUDY,
+        files.append(jobs / f"{name}.json")
+        files[-1].write_text(json.dumps({"command": spec.command, "study": STUDY,
                                          "runs": runs}))
     files.append(jobs / "benchmark.json")
     files[-1].write_text(json.dumps({"command": "benchmark", "study": STUDY,
                                      "runs": benchmarks}))
     prune = jobs / "prune.json"
     prune.write_text(json.dumps({"command": "prune", "runs": [
-        _write_intermediate(root, "prune", "slimming", s) for s in SEEDS]}))
+        _write_intermediate(root, "prune", "slimming", s, legacy) for s in SEEDS]}))
     return [*files, prune, files[0]]  # train listed twice: runs are de-duplicated
+
+
+@pytest.fixture
+def manifests(tmp_path: Path) -> list[Path]:
+    return _write_study(tmp_path)
 
 
 def _without_benchmarks(manifests: list[Path]) -> list[Path]:
@@ -243,10 +291,11 @@ def _expected(label: str, target: float) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1))
 
 
-def _at(table: pd.DataFrame, label: str, target: float) -> pd.DataFrame:
-    """The rows of `label` at `target`, matched on the column its kind of target lives in."""
-    column = "channel_sparsity" if METHODS[label].structured else "target_sparsity"
-    return table[(table["label"] == label) & (table[column] == target)]
+def _at(table: pd.DataFrame, name: str, target: float) -> pd.DataFrame:
+    """The rows of series `name` at `target`, matched on the column its kind of target lives
+    in."""
+    column = "channel_sparsity" if ALL[name].structured else "target_sparsity"
+    return table[(table["series"] == name) & (table[column] == target)]
 
 
 def _rows(text: str) -> list[list[str]]:
@@ -277,8 +326,13 @@ def test_collect_runs_rows_and_columns(runs):
     assert row["params_remaining_frac"].item() == pytest.approx(0.1)
     assert row["hash"].item() == "mag090s1"
     assert row["recovery"].item() == "finetune"
-    assert _at(runs, "mag+distill", 0.9)["recovery"].tolist() == ["distill", "distill"]
+    distilled = _at(runs, "mag+distill", 0.9)
+    assert distilled["recovery"].tolist() == ["distill", "distill"]
+    assert distilled["label"].tolist() == ["mag", "mag"]  # the plain label; series says it
     assert runs.loc[runs["label"] == DENSE, "recovery"].isna().all()
+    assert runs["control"].isna().all()  # no lottery runs in this study
+    assert sorted(set(runs["series"])) == sorted(METHODS)
+    assert sorted(set(runs["label"])) == [DENSE, "l1f", "mag", "rnd"]
 
 
 def test_structured_runs_keep_their_channel_target(runs):
@@ -344,7 +398,7 @@ def test_summary_mean_std_n_and_delta(summary):
 
 
 def test_structured_rows_are_summarised_by_channel_sparsity(summary):
-    l1f = summary[summary["label"] == "l1f"]
+    l1f = summary[summary["series"] == "l1f"]
     assert l1f["channel_sparsity"].tolist() == [0.25, 0.5]
     assert l1f["target_sparsity"].isna().all() and l1f["n"].tolist() == [2, 2]
     assert l1f["param_reduction_mean"].tolist() == pytest.approx([0.4375, 0.75])
@@ -393,7 +447,9 @@ def test_structured_table_shows_requested_and_achieved(summary):
 
 def test_finetune_vs_distill_pairs_the_right_rows(summary):
     pairs = recovery_pairs(summary, STUDY)
-    assert list(zip(pairs["base"], pairs["target"])) == [("l1f", "c0.50"), ("mag", "s0.90")]
+    assert list(zip(pairs["label"], pairs["target"])) == [("l1f", "c0.50"), ("mag", "s0.90")]
+    assert list(zip(pairs["series_ft"], pairs["series_kd"])) == [("l1f", "l1f+distill"),
+                                                                 ("mag", "mag+distill")]
     assert pairs["top1_gain"].tolist() == pytest.approx([0.02, 0.03])
     rows = _table(summary_markdown(summary), "Fine-tuning vs. distillation")
     assert rows[0] == ["Method", "Target", "Top-1 fine-tuned (%)", "Top-1 distilled (%)",
@@ -454,7 +510,7 @@ def test_hardware_table_with_energy_or_without_dense(summary):
 def test_paired_speedups_replace_separately_timed_latencies(summary):
     """A benchmark's paired speed-up (timed alternately with the dense model in one process)
     is what the hardware table shows and what the modes table compares with."""
-    labels = summary["label"]
+    labels = summary["series"]
     paired = summary.assign(speedup_vs_dense_b128_mean=labels.map(
         {DENSE: 1.0, "l1f": 3.0, "mag": 0.98}))
     column = HARDWARE_HEADER.index("Speed-up b128 (paired)")
@@ -535,6 +591,186 @@ def test_relative_run_paths_resolve_from_the_manifest(tmp_path, manifests, monke
     assert len(collect_runs([manifests[0]])) == 2
 
 
+# ---------------------------------------------------------------- recovery, control, series
+
+
+def test_series_names_are_composed_from_label_recovery_and_control():
+    assert series_name("mag") == "mag"
+    assert series_name("mag", "finetune") == "mag"
+    assert series_name("mag", "distill") == "mag+distill"
+    assert series_name("lottery", None, "ticket") == "lottery"
+    assert series_name("lottery", None, "reinit") == "lottery_reinit"
+    assert series_name("mag", float("nan"), float("nan")) == "mag"  # null cells from CSV
+    check_kind("mag", float("nan"), None)
+    with pytest.raises(ConfigError, match="recovery 'prune'"):
+        check_kind("mag", "prune", None)
+    with pytest.raises(ConfigError, match="control 'shuffle'"):
+        check_kind("mag", None, "shuffle")
+
+
+def test_runs_and_summary_have_recovery_and_control_columns(runs, summary):
+    assert ID_COLUMNS[-3:] == ["recovery", "control", "series"]
+    assert list(summary.columns[:10]) == ["study", "dataset", "model", "series", "label",
+                                          "method", "target_sparsity", "channel_sparsity",
+                                          "recovery", "control"]
+    assert set(zip(summary["series"], summary["label"], summary["recovery"].fillna("-"))) == {
+        (DENSE, DENSE, "-"), ("mag", "mag", "finetune"), ("mag+distill", "mag", "distill"),
+        ("rnd", "rnd", "finetune"), ("l1f", "l1f", "finetune"),
+        ("l1f+distill", "l1f", "distill")}
+
+
+@pytest.mark.parametrize("record, expected", [
+    # a distilled run: its label lost "+distill", which its recovery says was added
+    ({"kind": "recover", "method": "snip", "label": "snip+distill", "recovery": "distill"},
+     {"method": "snip", "label": "snip", "recovery": "distill", "control": None}),
+    ({"kind": "recover", "method": "snip", "label": "snip", "recovery": "finetune"},
+     {"method": "snip", "label": "snip", "recovery": "finetune", "control": None}),
+    ({"kind": "lottery", "method": "lottery", "label": "lth", "recovery": None},
+     {"method": "lottery", "label": "lth", "recovery": None, "control": "ticket"}),
+    ({"kind": "lottery_reinit", "method": "lottery_reinit", "label": "lth_reinit",
+      "recovery": None},
+     {"method": "lottery", "label": "lth", "recovery": None, "control": "reinit"}),
+    ({"kind": "train", "method": "dense", "label": "dense", "recovery": None},
+     {"method": "dense", "label": "dense", "recovery": None, "control": None}),
+    # suffix text the record's own recovery and kind do not account for stays
+    ({"kind": "recover", "method": "snip", "label": "my_reinit", "recovery": "finetune"},
+     {"method": "snip", "label": "my_reinit", "recovery": "finetune", "control": None}),
+    ({"kind": "recover", "method": "snip", "label": "my_reinit+distill",
+      "recovery": "distill"},
+     {"method": "snip", "label": "my_reinit", "recovery": "distill", "control": None}),
+    ({"kind": "recover", "method": "snip", "label": "a+distill", "recovery": "finetune"},
+     {"method": "snip", "label": "a+distill", "recovery": "finetune", "control": None}),
+    ({"kind": "lottery", "method": "lottery", "label": "lth_reinit", "recovery": None},
+     {"method": "lottery", "label": "lth_reinit", "recovery": None, "control": "ticket"}),
+    ({"kind": "lottery_reinit", "method": "lottery_reinit", "label": "lth_reinit_reinit"},
+     {"method": "lottery", "label": "lth_reinit", "control": "reinit"}),
+    # a record in the current shape is left as it is, whatever its label looks like
+    ({"kind": "lottery_reinit", "method": "lottery", "label": "my_reinit", "recovery": None,
+      "control": "reinit"},
+     {"method": "lottery", "label": "my_reinit", "recovery": None, "control": "reinit"}),
+    ({"kind": "recover", "method": "snip", "label": "x+distill", "recovery": "distill",
+      "control": None},
+     {"method": "snip", "label": "x+distill", "recovery": "distill", "control": None}),
+])
+def test_legacy_records_are_normalised_to_the_current_shape(record, expected):
+    before = dict(record)
+    out = normalise_legacy_record({**record, "path": "p", "seed": 3})
+    assert out == {"kind": record["kind"], "path": "p", "seed": 3, **expected}
+    assert record == before  # not changed in place
+
+
+def test_legacy_runs_give_the_same_tables_as_current_ones(tmp_path):
+    """Run directories and manifests written before `control` (label "mag+distill",
+    "lt_reinit", method "lottery_reinit") aggregate to the same tables, headline and
+    figures as the same runs written now."""
+    made = {}
+    for legacy in (False, True):
+        root = tmp_path / ("legacy" if legacy else "current")
+        runs = collect_runs(_write_study(root, legacy=legacy, lottery=True))
+        made[legacy] = (runs, summarise(runs))
+    (runs, summary), (old_runs, old_summary) = made[False], made[True]
+    assert old_runs.columns.tolist() == runs.columns.tolist()
+    pd.testing.assert_frame_equal(old_runs.drop(columns="run_dir"),
+                                  runs.drop(columns="run_dir"))
+    pd.testing.assert_frame_equal(old_summary, summary)
+    assert summary_markdown(old_summary) == summary_markdown(summary)
+    assert headline_metrics(old_summary) == headline_metrics(summary)
+    control = _at(runs, "lt_reinit", 0.8)
+    assert control[["label", "method", "control"]].drop_duplicates().values.tolist() == [
+        ["lt", "lottery", "reinit"]]
+    assert set(headline_metrics(summary)[STUDY]) == set(ALL)
+    # the lottery table puts each ticket beside its control, by label and target
+    rows = _table(summary_markdown(summary), "Lottery tickets vs. random reinitialisation")
+    header = rows[0]
+    lottery = [dict(zip(header, r)) for r in rows[1:]]
+    assert [(r["Method"], r["Weights remaining (%)"]) for r in lottery] == [
+        (DENSE, "100.0"), ("lt", "50.0"), ("lt", "20.0")]
+    assert [(r["Ticket top-1 (%)"], r["Control top-1 (%)"]) for r in lottery[1:]] == [
+        ("92.00 ± 1.41", "89.00 ± 1.41"), ("90.00 ± 0.00", "82.00 ± 2.83")]
+    assert lottery[2]["Control early stop (iter.)"] == "300 ± 141"
+    for frame in (summary, old_summary):
+        legend = [line.get_label() for line in lottery_figure(frame, STUDY).axes[0].get_lines()]
+        assert legend == ["lt (ticket)", "lt (random reinit)"]
+        lines = _lines(accuracy_figure(frame, STUDY))
+        assert {"lt", "lt_reinit", "mag+distill"} <= set(lines)
+
+
+def _write_configs(tmp_path: Path, configs: list[dict]) -> Path:
+    """One finished run per config (two seeds each) and a manifest listing them."""
+    entries = []
+    for i, config in enumerate(configs):
+        for seed in SEEDS:
+            path = tmp_path / "runs" / f"r{i}s{seed}"
+            path.mkdir(parents=True)
+            meta = {"study": STUDY, "dataset": "digits", "model": "mlp",
+                    "target_sparsity": 0.5, "channel_sparsity": None, "seed": seed,
+                    **config}
+            (path / "config.json").write_text(json.dumps(meta))
+            (path / "metrics.json").write_text(json.dumps({
+                "top1": 0.5 + 0.1 * i + 0.01 * seed, "top5": 1.0, "weight_sparsity": 0.5,
+                "params_total": PARAMS_TOTAL, "params_nonzero": PARAMS_TOTAL // 2}))
+            entries.append({**meta, "path": str(path)})
+    manifest = tmp_path / "jobs.json"
+    manifest.write_text(json.dumps({"command": "finetune", "runs": entries}))
+    return manifest
+
+
+def test_current_labels_that_look_like_suffixed_ones_are_kept(tmp_path):
+    """A label that ends in "_reinit", or has "+distill" in it, is the label itself when the
+    record is in the current shape: the name shown is composed from the columns."""
+    dense = {"kind": "train", "method": "dense", "label": DENSE, "recovery": None,
+             "control": None, "target_sparsity": 0.0}
+    runs = collect_runs([_write_configs(tmp_path, [
+        dense,
+        {"kind": "recover", "method": "snip", "label": "my_reinit", "recovery": "finetune",
+         "control": None},
+        {"kind": "recover", "method": "snip", "label": "my_reinit", "recovery": "distill",
+         "control": None},
+        {"kind": "recover", "method": "wanda", "label": "w+distill", "recovery": "finetune",
+         "control": None},
+        {"kind": "lottery", "method": "lottery", "label": "lt_reinit", "recovery": None,
+         "control": "ticket"},
+        {"kind": "lottery_reinit", "method": "lottery", "label": "lt_reinit",
+         "recovery": None, "control": "reinit"},
+    ])])
+    summary = summarise(runs)
+    assert list(zip(summary["series"], summary["label"])) == [
+        (DENSE, DENSE), ("lt_reinit", "lt_reinit"), ("lt_reinit_reinit", "lt_reinit"),
+        ("my_reinit", "my_reinit"), ("my_reinit+distill", "my_reinit"),
+        ("w+distill", "w+distill")]
+    pairs = recovery_pairs(summary, STUDY)
+    assert pairs["label"].tolist() == ["my_reinit"]  # w+distill was not distilled
+    assert pairs["top1_gain"].tolist() == pytest.approx([0.1])
+    rows = _rows(lottery_table(summary, STUDY))
+    assert [r[0] for r in rows[1:]] == [DENSE, "lt_reinit"]
+    assert rows[2][2:4] == ["90.50 ± 0.71", "100.50 ± 0.71"]  # ticket, then its control
+
+
+def test_two_kinds_of_run_shown_under_one_name_are_refused(tmp_path):
+    manifest = _write_configs(tmp_path, [
+        {"kind": "recover", "method": "snip", "label": "x_reinit", "recovery": "finetune",
+         "control": None},
+        {"kind": "lottery_reinit", "method": "lottery", "label": "x", "recovery": None,
+         "control": "reinit"},
+    ])
+    with pytest.raises(ConfigError, match="'x_reinit'.*rename one of the labels"):
+        collect_runs([manifest])
+
+
+def test_a_bad_recovery_names_the_run(tmp_path):
+    manifest = _write_configs(tmp_path, [
+        {"kind": "recover", "method": "snip", "label": "s", "recovery": "retrain",
+         "control": None}])
+    with pytest.raises(ConfigError, match=r"r0s0.config\.json.*recovery 'retrain'"):
+        collect_runs([manifest])
+
+
+def test_tables_written_before_the_control_column_are_refused(runs, summary, tmp_path):
+    write_tables(runs.drop(columns=["control", "series"]), summary, tmp_path)
+    with pytest.raises(ConfigError, match="runs.csv.*control, series.*prunebench aggregate"):
+        read_tables(tmp_path)
+
+
 def test_sparsity_keys():
     from prunebench.analysis.aggregate import channel_key, sparsity_key
 
@@ -596,8 +832,9 @@ def test_a_study_of_many_methods_keeps_its_whole_legend_in_the_image(summary, fi
     legend entry is drawn inside the saved image and none over the data."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    mag = summary[summary["label"] == "mag"]
-    many = pd.concat([summary] + [mag.assign(label=f"method_{i:02d}", method=f"method_{i:02d}")
+    mag = summary[summary["series"] == "mag"]
+    many = pd.concat([summary] + [mag.assign(label=f"method_{i:02d}", method=f"method_{i:02d}",
+                                             series=f"method_{i:02d}")
                                   for i in range(20)], ignore_index=True)
     fig = figure(many, STUDY)
     FigureCanvasAgg(fig).draw()
@@ -649,7 +886,7 @@ def test_pareto_figures_without_benchmarks_say_so(manifests, tmp_path):
         ax = fig.axes[0]
         assert [t.get_text() for t in ax.texts] == [NO_BENCHMARK] and not ax.get_lines()
     paths = write_plots(runs, summary, tmp_path)
-    assert [p.name for p in paths] == [f"{STUDY}_{n}.png" for n in PLOT_NAMES]
+    assert [p.name for p in paths] == [f"{STUDY}_{n}.png" for n in PLOTS]
     for name in ("pareto_macs", "pareto_latency"):
         image = matplotlib.image.imread(tmp_path / f"{STUDY}_{name}.png")
         assert image[..., :3].std() > 0.01  # the frame and its note, not a blank file
@@ -664,11 +901,11 @@ def test_curves_figure_averages_seeds(runs):
 def test_write_plots_gives_nonblank_pngs(runs, tmp_path, keep):
     import matplotlib.image
 
-    structured = runs["label"].isin(STRUCTURED)
+    structured = runs["series"].isin(STRUCTURED)
     runs = {"all": runs, "structured only": runs[structured],
             "unstructured only": runs[runs["channel_sparsity"].isna()]}[keep]
     paths = write_plots(runs, summarise(runs), tmp_path)
-    assert [p.name for p in paths] == [f"{STUDY}_{n}.png" for n in PLOT_NAMES]
+    assert [p.name for p in paths] == [f"{STUDY}_{n}.png" for n in PLOTS]
     for path in paths:
         image = matplotlib.image.imread(path)
         assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 500
@@ -676,10 +913,24 @@ def test_write_plots_gives_nonblank_pngs(runs, tmp_path, keep):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_plot_names_match_the_workflow():
+def test_the_plot_names_are_listed_once():
+    """`names.PLOTS` is the one list: the figures written, the report's sections and the
+    workflow's plot outputs (common.smk imports it) all follow it."""
+    assert set(FIGURES) == set(TITLES) == set(CAPTIONS) == set(PLOTS)
     smk = (Path(__file__).parents[1] / "workflow" / "rules" / "common.smk").read_text()
-    block = re.search(r"^PLOTS = \((.*?)\)", smk, re.DOTALL | re.MULTILINE).group(1)
-    assert tuple(re.findall(r'"(\w+)"', block)) == PLOT_NAMES
+    assert re.search(r"^from prunebench\.analysis\.names import PLOTS$", smk, re.MULTILINE)
+    assert not re.search(r"^PLOTS\s*=", smk, re.MULTILINE)
+
+
+def test_the_workflow_imports_the_plot_names_without_pandas_or_matplotlib():
+    import subprocess
+    import sys
+
+    code = ("import sys; from prunebench.analysis.names import PLOTS; "
+            "print(len(PLOTS), sorted({m.split('.')[0] for m in sys.modules} "
+            "& {'pandas', 'matplotlib', 'numpy', 'torch'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"{len(PLOTS)} []"
 
 
 # ---------------------------------------------------------------- report and CLI
@@ -700,6 +951,14 @@ def test_cli_end_to_end_and_report(manifests, tmp_path, capsys):
     headline = json.loads((results / "metrics.json").read_text())[STUDY]
     assert headline["rnd"]["s0.90"]["top1_mean"] == pytest.approx(0.25)
     assert headline["l1f"]["c0.50"]["top1_mean"] == pytest.approx(0.86)
+    # one headline file per series, named as the tables name it
+    assert main(["headline", str(results / "metrics.json"), "--out",
+                 str(results / "headline")]) == 0
+    files = sorted(p.name for p in (results / "headline").glob("*.json"))
+    assert files == sorted(f"{name}.json" for name in METHODS if name != DENSE)
+    assert json.loads((results / "headline" / "mag.json").read_text())["at_target"] == "s0.50"
+    assert json.loads((results / "headline" / "mag+distill.json").read_text())[
+        "removed_within_1pt"] is None  # 86 % at 0.9: five points below dense
     assert main(["plot", "--tables", str(results / "tables"), "--out", str(results / "plots")]) == 0
     report = results / "report.md"
     argv = ["report", "--tables", str(results / "tables"), "--plots", str(results / "plots"),
@@ -712,7 +971,7 @@ def test_cli_end_to_end_and_report(manifests, tmp_path, capsys):
     links = _links(text)
     images = [x for x in links if x.endswith(".png")]
     # every figure but the lottery one: this study has no lottery runs
-    assert sorted(images) == sorted(f"plots/{STUDY}_{name}.png" for name in PLOT_NAMES
+    assert sorted(images) == sorted(f"plots/{STUDY}_{name}.png" for name in PLOTS
                                     if name != "lottery_tickets")
     assert all(not Path(x).is_absolute() and (results / x).is_file() for x in links)
     assert "tables/runs.csv" in links and f"{n_runs} runs" in text and "83.00 ± 4.24" in text
@@ -747,8 +1006,10 @@ def test_report_shows_the_lottery_figure_only_for_a_study_with_lottery_runs(runs
     figure = f"../plots/{STUDY}_lottery_tickets.png"
     for with_lottery in (False, True):
         made = runs.copy()
-        if with_lottery:  # random's runs, relabelled as lottery tickets
-            made.loc[made["label"] == "rnd", "method"] = "lottery"
+        if with_lottery:  # random's runs, made lottery tickets
+            rnd = made["label"] == "rnd"
+            made.loc[rnd, "method"] = "lottery"
+            made.loc[rnd, ["recovery", "control"]] = [None, "ticket"]
         out = tmp_path / str(with_lottery)
         summary = summarise(made)
         write_tables(made, summary, out / "tables")

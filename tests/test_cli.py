@@ -210,7 +210,7 @@ def test_structured_runs_shrink_and_survive_a_weights_only_round_trip(tmp_path, 
     assert main(["distill", "--method", "l1_filter", "--no-progress"]) == 0
     kd = json.loads(capsys.readouterr().out.splitlines()[-1])
     kd_config = json.loads((tmp_path / kd["path"] / "config.json").read_text())
-    assert kd["label"] == "l1_filter+distill" and kd["recovery"] == "distill"
+    assert kd["label"] == "l1_filter" and kd["recovery"] == "distill" and kd["control"] is None
     assert kd_config["config"]["parent"] == json.loads(
         (run_dir / "config.json").read_text())["config"]["parent"]
     assert kd_config["config"]["teacher"]["seed"] == 0
@@ -314,3 +314,23 @@ def test_the_optimiser_implementation_is_part_of_every_run_name():
              for impl in ("fused", "foreach", "forloop")}
     old = {k: v for k, v in canonical(recipe).items() if k != "optimizer_impl"}
     assert len(names) == 3 and config_hash({"train": old}) not in names
+
+
+def test_sparsity_selects_one_grid_point_in_every_stage(tmp_path):
+    """`--sparsity` reads the target the run's spec was planned for, whatever the stage: the
+    pruned, recovered and benchmark runs of one point, channel sparsities for structured
+    methods, 0 for the dense run."""
+    from prunebench.cli import select_runs
+    from prunebench.context import StudyContext
+    from prunebench.stages import STAGES
+    from prunebench.study import load_study
+
+    study = load_study(Path(__file__).resolve().parents[1] / "params.yaml", "digits_cnn")
+    ctx = StudyContext(study, tmp_path)
+    for stage in ("prune", "finetune", "distill", "benchmark"):
+        runs = select_runs(STAGES[stage], ctx, "global_magnitude", [0, 1], [0.8])
+        assert len(runs) == 2 * (2 if stage == "benchmark" else 1), stage
+        assert {r.spec.target for r in runs} == {0.8}
+    assert len(select_runs(STAGES["benchmark"], ctx, "l1_filter", [0, 1], [0.5])) == 4
+    dense = select_runs(STAGES["train"], ctx, "dense", [1], [0.0])
+    assert [r.spec.seed for r in dense] == [1] and not dense[0].parents

@@ -611,7 +611,7 @@ def test_unknown_dataset_and_bad_augment_raise():
         load_dataset("x")
     with pytest.raises(ConfigError, match="data.augment"):
         load_dataset("digits", augment=True)
-    assert DATASETS == ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
+    assert DATASETS.names() == ["digits", "mnist", "fashion_mnist", "cifar10", "cifar100"]
 
 
 def test_data_splits_to_and_split():

@@ -18,7 +18,8 @@ from prunebench.plan import study_jobs
 from prunebench.pruning import METHODS, PruneContext, Scope, load_mask, sparsity_report
 from prunebench.pruning.gradual import GradualPruning, resolve_schedule, scheduled_sparsity
 from prunebench.pruning.mask import keep_count
-from prunebench.runs import Workspace
+from prunebench.context import StudyContext
+from prunebench.executor import Executor
 from prunebench.stages.base import dense_run
 from prunebench.stages.train import during_training_run
 from prunebench.training import train
@@ -171,12 +172,12 @@ def digits_study(**options):
     })
 
 
-def test_run_finetune_trains_from_init_with_the_full_recipe(tmp_path):
+def test_during_training_run_trains_from_init_with_the_full_recipe(tmp_path):
     study = digits_study()
-    ws = Workspace(study, tmp_path, "cpu", progress=False)
+    ws = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
     entry = study.method("gradual_magnitude")
-    run = ws.ensure(during_training_run(ws, entry, 0.8, 0))
-    dense = dense_run(ws, 0)
+    run = ws.ensure(during_training_run(ws.ctx, entry, 0.8, 0))
+    dense = dense_run(ws.ctx, 0)
     assert run.parents == (dense,) and dense.done
     assert not (tmp_path / "prune").exists()  # no one-shot prune run
     config = json.loads((run.path / "config.json").read_text())["config"]
@@ -196,9 +197,9 @@ def test_run_finetune_trains_from_init_with_the_full_recipe(tmp_path):
     schedule = json.loads((run.path / "schedule.json").read_text())
     assert schedule["schedule"] == "cubic" and schedule["steps"][-1]["weight_sparsity"] == 0.8
     # Options are part of the name; the run is reused when nothing changed.
-    assert ws.ensure(during_training_run(ws, entry, 0.8, 0)).path == run.path
+    assert ws.ensure(during_training_run(ws.ctx, entry, 0.8, 0)).path == run.path
     other = digits_study(schedule="linear")
-    other_ws = Workspace(other, tmp_path)
+    other_ws = StudyContext(other, tmp_path)
     assert during_training_run(other_ws, other.method("gradual_magnitude"), 0.8, 0).path != run.path
     # The plan: the dense training job, then this method's training job that reads it, then
     # the benchmarks of both.

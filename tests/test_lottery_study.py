@@ -127,15 +127,18 @@ def test_a_chains_controls_train_as_one_stack_in_its_job(tmp_path, monkeypatch, 
 
 
 def _lottery_summary(with_early_stop: bool = True) -> pd.DataFrame:
-    rows = [{"study": "s", "label": "dense", "method": "dense", "target_sparsity": 0.0,
+    rows = [{"study": "s", "series": "dense", "label": "dense", "method": "dense",
+             "recovery": None, "control": None, "target_sparsity": 0.0,
              "weight_sparsity_mean": 0.0, "top1_mean": 0.98, "top1_std": 0.001, "n": 3,
              "early_stop_iteration_mean": 9000.0, "early_stop_iteration_std": 500.0}]
     for s, top1, it in [(0.49, 0.985, 6000.0), (0.79, 0.986, 5000.0), (0.98, 0.96, 12000.0)]:
-        rows.append({"study": "s", "label": "lottery", "method": "lottery",
+        rows.append({"study": "s", "series": "lottery", "label": "lottery", "method": "lottery",
+                     "recovery": None, "control": "ticket",
                      "target_sparsity": s, "weight_sparsity_mean": s, "top1_mean": top1,
                      "top1_std": 0.002, "n": 3, "early_stop_iteration_mean": it,
                      "early_stop_iteration_std": 300.0})
-        rows.append({"study": "s", "label": "lottery_reinit", "method": "lottery_reinit",
+        rows.append({"study": "s", "series": "lottery_reinit", "label": "lottery",
+                     "method": "lottery", "recovery": None, "control": "reinit",
                      "target_sparsity": s, "weight_sparsity_mean": s, "top1_mean": top1 - 0.01,
                      "top1_std": 0.003, "n": 3, "early_stop_iteration_mean": it * 1.5,
                      "early_stop_iteration_std": 400.0})
@@ -188,7 +191,7 @@ def test_lottery_table_puts_each_level_beside_its_control_and_dense():
     assert levels[2]["Control − dense (pp)"] == "-3.00"
     assert levels[2]["Control early stop (iter.)"] == "18,000 ± 400"
     # In the report's tables only where the study has lottery runs.
-    summary = _lottery_summary().assign(channel_sparsity=np.nan, recovery=None, top5_mean=0.999,
+    summary = _lottery_summary().assign(channel_sparsity=np.nan, top5_mean=0.999,
                                         top5_std=0.0, delta_top1_vs_dense=0.0)
     assert "### Lottery tickets vs. random reinitialisation\n" in study_markdown(summary, "s")
     assert lottery_table(summary[summary["method"] == "dense"], "s") is None

@@ -194,17 +194,19 @@ def test_masked_nonzero_finds_a_mask_the_weights_do_not_follow():
 
 
 def test_a_finished_run_reports_the_sparsity_its_weights_have(tmp_path):
-    """`Workspace.finish`: `weight_sparsity` and `param_sparsity` from the saved model's
+    """`Executor.finish`: `weight_sparsity` and `param_sparsity` from the saved model's
     weights over the whole model, the mask's own figure as `mask_sparsity`; a model whose
     weights do not follow its mask is refused, not recorded."""
-    from prunebench.runs import Run, Workspace
+    from prunebench.context import StudyContext
+    from prunebench.executor import Executor
+    from prunebench.runs import Run
     from prunebench.study import parse_study
 
     study = parse_study("tiny", {
         "data": {"name": "digits"}, "model": {"name": "mlp_digits"},
         "scope": {"exclude_first": True}, "methods": {"global_magnitude": {}},
         "sparsities": [0.8], "seeds": [0]})
-    ws = Workspace(study, tmp_path, "cpu", progress=False)
+    ws = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
     model = ws.new_model(0)
     mask = METHODS.get("global_magnitude")(PruneContext(model, ws.scope), 0.8)
     apply_mask(model, mask)

@@ -21,10 +21,12 @@ from prunebench.pruning import (
     save_mask,
     sparsity_report,
 )
-from prunebench.runs import Workspace
+from prunebench.context import StudyContext
+from prunebench.executor import Executor
 from prunebench.stages import STAGES
 from prunebench.stages.base import dense_run
-from prunebench.stages.lottery import level_run, lottery_schedule, reinit_run, rewind_weights
+from prunebench.pruning.lottery import lottery_schedule
+from prunebench.stages.lottery import level_run, reinit_run, rewind_weights
 
 
 def model(seed=0) -> nn.Module:
@@ -130,34 +132,34 @@ def tiny_study(**methods) -> Study:
 
 def test_lottery_rewinds_survivors_to_initial_weights_exactly(tmp_path):
     study = tiny_study(lottery={"prune_fraction": 0.5, "reinit_control": True})
-    ws = Workspace(study, tmp_path, "cpu", progress=False)
+    ws = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
     entry = study.method("lottery")
     schedule = lottery_schedule(entry.options["prune_fraction"], 0.8)
     assert schedule == pytest.approx([0.5, 0.8])  # 0.75 -> 0.8 would be a sliver
-    level = ws.ensure(level_run(ws, entry, schedule, 0))
-    reinit = ws.ensure(reinit_run(ws, level))
+    level = ws.ensure(level_run(ws.ctx, entry, schedule, 0))
+    reinit = ws.ensure(reinit_run(ws.ctx, level))
     mask = load_mask(level.path / "mask.pt")
     assert sparsity_report(mask)["weight_sparsity"] == pytest.approx(0.8, abs=1e-3)
-    assert level_run(ws, entry, [0.5], 0).done
+    assert level_run(ws.ctx, entry, [0.5], 0).done
     # Pruned weights stay exactly zero after retraining, and masks are nested.
     trained = torch.load(level.path / "model.pt", weights_only=True)
-    previous = load_mask(level_run(ws, entry, [0.5], 0).path / "mask.pt")
+    previous = load_mask(level_run(ws.ctx, entry, [0.5], 0).path / "mask.pt")
     for name, m in mask.items():
         assert torch.all(trained[name][~m] == 0)
         assert not torch.any(m & ~previous[name])
     assert reinit.metrics()["weight_sparsity"] == pytest.approx(0.8, abs=1e-3)
-    again = STAGES["lottery"].runs(ws)
+    again = STAGES["lottery"].runs(ws.ctx)
     assert [r.path for r in again] == [level.path, reinit.path]
     assert all(r.done for r in again)
 
 
 def test_lottery_level_starts_from_init_times_mask(tmp_path, monkeypatch):
     """Capture the weights each level trains from: survivors equal the init exactly."""
-    import prunebench.runs as runs
+    import prunebench.executor as runs
 
     study = tiny_study(lottery={"prune_fraction": 0.5, "reinit_control": False})
-    ws = Workspace(study, tmp_path, "cpu", progress=False)
-    init = torch.load(ws.ensure(dense_run(ws, 0)).path / "init.pt", weights_only=True)
+    ws = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
+    init = torch.load(ws.ensure(dense_run(ws.ctx, 0)).path / "init.pt", weights_only=True)
     starts = []
     real_train = runs.train
 
@@ -167,7 +169,7 @@ def test_lottery_level_starts_from_init_times_mask(tmp_path, monkeypatch):
         return real_train(model, data, cfg, **kw)
 
     monkeypatch.setattr(runs, "train", spy)
-    ws.ensure(level_run(ws, study.method("lottery"), lottery_schedule(0.5, 0.9), 0))
+    ws.ensure(level_run(ws.ctx, study.method("lottery"), lottery_schedule(0.5, 0.9), 0))
     assert len(starts) == 3
     for state, mask in starts:
         for name, m in mask.items():
@@ -177,8 +179,8 @@ def test_lottery_level_starts_from_init_times_mask(tmp_path, monkeypatch):
 
 def test_late_rewinding_uses_weights_at_iteration_k(tmp_path):
     study = tiny_study(lottery={"prune_fraction": 0.5, "rewind_iteration": 3})
-    ws = Workspace(study, tmp_path, "cpu", progress=False)
-    dense = ws.ensure(dense_run(ws, 0))
+    ws = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
+    dense = ws.ensure(dense_run(ws.ctx, 0))
     init = torch.load(dense.path / "init.pt", weights_only=True)
     rewound = rewind_weights(ws, dense, 0, 3)
     assert any(not torch.equal(rewound[k], init[k]) for k in init)
@@ -204,8 +206,8 @@ def test_lottery_chains_share_the_levels_their_targets_name(tmp_path, written):
     targets = [written(i) for i in range(1, 6)]
     study = tiny_study(lottery={"prune_fraction": 0.2, "reinit_control": False})
     study = dataclasses.replace(study, sparsities=tuple(targets))
-    ws = Workspace(study, tmp_path, "cpu", progress=False)
-    runs = STAGES["lottery"].runs(ws)
+    ws = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
+    runs = STAGES["lottery"].runs(ws.ctx)
     assert [r.description["levels"] for r in runs] == [targets[:i] for i in range(1, 6)]
     for shorter, longer in zip(runs, runs[1:]):
         assert longer.parents[0].path == shorter.path  # one run per level, shared

@@ -356,7 +356,8 @@ def test_training_from_iteration_k_matches_a_hand_written_loop():
 def test_lottery_level_rewound_to_k_trains_k_to_the_end_at_the_uninterrupted_rates(
         tmp_path, monkeypatch):
     import prunebench.training.loop as loop
-    from prunebench.runs import Workspace
+    from prunebench.context import StudyContext
+    from prunebench.executor import Executor
     from prunebench.stages.base import dense_run
     from prunebench.stages.lottery import level_run, rewind_weights
     from prunebench.study import parse_study
@@ -368,13 +369,13 @@ def test_lottery_level_rewound_to_k_trains_k_to_the_end_at_the_uninterrupted_rat
         "methods": {"lottery": {"prune_fraction": 0.8, "rewind_iteration": k,
                                 "reinit_control": False}},
         "sparsities": [0.8], "seeds": [0]})
-    ws = Workspace(study, tmp_path, "cpu", progress=False)
-    dense = ws.ensure(dense_run(ws, 0))
+    ws = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
+    dense = ws.ensure(dense_run(ws.ctx, 0))
     rewind_weights(ws, dense, 0, k)  # the replay to k, before the rates are recorded
     rates = []
     real_set_lr = loop.set_lr
     monkeypatch.setattr(loop, "set_lr", lambda opt, lr: (rates.append(lr), real_set_lr(opt, lr)))
-    ws.ensure(level_run(ws, study.method("lottery"), [0.8], 0))
+    ws.ensure(level_run(ws.ctx, study.method("lottery"), [0.8], 0))
 
     steps = math.ceil(len(ws.data.train_y) / 128)
     total = 2 * steps

@@ -20,7 +20,8 @@ from prunebench.plan import study_jobs
 from prunebench.pruning import METHODS, PruneContext, Scope, sparsity_report
 from prunebench.pruning.mask import keep_count
 from prunebench.pruning.sensitivity import allocate_sparsity, batch_evaluator, layer_sensitivity
-from prunebench.runs import Workspace
+from prunebench.context import StudyContext
+from prunebench.executor import Executor
 from prunebench.training import evaluate
 
 
@@ -219,7 +220,7 @@ def test_cli_sensitivity_writes_curves_and_feeds_the_prune_job(tmp_path, monkeyp
 
 def test_val_batches_fall_back_to_a_training_slice_without_a_val_split(tmp_path):
     study = parse_study("tiny", {**TINY["studies"]["tiny"], "data": {"name": "digits", "val_size": 0}})
-    ws = Workspace(study, tmp_path, "cpu")
+    ws = Executor(StudyContext(study, tmp_path), "cpu")
     assert len(ws.data.val_y) == 0
     seen = torch.cat([y for _, y in ws.val_batches()()])
     n = math.floor(0.1 * len(ws.data.train_y))

@@ -16,7 +16,7 @@ import yaml
 
 from prunebench.cli import main
 from prunebench.plan import plan
-from prunebench.runs import Workspace
+from prunebench.context import StudyContext
 from prunebench.stacking import split_evenly, stacks
 from prunebench.stages import STAGES
 from prunebench.study import load_study
@@ -65,7 +65,7 @@ def test_the_plan_keeps_one_job_per_grid_point_and_orders_each_stack_behind_its_
     assert [(j.stage, j.label, j.point, j.hash) for j in jobs] == [
         (j.stage, j.label, j.point, j.hash) for j in alone]
 
-    ws = Workspace(load_study(write(tmp_path, params(max_members=4)), "tiny"), "runs")
+    ws = StudyContext(load_study(write(tmp_path, params(max_members=4)), "tiny"), "runs")
     finetune = STAGES["finetune"]
     stacked = stacks(finetune, ws, finetune.runs(ws))
     manifests = {path: j.manifest for j in jobs for path in j.runs}
@@ -79,7 +79,7 @@ def test_the_plan_keeps_one_job_per_grid_point_and_orders_each_stack_behind_its_
     assert labels == {"global_magnitude", "random", "snip"}
     assert not any(r.stage == "distill" for s in stacked.values() for r in s)
     for group in groups:
-        seeds = [ws_run.spec["seed"] for ws_run in stacked[group[0]]]
+        seeds = [ws_run.spec.seed for ws_run in stacked[group[0]]]
         assert seeds == sorted(seeds)  # one seed's members together: they share batches
         leader = manifests[str(group[0])]
         leader_job = next(j for j in jobs if j.manifest == leader)
@@ -101,14 +101,14 @@ def test_the_plan_keeps_one_job_per_grid_point_and_orders_each_stack_behind_its_
 def test_a_small_memory_budget_makes_smaller_stacks_and_one_member_none(tmp_path):
     raw = params(max_members=8)
     study = load_study(write(tmp_path, raw), "tiny")
-    ws = Workspace(study, "runs")
+    ws = StudyContext(study, "runs")
     finetune = STAGES["finetune"]
     big = {len(s) for s in stacks(finetune, ws, finetune.runs(ws)).values()}
     raw["studies"]["tiny"]["stack"]["memory_mb"] = 2  # room for two members of this MLP
-    small_ws = Workspace(load_study(write(tmp_path, raw), "tiny"), "runs")
+    small_ws = StudyContext(load_study(write(tmp_path, raw), "tiny"), "runs")
     small = {len(s) for s in stacks(finetune, small_ws, finetune.runs(small_ws)).values()}
     assert big == {4} and small == {2}
-    one = Workspace(load_study(write(tmp_path, params(max_members=1)), "tiny"), "runs")
+    one = StudyContext(load_study(write(tmp_path, params(max_members=1)), "tiny"), "runs")
     assert stacks(finetune, one, finetune.runs(one)) == {}
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from prunebench.config import TrainConfig
 from prunebench.data import DataSplits
 from prunebench.pruning import PruneContext, Scope, METHODS, apply_mask
-from prunebench.training import evaluate, lr_factor, train
+from prunebench.training import evaluate, lr_factor, make_optimizer, train
 
 
 def toy_data(n=256, d=12, classes=4, seed=0) -> DataSplits:
@@ -97,6 +97,26 @@ def test_fused_optimizer_steps_match_the_reference_implementations(optimizer, im
     train(no_decay, data, replace(RECIPES[optimizer], weight_decay=0.0), seed=0, progress=False)
     assert max((a - b).abs().max().item()
                for a, b in zip(no_decay.parameters(), reference.parameters())) > 1e-4
+
+
+def test_make_optimizer_builds_the_recipes_optimizer_and_implementation():
+    """The one optimiser builder: the recipe's hyperparameters (Nesterov only with momentum)
+    and the implementation `optimizer_impl` names."""
+    params = list(toy_model().parameters())
+    sgd = make_optimizer(params, TrainConfig(optimizer="sgd", lr=0.3, momentum=0.8,
+                                             nesterov=True, weight_decay=1e-4))
+    assert type(sgd) is torch.optim.SGD and sgd.param_groups[0]["params"] == params
+    assert {k: sgd.defaults[k] for k in ("lr", "momentum", "nesterov", "weight_decay")} == \
+        {"lr": 0.3, "momentum": 0.8, "nesterov": True, "weight_decay": 1e-4}
+    assert not make_optimizer(params, TrainConfig(optimizer="sgd", momentum=0.0,
+                                                  nesterov=True)).defaults["nesterov"]
+    for impl, (fused, foreach) in {"fused": (True, False), "foreach": (False, True),
+                                   "forloop": (False, False)}.items():
+        adam = make_optimizer(params, TrainConfig(optimizer="adam", lr=2e-3, weight_decay=0.1,
+                                                  optimizer_impl=impl))
+        assert type(adam) is torch.optim.Adam
+        assert (adam.defaults["lr"], adam.defaults["weight_decay"]) == (2e-3, 0.1)
+        assert (adam.defaults["fused"], adam.defaults["foreach"]) == (fused, foreach), impl
 
 
 def test_resuming_keeps_the_recipes_implementation(tmp_path):

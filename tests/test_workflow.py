@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from prunebench.study import json_schema
-from prunebench.analysis.plots import PLOT_NAMES
+from prunebench.analysis.names import PLOTS as PLOT_NAMES
 from prunebench.plan import plan
 from prunebench.stages import STAGES
 

@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _workspace(args):
+def _context(args):
+    """The study's planning context (no device, no data) and the seeds asked for."""
     from prunebench.config import read_params
-    from prunebench.runs import Workspace
+    from prunebench.context import StudyContext
     from prunebench.study import load_study
 
     overrides = list(args.overrides)
@@ -87,36 +88,36 @@ def _workspace(args):
 
     torch.set_num_threads(study.threads)
     runs_root = args.runs_root or read_params(args.params).get("runs_root", "results/runs")
-    ws = Workspace(study, runs_root, args.device, progress=False if args.no_progress else None)
     seeds = args.seed if args.seed is not None else study.seeds
     if any(s < 0 for s in seeds):
         raise ConfigError(f"--seed must be >= 0, got {seeds}")
-    return ws, seeds
+    return StudyContext(study, Path(runs_root)), seeds
 
 
-def select_runs(stage, ws, label: str | None, seeds, targets) -> list:
+def select_runs(stage, ctx, label: str | None, seeds, targets) -> list:
     """The stage's runs for one method label (all labels if None), seeds and targets
     (weight or channel sparsities); an empty selection names what is allowed."""
     from prunebench.stages import STAGES
     from prunebench.study import check_fraction
 
     targets = None if targets is None else [check_fraction(t, "--sparsity") for t in targets]
-    if seeds != list(ws.study.seeds):
-        ws = _with_seeds(ws, seeds)
-    runs = stage.runs(ws)
+    if seeds != list(ctx.study.seeds):
+        ctx = ctx.with_seeds(seeds)
+    runs = stage.runs(ctx)
     labels = sorted({r.label for r in runs})
     if label is not None:
         if label != "dense":
-            ws.study.method(label)  # an unknown label names the study's methods
+            ctx.study.method(label)  # an unknown label names the study's methods
         runs = [r for r in runs if r.label == label]
         if not runs:
-            owners = [s.name for s in STAGES.values() if any(r.label == label for r in s.runs(ws))]
+            owners = [s.name for s in STAGES.values()
+                      if any(r.label == label for r in s.runs(ctx))]
             raise ConfigError(
-                f"method {label!r} has no `{stage.name}` runs in study {ws.study.name!r}; "
+                f"method {label!r} has no `{stage.name}` runs in study {ctx.study.name!r}; "
                 f"its runs are made by: {', '.join(f'prunebench {o}' for o in owners) or 'none'}"
                 f" (labels with {stage.name} runs: {', '.join(labels) or 'none'})")
     if targets is not None:
-        runs = [r for r in runs if _target(r) in targets]
+        runs = [r for r in runs if r.spec.target in targets]
         if not runs:
             raise ConfigError(f"--sparsity {targets} matches no {stage.name} run of "
                               f"{label or 'the study'}")
@@ -134,20 +135,6 @@ def select_job(stage, runs: list, job: str) -> list:
     raise ConfigError(
         f"--job {job!r} is not a {stage.name} job of this selection; the params ask for: "
         f"{', '.join(h for _, h, _ in groups) or 'none'} (see `prunebench plan`)")
-
-
-def _target(run) -> float | None:
-    spec = run.spec
-    return spec.get("target", spec.get("sparsity", run.meta.get("target_sparsity")))
-
-
-def _with_seeds(ws, seeds):
-    import dataclasses
-
-    from prunebench.runs import Workspace
-
-    study = dataclasses.replace(ws.study, seeds=tuple(seeds))
-    return Workspace(study, ws.root, str(ws.device), ws.progress)
 
 
 def _summary(run) -> dict:
@@ -180,14 +167,16 @@ def run_command(args) -> None:
         run_analysis(args)
         return
     if args.command == "evaluate":
-        from prunebench.runs import evaluate_run_dir
+        from prunebench.executor import evaluate_run_dir
 
         print(json.dumps(evaluate_run_dir(args.run, args.device)))
         return
-    ws, seeds = _workspace(args)
+    from prunebench.executor import Executor
+
+    ctx, seeds = _context(args)
     if args.command == "data":
-        d = ws.data
-        summary = {"study": ws.study.name, "dataset": d.name, "num_classes": d.num_classes,
+        d = Executor(ctx, "cpu").data  # fetch and verify: no GPU needed
+        summary = {"study": ctx.study.name, "dataset": d.name, "num_classes": d.num_classes,
                    "input_shape": list(d.input_shape), "train": len(d.train_y),
                    "val": len(d.val_y), "test": len(d.test_y)}
         print(json.dumps(summary))
@@ -196,22 +185,23 @@ def run_command(args) -> None:
         return
     stage = STAGES[args.command]
     label = args.method if args.method is not None else stage.default_label
-    runs = select_runs(stage, ws, label, list(seeds), args.sparsity)
+    runs = select_runs(stage, ctx, label, list(seeds), args.sparsity)
     if args.job is not None:
         runs = select_job(stage, runs, args.job)
-    ws.data  # noqa: B018  (load now: a missing data file must fail before any run writes)
     from prunebench.stacking import stacks
 
-    stacked = stacks(stage, ws, stage.runs(ws))  # the plan's stacks, whatever the selection
+    stacked = stacks(stage, ctx, stage.runs(ctx))  # the plan's stacks, whatever the selection
+    ex = Executor(ctx, args.device, progress=False if args.no_progress else None)
+    ex.data  # noqa: B018  (load now: a missing data file must fail before any run writes)
     for run in runs:
         if run.path in stacked:
-            ws.ensure_stack(stacked[run.path])
+            ex.ensure_stack(stacked[run.path])
         else:
-            ws.ensure(run)
+            ex.ensure(run)
         print(json.dumps(_summary(run)), flush=True)
     if args.manifest is not None:
         atomic_write_json(args.manifest, {
-            "command": args.command, "study": ws.study.name, "job": args.job,
+            "command": args.command, "study": ctx.study.name, "job": args.job,
             "runs": [_summary(r) for r in runs],
             # Time inside this command, so granularity can tell start-up from work.
             "work_s": round(time.perf_counter() - args.started, 3),

@@ -35,7 +35,7 @@ _LEN = struct.Struct("!I")
 _STATUS = struct.Struct("!i")
 # What jobs import: prunebench, and what it imports lazily at ~3 s a job (FlopCounterMode
 # pulls in torch._dynamo). Importing defines modules; it runs no torch operation.
-PRELOAD = ("prunebench.cli", "prunebench.stages", "prunebench.runs", "prunebench.plan",
+PRELOAD = ("prunebench.cli", "prunebench.stages", "prunebench.executor", "prunebench.plan",
            "prunebench.metrics", "torch._dynamo", "torch.utils.flop_counter", "thop",
            "torch_pruning")
 

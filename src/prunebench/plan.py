@@ -1,6 +1,9 @@
 """The job plan: which CLI invocations a params file asks for, and what each one produces.
 
-The plan iterates over the stages (`prunebench.stages.STAGES`); each stage lists its runs,
+Planning is pure: it reads a `StudyContext` (the study, the runs root, the scope and the
+dense architecture's shape) and never builds an executor, so it claims no device and reads
+no data; the Snakemake process plans without holding a GPU. The plan iterates over the
+stages (`prunebench.stages.STAGES`); each stage lists its runs,
 one per grid point, with their parent runs. Every run is one job (one seed x target of one
 method), except where a stage groups runs that must be made in sequence in one process (a
 lottery chain: the levels of one method x seed). A job's inputs are the jobs that hold its
@@ -23,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from prunebench.config import Study, config_hash
-from prunebench.runs import Run, Workspace
+from prunebench.context import StudyContext
+from prunebench.labels import series_name
+from prunebench.runs import Run
 from prunebench.stacking import stacks
 from prunebench.stages import STAGES, Stage
 from prunebench.study import selected_studies
@@ -64,9 +69,11 @@ def manifest_path(jobs_root: str | Path, stage: str, study: str, label: str, poi
 
 def point_name(run: Run) -> str:
     """`seed0`, `seed0-s0.80` (weight sparsity), `seed1-c0.50` (channel sparsity), with the
-    run's own label first where it is not the job's (`lottery_reinit-seed0-s0.80`)."""
+    run's own name first where it is not the job's label (`lottery_reinit-seed0-s0.80`,
+    `mag+distill-seed0-s0.80`, `slimming_pretrain-seed0`)."""
     meta = run.meta
-    parts = [] if meta.get("label") in (None, run.label) else [str(meta["label"])]
+    name = series_name(meta.get("label", run.label), meta.get("recovery"), meta.get("control"))
+    parts = [] if name == run.label else [name]
     parts.append(f"seed{meta.get('seed', 0)}")
     if meta.get("channel_sparsity") is not None:
         parts.append(f"c{meta['channel_sparsity']:.2f}")
@@ -89,12 +96,12 @@ def group_runs(stage: Stage, runs: list[Run]) -> list[tuple[str, str, list[Run]]
 
 
 def study_jobs(study: Study, runs_root: str | Path, jobs_root: str | Path) -> list[Job]:
-    ws = Workspace(study, runs_root)
+    ctx = StudyContext(study, Path(runs_root))
     jobs: list[Job] = []
     job_of: dict[Path, str] = {}  # run directory -> manifest of the job that makes it
     for stage in STAGES.values():
-        runs = stage.runs(ws)
-        stacked = stacks(stage, ws, runs)
+        runs = stage.runs(ctx)
+        stacked = stacks(stage, ctx, runs)
         grouped = [(point, h, members,
                     manifest_path(jobs_root, stage.name, study.name, members[0].label, point, h))
                    for point, h, members in group_runs(stage, runs)]

@@ -1,4 +1,13 @@
-"""A name -> object registry: one line registers a model, a method or a metric."""
+"""`Registry`: the one name -> entry table behind every pluggable kind of thing.
+
+Three registries use it, each named by the config key that selects from it:
+
+- `prunebench.models.MODELS` (key `model.name`): model factories, `@register_model("name")`;
+- `prunebench.data.DATASETS` (key `data.name`): `Dataset` entries, `register_dataset(entry)`;
+- `prunebench.pruning.METHODS` (key `method`): `PruningMethod` entries, `@register_method(...)`.
+
+Adding a model, a dataset or a method is one registration; nothing else lists the names.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +20,25 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names to objects; looking up an unknown name names the config key and the choices."""
+    """Maps names to entries of one kind, and names the config key when a lookup fails.
 
-    def __init__(self, kind: str, key: str):
+    `kind` ("model") and `key` ("model.name") only word the errors. Names come back sorted
+    unless `sort=False`, which keeps registration order (datasets list smallest first).
+
+    - `register(name, entry)` adds an entry and returns it; a name registered twice raises
+      ValueError (two plug-ins claiming one name is a programming error, not a config one);
+    - `decorator(name)` is `register` as a decorator, returning the decorated object;
+    - `get(name)` returns the entry; an unknown name raises ConfigError naming the key and
+      the allowed names, so every config mistake reads the same;
+    - `names()`, `items()`, `in`, `len()` and iteration (over names) read it like a mapping.
+
+    The entries live in the dict `_items`; tests swap in a copy to register temporary ones.
+    """
+
+    def __init__(self, kind: str, key: str, *, sort: bool = True):
         self.kind = kind
         self.key = key
+        self.sort = sort
         self._items: dict[str, T] = {}
 
     def register(self, name: str, item: T) -> T:
@@ -30,16 +53,28 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         try:
             return self._items[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable name from a config file
             raise ConfigError(
                 f"unknown {self.kind} {name!r} (key {self.key}); allowed: {', '.join(self.names())}"
             ) from None
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted(self._items) if self.sort else list(self._items)
+
+    def items(self) -> list[tuple[str, T]]:
+        return [(name, self._items[name]) for name in self.names()]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        try:
+            return name in self._items
+        except TypeError:
+            return False
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, key {self.key!r}: {', '.join(self.names())})"

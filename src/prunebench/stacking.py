@@ -12,7 +12,7 @@ editing one method neither reruns nor changes another method's runs.
 
 The workflow keeps one job per grid point. A stack's first run is its leader: the leader's
 job waits for every member's parents and trains the stack; each other member's job waits for
-the leader's and finds its run finished (`Workspace.ensure_stack`).
+the leader's and finds its run finished (`Executor.ensure_stack`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prunebench.config import TrainConfig, config_hash
-from prunebench.runs import Arch, Run, Workspace
+from prunebench.context import StudyContext
+from prunebench.runs import Arch, Run
 
 
 @functools.lru_cache(maxsize=64)
@@ -52,26 +53,26 @@ def split_evenly(members: Sequence[Run], size: int) -> list[list[Run]]:
     return out
 
 
-def stacks(stage, ws: Workspace, runs: Sequence[Run]) -> dict[Path, tuple[Run, ...]]:
+def stacks(stage, ctx: StudyContext, runs: Sequence[Run]) -> dict[Path, tuple[Run, ...]]:
     """Every run of `runs` that trains in a stack of two or more, mapped to its stack (the
     leader first). Runs not in the mapping train alone."""
-    cfg = ws.study.stack
+    cfg = ctx.study.stack
     if cfg.max_members < 2:
         return {}
     groups: dict[tuple, tuple[TrainConfig, list[Run]]] = {}
     for run in runs:
-        recipe = stage.stack_recipe(ws, run)
+        recipe = stage.stack_recipe(ctx, run)
         if recipe is not None:
             # Runs that a stage makes in one job (`job_key`) stack only with each other.
             key = (run.label, stage.job_key(run), config_hash(recipe))
             groups.setdefault(key, (recipe, []))[1].append(run)
-    arch = ws.dense_arch
+    arch = ctx.dense_arch
     out: dict[Path, tuple[Run, ...]] = {}
     for recipe, members in groups.values():
         size = min(cfg.max_members, _capacity(arch, recipe, cfg.memory_mb))
         if len(members) < 2 or size < 2:
             continue
-        members = sorted(members, key=lambda r: r.spec["seed"])  # stable: stage order per seed
+        members = sorted(members, key=lambda r: r.spec.seed)  # stable: stage order per seed
         for part in split_evenly(members, size):
             if len(part) > 1:
                 out.update({r.path: tuple(part) for r in part})

@@ -148,7 +148,7 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
     model = from_dict(ModelConfig, raw.get("model"), f"{key}.model")
     if model.name not in MODELS:
         raise ConfigError(f"unknown model {model.name!r} (key {key}.model.name); "
-                          f"allowed: {', '.join(sorted(MODELS))}")
+                          f"allowed: {', '.join(MODELS.names())}")
     train = from_dict(TrainConfig, raw.get("train"), f"{key}.train")
     _check_train(train, f"{key}.train")
     finetune_raw = raw.get("finetune") or {}

@@ -20,6 +20,7 @@ from prunebench.errors import ConfigError
 from prunebench.plan import final_jobs, plan
 from prunebench.stages import STAGES
 from prunebench import launcher
+from prunebench.analysis.names import PLOTS
 
 # The jobs read their study from this file (the CLI's --params), so the grid must live
 # there: `--config` may pick `scale`, `only`, `runs_root` and `gpus_per_job`, not edit
@@ -27,17 +28,6 @@ from prunebench import launcher
 PARAMS_FILE = "params.yaml"
 JOBS_ROOT = "results/jobs"
 RUNS_ROOT = config.get("runs_root", "results/runs")
-PLOTS = (
-    "accuracy_vs_sparsity",
-    "delta_vs_dense",
-    "params_remaining",
-    "accuracy_vs_params",
-    "accuracy_vs_macs",
-    "pareto_macs",
-    "pareto_latency",
-    "training_curves",
-    "lottery_tickets",
-)
 
 try:
     FILE_STUDIES = read_params(PARAMS_FILE).get("studies")  # duplicate keys: refused here

@@ -5,6 +5,11 @@ results; the benchmark manifests say which benchmark run measured which of them.
 directories themselves (`config.json`, `metrics.json`, and the benchmark run's flat
 `metrics.json`) are the source of truth for every number. Any extra numeric key a later stage
 adds to either `metrics.json` becomes a column without code changes here.
+
+What a run was is in columns: `label` (the study's method label), `recovery` ("finetune",
+"distill" or null) and `control` ("ticket", "reinit" or null); `series` is the name tables,
+figures and headline files show, composed from those three by
+`prunebench.labels.series_name`.
 """
 
 from __future__ import annotations
@@ -19,19 +24,26 @@ from typing import Any
 
 import pandas as pd
 
+from prunebench.analysis.names import (
+    DENSE_LABEL,
+    DISTILL,
+    REINIT,
+    TICKET,
+    check_kind,
+    normalise_legacy_record,
+    series_name,
+)
 from prunebench.errors import ConfigError
 from prunebench.io import atomic_write_json, atomic_write_text
 
 RESULT_KINDS = ("train", "recover", "lottery", "lottery_reinit")
-DENSE_LABEL = "dense"
-DISTILL_SUFFIX = "+distill"  # a distilled run's label: the method's label plus this
-LOTTERY_METHOD = "lottery"
-REINIT_SUFFIX = "_reinit"  # the random-reinitialisation control's method and label
 
 # A structured method's target is `channel_sparsity` (fraction of channels removed) and its
-# `target_sparsity` is null; an unstructured one's is the other way round.
-ID_COLUMNS = ["study", "dataset", "model", "method", "label", "target_sparsity",
-              "channel_sparsity", "recovery"]
+# `target_sparsity` is null; an unstructured one's is the other way round. All but `series`
+# are the run's config keys; `series` is composed from `label`, `recovery` and `control`.
+META_COLUMNS = ["study", "dataset", "model", "method", "label", "target_sparsity",
+                "channel_sparsity", "recovery", "control"]
+ID_COLUMNS = [*META_COLUMNS, "series"]
 LEADING_COLUMNS = [
     *ID_COLUMNS, "weight_sparsity", "param_sparsity", "mask_sparsity", "seed", "top1", "top5",
     "loss", "val_top1", "val_top5",
@@ -39,9 +51,11 @@ LEADING_COLUMNS = [
     "macs", "macs_reduction", "threads",
 ]
 TRAILING_COLUMNS = ["run_dir", "hash"]
-GROUP_KEYS = ["study", "dataset", "model", "label", "method", "target_sparsity",
-              "channel_sparsity", "recovery"]
-SORT_KEYS = ["study", "label", "target_sparsity", "channel_sparsity", "seed"]
+# `series` is a function of `label`, `recovery` and `control`: it splits no group, and leads
+# so that groups sort by the name they are shown under.
+GROUP_KEYS = ["study", "dataset", "model", "series", "label", "method", "target_sparsity",
+              "channel_sparsity", "recovery", "control"]
+SORT_KEYS = ["study", "series", "target_sparsity", "channel_sparsity", "seed"]
 NOT_SUMMARISED = {"seed"}
 BENCHMARK_PREFIX = "benchmark_"  # for a benchmark key that the run's metrics already have
 # The benchmark's text columns: how its numbers were measured, kept in the summary (as the
@@ -117,13 +131,18 @@ def read_run(run_dir: Path, benchmark: Mapping[str, Any] | None = None) -> dict 
     """One table row from a finished run directory, or None if the run is not a result;
     `benchmark` is the headline of its benchmark run (keys it shares with the run's own
     metrics get the `benchmark_` prefix)."""
-    config = _read_json_object(run_dir / "config.json")
+    config = normalise_legacy_record(_read_json_object(run_dir / "config.json"))
     if not is_result(config):
         return None
     metrics = _scalars(_read_json_object(run_dir / "metrics.json"))
     for key, value in _scalars(benchmark or {}).items():
         metrics[BENCHMARK_PREFIX + key if key in metrics else key] = value
-    row = {key: config.get(key) for key in ID_COLUMNS}
+    row = {key: config.get(key) for key in META_COLUMNS}
+    try:
+        check_kind(row["label"], row["recovery"], row["control"])
+    except ConfigError as err:
+        raise ConfigError(f"{str(run_dir / 'config.json')!r}: {err}") from None
+    row["series"] = series_name(row["label"], row["recovery"], row["control"])
     row["seed"] = config.get("seed")
     row.update({k: v for k, v in metrics.items() if k not in row and k not in TRAILING_COLUMNS})
     total, nonzero = metrics.get("params_total"), metrics.get("params_nonzero")
@@ -173,12 +192,28 @@ def collect_runs(manifests: Iterable[Path]) -> pd.DataFrame:
         names = ", ".join(repr(str(m)) for m in manifests) or "(none given)"
         raise ConfigError(f"no result runs (train/recover/lottery) in manifests {names}")
     df = pd.DataFrame(rows)
+    _check_series(df)
     for col in LEADING_COLUMNS + TRAILING_COLUMNS:
         if col not in df:
             df[col] = math.nan
     extra = sorted(c for c in df.columns if c not in LEADING_COLUMNS + TRAILING_COLUMNS)
     df = df[LEADING_COLUMNS + extra + TRAILING_COLUMNS]
     return df.sort_values(SORT_KEYS, kind="mergesort", na_position="last").reset_index(drop=True)
+
+
+def _check_series(df: pd.DataFrame) -> None:
+    """Refuse two kinds of run shown under one name in a study (a label "x_reinit" beside the
+    control of a label "x"): their rows would be drawn as one line."""
+    kinds = df[["study", "series", "label", "recovery", "control"]].astype(object)
+    kinds = kinds.where(kinds.notna(), None).drop_duplicates()
+    clash = kinds[kinds.duplicated(["study", "series"], keep=False)]
+    if len(clash):
+        first = clash.iloc[0]
+        both = clash[(clash["study"] == first["study"]) & (clash["series"] == first["series"])]
+        what = "; ".join(f"label {r.label!r} recovery {r.recovery!r} control {r.control!r}"
+                         for r in both.itertuples(index=False))
+        raise ConfigError(f"study {first['study']!r} shows two kinds of run as "
+                          f"{first['series']!r} ({what}): rename one of the labels")
 
 
 # ---------------------------------------------------------------- summary over seeds
@@ -198,12 +233,12 @@ def _distinct(values: pd.Series) -> str | float:
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (study, dataset, model, label, method, target, recovery): the number of runs `n`,
-    and the mean and sample standard deviation (ddof=1, NaN for a single run) of every
-    numeric metric, plus `delta_top1_vs_dense`: mean top-1 minus the study's dense mean
-    top-1, and the benchmark's text columns (`BENCHMARK_TEXT`) the runs have. Null targets
-    group as one value (dropna=False): each run has exactly one of `target_sparsity` and
-    `channel_sparsity`."""
+    """Per (study, dataset, model, series, label, method, target, recovery, control): the
+    number of runs `n`, and the mean and sample standard deviation (ddof=1, NaN for a single
+    run) of every numeric metric, plus `delta_top1_vs_dense`: mean top-1 minus the study's
+    dense mean top-1, and the benchmark's text columns (`BENCHMARK_TEXT`) the runs have. Null
+    targets, recoveries and controls group as one value (dropna=False): each run has exactly
+    one of `target_sparsity` and `channel_sparsity`."""
     if df.empty:
         raise ConfigError("the runs table is empty: nothing to summarise")
     metrics = metric_columns(df)
@@ -216,7 +251,7 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     if texts:
         summary = summary.join(grouped[texts].agg(_distinct))
     summary = summary.reset_index()
-    dense = summary[summary["label"] == DENSE_LABEL].groupby("study")["top1_mean"].mean()
+    dense = summary[summary["series"] == DENSE_LABEL].groupby("study")["top1_mean"].mean()
     delta = summary["top1_mean"] - summary["study"].map(dense)
     summary.insert(summary.columns.get_loc("n") + 1, "delta_top1_vs_dense", delta)
     return summary
@@ -254,12 +289,12 @@ def _json_number(x: float) -> float | None:
 
 
 def headline_metrics(summary: pd.DataFrame) -> dict:
-    """{study: {label: {"s0.80" | "c0.50": {"top1_mean", "top1_std"}}}} for DVC metrics:
-    "s" keys are weight sparsities, "c" keys fractions of channels removed; a std over a
-    single seed is null."""
+    """{study: {series: {"s0.80" | "c0.50": {"top1_mean", "top1_std"}}}} for DVC metrics,
+    by the series name ("mag", "mag+distill"): "s" keys are weight sparsities, "c" keys
+    fractions of channels removed; a std over a single seed is null."""
     out: dict = {}
     for row in summary.itertuples(index=False):
-        cell = out.setdefault(row.study, {}).setdefault(row.label, {})
+        cell = out.setdefault(row.study, {}).setdefault(row.series, {})
         cell[target_key(row.target_sparsity, row.channel_sparsity)] = {
             "top1_mean": _json_number(row.top1_mean), "top1_std": _json_number(row.top1_std),
             "params_removed": _json_number(1.0 - row.params_remaining_frac_mean),
@@ -271,7 +306,7 @@ WITHIN = 0.01  # "as accurate as dense": top-1 at most one point below the dense
 
 
 def headline_rows(metrics: dict) -> dict:
-    """{study: {label: row}}: the few numbers a person reads first. Per method label, the
+    """{study: {series: row}}: the few numbers a person reads first. Per series, the
     largest fraction of the dense model's parameters removed (zeroed or cut out) while the
     mean top-1 stays within one point of dense, with that point's target and top-1; null
     where no target stays within one point."""
@@ -296,8 +331,8 @@ def headline_rows(metrics: dict) -> dict:
 
 
 def write_headline_dir(paths: Iterable[Path], out: Path) -> list[Path]:
-    """One small JSON file per study and method label, `out/<label>.json` (DVC shows one row
-    per file): the study's headline rows. Files of labels no longer in the study go."""
+    """One small JSON file per study and series, `out/<series>.json` (DVC shows one row per
+    file): the study's headline rows. Files of series no longer in the study go."""
     merged: dict = {}
     for path in paths:
         merged.update(_read_json_object(Path(path)))
@@ -316,10 +351,10 @@ def write_headline_dir(paths: Iterable[Path], out: Path) -> list[Path]:
 # ---------------------------------------------------------------- markdown tables
 
 
-def ordered_labels(labels: Iterable[str]) -> list[str]:
-    """Method labels with the dense baseline first, the rest alphabetically."""
-    labels = sorted(set(labels))
-    return [DENSE_LABEL] * (DENSE_LABEL in labels) + [x for x in labels if x != DENSE_LABEL]
+def ordered_series(names: Iterable[str]) -> list[str]:
+    """Series names with the dense baseline first, the rest alphabetically."""
+    names = sorted(set(names))
+    return [DENSE_LABEL] * (DENSE_LABEL in names) + [x for x in names if x != DENSE_LABEL]
 
 
 def _pm(mean: float, std: float, scale: float = 100.0) -> str:
@@ -344,9 +379,9 @@ def _markdown(table: pd.DataFrame) -> str:
 
 
 def _in_order(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows dense first, then each method (alphabetically) by its target."""
-    order = {label: i for i, label in enumerate(ordered_labels(rows["label"]))}
-    return rows.assign(_order=rows["label"].map(order)).sort_values(
+    """Rows dense first, then each series (alphabetically) by its target."""
+    order = {name: i for i, name in enumerate(ordered_series(rows["series"]))}
+    return rows.assign(_order=rows["series"].map(order)).sort_values(
         ["_order", "target_sparsity", "channel_sparsity"], kind="mergesort")
 
 
@@ -369,7 +404,7 @@ def study_table(summary: pd.DataFrame, study: str) -> str:
     """The markdown table of one study's dense and unstructured (weight-sparsity) rows."""
     rows = _sorted_rows(summary, study, structured=False)
     return _markdown(pd.DataFrame({
-        "Method": rows["label"],
+        "Method": rows["series"],
         "Target sparsity": rows["target_sparsity"].map(lambda s: f"{s:.2f}"),
         "Achieved sparsity": rows["weight_sparsity_mean"].map(_fraction),
         "Zero params (all)": _column(rows, "param_sparsity_mean").map(_fraction),
@@ -386,7 +421,7 @@ def structured_table(summary: pd.DataFrame, study: str) -> str | None:
     if rows.empty:
         return None
     return _markdown(pd.DataFrame({
-        "Method": rows["label"],
+        "Method": rows["series"],
         "Channels removed (target)": rows["channel_sparsity"].map(lambda s: f"{s:.2f}"),
         "Params removed (achieved)": rows["param_reduction_mean"].map(_fraction),
         "MACs removed (achieved)": rows["macs_reduction_mean"].map(_fraction),
@@ -395,21 +430,18 @@ def structured_table(summary: pd.DataFrame, study: str) -> str | None:
 
 
 def recovery_pairs(summary: pd.DataFrame, study: str) -> pd.DataFrame:
-    """One row per (method, target) of a study that was both fine-tuned and distilled, with
-    the fine-tuned columns suffixed `_ft` and the distilled ones `_kd`, and `top1_gain`:
-    distilled minus fine-tuned mean top-1."""
+    """One row per (label, target) of a study that was both fine-tuned and distilled (by the
+    `recovery` column), with the fine-tuned columns suffixed `_ft` and the distilled ones
+    `_kd`, and `top1_gain`: distilled minus fine-tuned mean top-1."""
     rows = summary[summary["study"] == study]
-    rows = rows.assign(
-        base=rows["label"].str.removesuffix(DISTILL_SUFFIX),
-        target=[target_key(t, c) for t, c in zip(rows["target_sparsity"],
-                                                 rows["channel_sparsity"])],
-    )
+    rows = rows.assign(target=[target_key(t, c) for t, c in zip(rows["target_sparsity"],
+                                                                rows["channel_sparsity"])])
     finetuned = rows[rows["recovery"] == "finetune"]
-    distilled = rows[rows["recovery"] == "distill"]
+    distilled = rows[rows["recovery"] == DISTILL]
     # copy(): a merge of wide frames read back from CSV comes out in many blocks
-    pairs = finetuned.merge(distilled, on=["base", "target"], suffixes=("_ft", "_kd")).copy()
+    pairs = finetuned.merge(distilled, on=["label", "target"], suffixes=("_ft", "_kd")).copy()
     pairs["top1_gain"] = pairs["top1_mean_kd"] - pairs["top1_mean_ft"]
-    return pairs.sort_values(["base", "target"], kind="mergesort").reset_index(drop=True)
+    return pairs.sort_values(["label", "target"], kind="mergesort").reset_index(drop=True)
 
 
 def _target_text(key: str) -> str:
@@ -424,7 +456,7 @@ def recovery_table(summary: pd.DataFrame, study: str) -> str | None:
     if pairs.empty:
         return None
     return _markdown(pd.DataFrame({
-        "Method": pairs["base"],
+        "Method": pairs["label"],
         "Target": pairs["target"].map(_target_text),
         "Top-1 fine-tuned (%)": [_pm(m, s) for m, s in zip(pairs["top1_mean_ft"],
                                                            pairs["top1_std_ft"])],
@@ -451,7 +483,7 @@ def _lottery_row(ticket: pd.Series, control: pd.Series | None, dense_top1: float
     """One row of the lottery table: a level's ticket beside its control (None: no control,
     as for the dense model's row)."""
     return {
-        "Method": ticket["label"],
+        "Method": ticket["series"],
         "Weights remaining (%)": f"{100 * (1 - ticket['weight_sparsity_mean']):.1f}",
         "Ticket top-1 (%)": _stat(ticket, "top1", _pm),
         "Control top-1 (%)": _stat(control, "top1", _pm),
@@ -466,23 +498,25 @@ def _lottery_row(ticket: pd.Series, control: pd.Series | None, dense_top1: float
 
 def has_lottery_runs(summary: pd.DataFrame, study: str) -> bool:
     """Whether `study` has lottery-ticket runs (its report then has their table and figure)."""
-    return bool(((summary["study"] == study) & (summary["method"] == LOTTERY_METHOD)).any())
+    return bool(((summary["study"] == study) & (summary["control"] == TICKET)).any())
 
 
 def lottery_table(summary: pd.DataFrame, study: str) -> str | None:
     """Frankle & Carbin's comparison as a table (None without lottery runs): the dense model,
     then per lottery label and level the ticket's and its random-reinitialisation control's
-    test top-1 and early-stopping iteration (of minimum validation loss)."""
+    test top-1 and early-stopping iteration (of minimum validation loss). A ticket and its
+    control are the rows of one label and target with `control` "ticket" and "reinit"."""
     if not has_lottery_runs(summary, study):
         return None
     rows = summary[summary["study"] == study]
-    tickets = rows[rows["method"] == LOTTERY_METHOD]
-    dense = rows[rows["label"] == DENSE_LABEL]
+    tickets = rows[rows["control"] == TICKET]
+    dense = rows[rows["series"] == DENSE_LABEL]
     dense_top1 = dense["top1_mean"].iloc[0] if len(dense) else math.nan
     table = [_lottery_row(dense.iloc[0], None, dense_top1)] if len(dense) else []
-    for label in ordered_labels(tickets["label"]):
-        controls = rows[rows["label"] == label + REINIT_SUFFIX]
-        levels = rows[rows["label"] == label].sort_values("target_sparsity", kind="mergesort")
+    for label in sorted(set(tickets["label"])):
+        controls = rows[(rows["label"] == label) & (rows["control"] == REINIT)]
+        levels = tickets[tickets["label"] == label].sort_values("target_sparsity",
+                                                                kind="mergesort")
         for _, ticket in levels.iterrows():
             match = controls[controls["target_sparsity"] == ticket["target_sparsity"]]
             table.append(_lottery_row(ticket, match.iloc[0] if len(match) else None,
@@ -584,7 +618,7 @@ def _benchmarked(summary: pd.DataFrame, study: str) -> pd.DataFrame:
 
 
 def _dense_index(rows: pd.DataFrame) -> Any:
-    dense = rows.index[rows["label"] == DENSE_LABEL]
+    dense = rows.index[rows["series"] == DENSE_LABEL]
     return dense[0] if len(dense) else None
 
 
@@ -645,7 +679,7 @@ def hardware_table(summary: pd.DataFrame, study: str) -> str | None:
     dense = _dense_index(rows)
     batches = latency_batches(rows)
     shown = sorted({batches[0], batches[-1]}) if batches else []
-    table = {"Method": rows["label"], "Target": _targets(rows)}
+    table = {"Method": rows["series"], "Target": _targets(rows)}
     for header, column, factor in HARDWARE_COSTS:
         table[header] = _cells(rows, column, factor, dense)
     for batch in shown:
@@ -702,7 +736,7 @@ def modes_table(summary: pd.DataFrame, study: str) -> str | None:
             latency = {b: _column(rows, f"latency_{mode}_b{b}_ms_mean")[index] for b in batches}
             if all(pd.isna(v) for v in latency.values()):
                 continue
-            line = {"Method": rows.at[index, "label"], "Target": target, "Mode": mode}
+            line = {"Method": rows.at[index, "series"], "Target": target, "Mode": mode}
             for b in batches:
                 baseline = math.nan if dense is None else on_dense[b][dense]
                 paired = _column(rows, f"speedup_vs_dense_b{b}_mean")[index]
@@ -793,5 +827,9 @@ def read_tables(tables_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             raise ConfigError(f"{str(path)!r} is empty") from None
         if frame.empty:
             raise ConfigError(f"{str(path)!r} has no rows")
+        missing = [c for c in ("recovery", "control", "series") if c not in frame]
+        if missing:
+            raise ConfigError(f"{str(path)!r} has no {', '.join(missing)} column (written by "
+                              "an older prunebench): run `prunebench aggregate` again")
         frames.append(frame)
     return frames[0], frames[1]

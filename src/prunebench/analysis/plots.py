@@ -12,6 +12,11 @@ the Pareto figures need the benchmark's columns and say so in the figure when it
 Figures are built with `matplotlib.figure.Figure` directly (no pyplot), so nothing depends on
 a global backend or figure registry; PNGs are rendered by Agg. Each `*_figure` function
 returns its Figure, so tests can inspect the lines it drew.
+
+Lines, bars and markers are one per series (the `series` column: "mag", "mag+distill"); the
+lottery figure pairs tickets and controls by `label` and `control`. The figure names, in
+output order, are `PLOTS` (defined in `names`, which the workflow imports without pandas or
+matplotlib; re-exported here).
 """
 
 from __future__ import annotations
@@ -27,14 +32,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from prunebench.analysis.aggregate import (
-    DENSE_LABEL,
     MACS_PER_M,
-    LOTTERY_METHOD,
-    REINIT_SUFFIX,
     latency_batches,
-    ordered_labels,
+    ordered_series,
     studies,
 )
+from prunebench.analysis.names import DENSE_LABEL, PLOTS, REINIT, TICKET, series_name
 from prunebench.io import atomic_write
 
 DPI = 120
@@ -49,8 +52,6 @@ DENSE_MARKER = "*"
 EFFECTIVE_LEGEND = "hollow: effective MACs (zeros skipped)"
 FRONT_COLOR = "grey"
 STRUCTURED_LINESTYLE = "-."  # tells channel-pruned methods apart where all methods meet
-PLOT_NAMES = ("accuracy_vs_sparsity", "delta_vs_dense", "params_remaining", "accuracy_vs_params",
-              "accuracy_vs_macs", "pareto_macs", "pareto_latency", "training_curves", "lottery_tickets")
 NO_LOTTERY = "no lottery-ticket runs in this study"
 
 
@@ -106,15 +107,15 @@ def _cost_axis(ax: Axes) -> None:
     ax.margins(0.1)
 
 
-def _styles(labels: Sequence[str]) -> dict[str, dict]:
-    """One stable colour and marker per method label (dense is always black)."""
-    methods = [x for x in ordered_labels(labels) if x != DENSE_LABEL]
+def _styles(names: Sequence[str]) -> dict[str, dict]:
+    """One stable colour and marker per series (dense is always black)."""
+    methods = [x for x in ordered_series(names) if x != DENSE_LABEL]
     # tab20 holds 10 dark/light pairs: the 10 dark ones first, then the light ones.
     palette = matplotlib.colormaps["tab20"].colors
     return {DENSE_LABEL: {"color": DENSE_COLOR},
-            **{label: {"color": palette[(2 * i) % 20 + (2 * i) // 20 % 2],
-                       "marker": MARKERS[i % len(MARKERS)]}
-               for i, label in enumerate(methods)}}
+            **{name: {"color": palette[(2 * i) % 20 + (2 * i) // 20 % 2],
+                      "marker": MARKERS[i % len(MARKERS)]}
+               for i, name in enumerate(methods)}}
 
 
 def _new_figure(title: str) -> tuple[Figure, Axes]:
@@ -143,11 +144,11 @@ def _std(values: pd.Series) -> np.ndarray:
 
 
 def _methods(summary: pd.DataFrame) -> list[str]:
-    return [x for x in ordered_labels(summary["label"]) if x != DENSE_LABEL]
+    return [x for x in ordered_series(summary["series"]) if x != DENSE_LABEL]
 
 
 def _dense(summary: pd.DataFrame) -> pd.Series | None:
-    rows = summary[summary["label"] == DENSE_LABEL]
+    rows = summary[summary["series"] == DENSE_LABEL]
     return rows.iloc[0] if len(rows) else None
 
 
@@ -158,7 +159,7 @@ def _unstructured(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _grid_sparsities(summary: pd.DataFrame) -> list[float]:
-    return sorted(summary.loc[summary["label"] != DENSE_LABEL, "target_sparsity"].unique())
+    return sorted(summary.loc[summary["series"] != DENSE_LABEL, "target_sparsity"].unique())
 
 
 def _note(ax: Axes, text: str) -> None:
@@ -193,15 +194,15 @@ def accuracy_figure(summary: pd.DataFrame, study: str) -> Figure:
     """Top-1 (%) against achieved weight sparsity: one line per unstructured method with a
     ±std band, and the dense model as a dashed horizontal line with its band."""
     rows = summary[summary["study"] == study]
-    styles = _styles(rows["label"])
+    styles = _styles(rows["series"])
     rows = _unstructured(rows)
     fig, ax = _new_figure(f"{study}: test top-1 accuracy vs. sparsity")
     _dense_reference(ax, rows)
     methods = _methods(rows)
-    for label in methods:
-        m = rows[rows["label"] == label].sort_values("target_sparsity")
-        _accuracy_line(ax, m["weight_sparsity_mean"].to_numpy(dtype=float), m, label,
-                       styles[label])
+    for name in methods:
+        m = rows[rows["series"] == name].sort_values("target_sparsity")
+        _accuracy_line(ax, m["weight_sparsity_mean"].to_numpy(dtype=float), m, name,
+                       styles[name])
     if not methods:
         _note(ax, NO_UNSTRUCTURED)
     _sparsity_axis(ax, _grid_sparsities(rows), "achieved weight sparsity (log-density scale)")
@@ -215,18 +216,18 @@ def delta_figure(summary: pd.DataFrame, study: str) -> Figure:
     """Top-1 difference to dense (percentage points) per method, grouped by target sparsity;
     error bars are the method's std over seeds."""
     rows = summary[summary["study"] == study]
-    styles = _styles(rows["label"])
+    styles = _styles(rows["series"])
     rows = _unstructured(rows)
     methods = _methods(rows)
     grid = _grid_sparsities(rows)
     fig, ax = _new_figure(f"{study}: top-1 change vs. dense")
     width = 0.8 / max(len(methods), 1)
-    for i, label in enumerate(methods):
-        m = rows[rows["label"] == label].set_index("target_sparsity").reindex(grid)
+    for i, name in enumerate(methods):
+        m = rows[rows["series"] == name].set_index("target_sparsity").reindex(grid)
         pos = np.arange(len(grid)) - 0.4 + width * (i + 0.5)
         ax.bar(pos, 100 * m["delta_top1_vs_dense"].to_numpy(dtype=float), width,
-               yerr=100 * _std(m["top1_std"]), capsize=3, color=styles[label]["color"],
-               label=label)
+               yerr=100 * _std(m["top1_std"]), capsize=3, color=styles[name]["color"],
+               label=name)
     ax.axhline(0.0, color=DENSE_COLOR, linewidth=1.0)
     ax.set_xticks(np.arange(len(grid)), [_fmt_sparsity(s) for s in grid])
     ax.set_xlabel("target weight sparsity")
@@ -242,7 +243,7 @@ def params_figure(summary: pd.DataFrame, study: str) -> Figure:
     """Fraction of all parameters that are nonzero (biases included) per method, against the
     target sparsity, with 1 − sparsity (prunable weights only) as reference."""
     rows = summary[summary["study"] == study]
-    styles = _styles(rows["label"])
+    styles = _styles(rows["series"])
     rows = _unstructured(rows)
     grid = _grid_sparsities(rows)
     fig, ax = _new_figure(f"{study}: parameters remaining")
@@ -252,10 +253,10 @@ def params_figure(summary: pd.DataFrame, study: str) -> Figure:
                 label="1 − target sparsity")
     else:
         _note(ax, NO_UNSTRUCTURED)
-    for label in _methods(rows):
-        m = rows[rows["label"] == label].sort_values("target_sparsity")
-        ax.plot(m["target_sparsity"], 100 * m["params_remaining_frac_mean"], label=label,
-                **styles[label])
+    for name in _methods(rows):
+        m = rows[rows["series"] == name].sort_values("target_sparsity")
+        ax.plot(m["target_sparsity"], 100 * m["params_remaining_frac_mean"], label=name,
+                **styles[name])
     _sparsity_axis(ax, grid, "target weight sparsity (log-density scale)")
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -272,18 +273,18 @@ def _accuracy_vs_remaining(summary: pd.DataFrame, study: str, reduction: str, ti
     model), so structured, unstructured and distilled methods meet on one measured axis;
     structured methods are dash-dotted."""
     rows = summary[summary["study"] == study]
-    styles = _styles(rows["label"])
+    styles = _styles(rows["series"])
     fig, ax = _new_figure(title)
     _dense_reference(ax, rows)
     column = f"{reduction}_mean"
     fractions = []
-    for label in _methods(rows):
-        m = rows[rows["label"] == label].dropna(subset=[column])
+    for name in _methods(rows):
+        m = rows[rows["series"] == name].dropna(subset=[column])
         m = m.assign(_left=1.0 - m[column]).sort_values("_left", ascending=False)
-        style = dict(styles[label])
+        style = dict(styles[name])
         if m["channel_sparsity"].notna().any():
             style["linestyle"] = STRUCTURED_LINESTYLE
-        _accuracy_line(ax, m["_left"].to_numpy(dtype=float), m, label, style)
+        _accuracy_line(ax, m["_left"].to_numpy(dtype=float), m, name, style)
         fractions += m["_left"].tolist()
     _fraction_axis(ax, fractions, xlabel)
     ax.set_ylabel("test top-1 accuracy (%)")
@@ -320,10 +321,10 @@ def pareto_front(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np
     return x[front], y[front]
 
 
-def _point_style(styles: dict[str, dict], label: str) -> dict:
-    """Markers only, one per method; the dense model as a larger star."""
-    style = styles[label]
-    dense = label == DENSE_LABEL
+def _point_style(styles: dict[str, dict], name: str) -> dict:
+    """Markers only, one per series; the dense model as a larger star."""
+    style = styles[name]
+    dense = name == DENSE_LABEL
     return {"color": style["color"], "marker": style.get("marker", DENSE_MARKER),
             "markersize": 12 if dense else 7, "linestyle": "none"}
 
@@ -336,7 +337,7 @@ def _pareto_figure(summary: pd.DataFrame, study: str, column: str | None, factor
     on the same rows before the legend is made. Without benchmark results (no `column`, or
     no values in it) the figure says so."""
     rows = summary[summary["study"] == study]
-    styles = _styles(rows["label"])
+    styles = _styles(rows["series"])
     fig, ax = _new_figure(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test top-1 accuracy (%)")
@@ -347,10 +348,10 @@ def _pareto_figure(summary: pd.DataFrame, study: str, column: str | None, factor
     front_x, front_y = pareto_front(factor * drawn[column], 100 * drawn["top1_mean"])
     ax.step(front_x, front_y, where="post", color=FRONT_COLOR, linewidth=0.8,
             label="Pareto front")
-    for label in ordered_labels(drawn["label"]):
-        m = drawn[drawn["label"] == label]
-        ax.plot(factor * m[column], 100 * m["top1_mean"], label=label,
-                **_point_style(styles, label))
+    for name in ordered_series(drawn["series"]):
+        m = drawn[drawn["series"] == name]
+        ax.plot(factor * m[column], 100 * m["top1_mean"], label=name,
+                **_point_style(styles, name))
     if extra is not None:
         extra(ax, drawn, styles)
     _cost_axis(ax)
@@ -375,15 +376,15 @@ def _effective_macs(ax: Axes, rows: pd.DataFrame, styles: dict[str, dict]) -> No
     """Hollow markers at the effective MACs (zero weights skipped) of the masked methods: what
     sparse kernels could at best save, next to what dense kernels cost. Labels starting with
     "_" keep them out of the legend, which gets one grey entry for all of them."""
-    masked = rows[(rows["label"] != DENSE_LABEL) & rows["target_sparsity"].notna()]
+    masked = rows[(rows["series"] != DENSE_LABEL) & rows["target_sparsity"].notna()]
     if "macs_effective_mean" not in masked or masked["macs_effective_mean"].isna().all():
         return
     masked = masked.dropna(subset=["macs_effective_mean"])
-    for label in ordered_labels(masked["label"]):
-        m = masked[masked["label"] == label]
+    for name in ordered_series(masked["series"]):
+        m = masked[masked["series"] == name]
         ax.plot(m["macs_effective_mean"] / MACS_PER_M, 100 * m["top1_mean"],
-                label=f"_{label} effective", markerfacecolor="none",
-                **_point_style(styles, label))
+                label=f"_{name} effective", markerfacecolor="none",
+                **_point_style(styles, name))
     ax.plot([], [], color=FRONT_COLOR, marker="o", markerfacecolor="none", linestyle="none",
             label=EFFECTIVE_LEGEND)
 
@@ -425,12 +426,12 @@ def read_history(run_dir: str | Path) -> pd.DataFrame | None:
 
 def curve_runs(runs: pd.DataFrame, study: str) -> dict[str, pd.DataFrame]:
     """The runs whose curves are drawn: dense, and each unstructured method at its highest
-    sparsity."""
+    sparsity, by series."""
     rows = _unstructured(runs[runs["study"] == study])
     picked = {}
-    for label in ordered_labels(rows["label"]):
-        m = rows[rows["label"] == label]
-        picked[label] = m[m["target_sparsity"] == m["target_sparsity"].max()]
+    for name in ordered_series(rows["series"]):
+        m = rows[rows["series"] == name]
+        picked[name] = m[m["target_sparsity"] == m["target_sparsity"].max()]
     return picked
 
 
@@ -438,10 +439,10 @@ def curves_figure(runs: pd.DataFrame, study: str,
                   read: Callable[[str], pd.DataFrame | None] = read_history) -> Figure:
     """Validation top-1 per epoch, averaged over seeds (band: ±std), for dense and for each
     unstructured method at its highest target sparsity."""
-    styles = _styles(runs.loc[runs["study"] == study, "label"])
+    styles = _styles(runs.loc[runs["study"] == study, "series"])
     fig, ax = _new_figure(f"{study}: validation accuracy during training")
     drawn = 0
-    for label, picked in curve_runs(runs, study).items():
+    for series, picked in curve_runs(runs, study).items():
         histories = [h for h in map(read, picked["run_dir"]) if h is not None]
         if not histories:
             continue
@@ -449,10 +450,10 @@ def curves_figure(runs: pd.DataFrame, study: str,
         x = per_epoch.index.to_numpy(dtype=float)
         y, err = 100 * per_epoch["mean"].to_numpy(), 100 * _std(per_epoch["std"])
         sparsity = picked["target_sparsity"].iloc[0]
-        name = label if label == DENSE_LABEL else f"{label} @ {_fmt_sparsity(sparsity)}"
-        ax.plot(x, y, color=styles[label]["color"], label=name,
-                linestyle="--" if label == DENSE_LABEL else "-")
-        ax.fill_between(x, y - err, y + err, color=styles[label]["color"], alpha=0.12,
+        name = series if series == DENSE_LABEL else f"{series} @ {_fmt_sparsity(sparsity)}"
+        ax.plot(x, y, color=styles[series]["color"], label=name,
+                linestyle="--" if series == DENSE_LABEL else "-")
+        ax.fill_between(x, y - err, y + err, color=styles[series]["color"], alpha=0.12,
                         linewidth=0)
         drawn += 1
     if drawn:
@@ -464,16 +465,17 @@ def curves_figure(runs: pd.DataFrame, study: str,
     return fig
 
 
-def _lottery_lines(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Each lottery label's levels and its control's, dense prepended at 100 % remaining."""
+def _lottery_lines(rows: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
+    """{(label, control): levels} of each lottery label's tickets and its controls (the rows
+    whose `control` is "ticket" and "reinit"), dense prepended at 100 % remaining."""
     lines = {}
-    dense = rows[rows["label"] == DENSE_LABEL]
-    tickets = rows[rows["method"] == LOTTERY_METHOD]
-    for label in ordered_labels(tickets["label"]):
-        for name in (label, label + REINIT_SUFFIX):
-            levels = rows[rows["label"] == name]
+    dense = rows[rows["series"] == DENSE_LABEL]
+    for label in sorted(set(rows.loc[rows["control"] == TICKET, "label"])):
+        for control in (TICKET, REINIT):
+            levels = rows[(rows["label"] == label) & (rows["control"] == control)]
             if len(levels):
-                lines[name] = pd.concat([dense, levels]).sort_values("target_sparsity")
+                lines[(label, control)] = pd.concat([dense, levels]).sort_values(
+                    "target_sparsity")
     return lines
 
 
@@ -483,7 +485,7 @@ def lottery_figure(summary: pd.DataFrame, study: str) -> Figure:
     to the right), mean ±std over seeds, for each lottery-ticket label and its random
     reinitialisation control; both lines start at the dense model (100 %)."""
     rows = summary[summary["study"] == study]
-    styles = _styles(rows["label"])
+    styles = _styles(rows["series"])
     fig = Figure(figsize=(FIGSIZE[0] * 1.8, FIGSIZE[1]), dpi=DPI, layout="tight")
     axes = fig.subplots(1, 2)
     lines = _lottery_lines(rows)
@@ -492,18 +494,18 @@ def lottery_figure(summary: pd.DataFrame, study: str) -> Figure:
     for ax, (metric, scale, ylabel) in zip(axes, panels):
         ax.grid(True, alpha=0.3)
         drawn = 0
-        for name, line in lines.items():
+        for (label, control), line in lines.items():
             if f"{metric}_mean" not in line or line[f"{metric}_mean"].isna().all():
                 continue
-            base = name.removesuffix(REINIT_SUFFIX)
+            style = styles[series_name(label, control=TICKET)]  # a control takes its ticket's
             x = 100 * (1.0 - line["weight_sparsity_mean"].to_numpy(dtype=float))
             y = scale * line[f"{metric}_mean"].to_numpy(dtype=float)
             err = scale * _std(line[f"{metric}_std"])
-            reinit = name != base
-            ax.plot(x, y, color=styles[base]["color"], marker=styles[base]["marker"],
+            reinit = control == REINIT
+            ax.plot(x, y, color=style["color"], marker=style["marker"],
                     linestyle="--" if reinit else "-", markersize=4,
-                    label=f"{base} (random reinit)" if reinit else f"{base} (ticket)")
-            ax.fill_between(x, y - err, y + err, color=styles[base]["color"],
+                    label=f"{label} (random reinit)" if reinit else f"{label} (ticket)")
+            ax.fill_between(x, y - err, y + err, color=style["color"],
                             alpha=0.08 if reinit else 0.18, linewidth=0)
             drawn += 1
         if drawn:
@@ -527,24 +529,29 @@ def save_figure(fig: Figure, path: Path) -> Path:
     return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI), mode="wb")
 
 
+# What draws each of PLOTS: (runs, summary, study) -> Figure.
+FIGURES: dict[str, Callable[[pd.DataFrame, pd.DataFrame, str], Figure]] = {
+    "accuracy_vs_sparsity": lambda runs, summary, study: accuracy_figure(summary, study),
+    "delta_vs_dense": lambda runs, summary, study: delta_figure(summary, study),
+    "params_remaining": lambda runs, summary, study: params_figure(summary, study),
+    "accuracy_vs_params": lambda runs, summary, study: accuracy_vs_params_figure(summary, study),
+    "accuracy_vs_macs": lambda runs, summary, study: accuracy_vs_macs_figure(summary, study),
+    "pareto_macs": lambda runs, summary, study: pareto_macs_figure(summary, study),
+    "pareto_latency": lambda runs, summary, study: pareto_latency_figure(summary, study),
+    "training_curves": lambda runs, summary, study: curves_figure(runs, study),
+    "lottery_tickets": lambda runs, summary, study: lottery_figure(summary, study),
+}
+
+
 def write_plots(runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """All figures of every study as `<study>_<name>.png` in `out_dir`; returns their paths."""
+    """All figures of every study as `<study>_<name>.png` in `out_dir`, in the order of
+    `PLOTS`; returns their paths."""
     out_dir = Path(out_dir)
     written = []
     for study in studies(summary):
-        figures = {
-            "accuracy_vs_sparsity": accuracy_figure(summary, study),
-            "delta_vs_dense": delta_figure(summary, study),
-            "params_remaining": params_figure(summary, study),
-            "accuracy_vs_params": accuracy_vs_params_figure(summary, study),
-            "accuracy_vs_macs": accuracy_vs_macs_figure(summary, study),
-            "pareto_macs": pareto_macs_figure(summary, study),
-            "pareto_latency": pareto_latency_figure(summary, study),
-            "training_curves": curves_figure(runs, study),
-            "lottery_tickets": lottery_figure(summary, study),
-        }
-        for name in PLOT_NAMES:
-            written.append(save_figure(figures[name], out_dir / plot_filename(study, name)))
+        for name in PLOTS:
+            fig = FIGURES[name](runs, summary, study)
+            written.append(save_figure(fig, out_dir / plot_filename(study, name)))
     return written
 
 

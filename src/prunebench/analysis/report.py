@@ -16,7 +16,8 @@ from prunebench.analysis.aggregate import (
     studies,
     study_markdown,
 )
-from prunebench.analysis.plots import PLOT_NAMES, plot_filename
+from prunebench.analysis.names import PLOTS
+from prunebench.analysis.plots import plot_filename
 from prunebench.io import atomic_write_text
 
 TITLES = {
@@ -129,7 +130,7 @@ def render_report(tables_dir: Path, plots_dir: Path, out_path: Path) -> str:
         parts.append(f"## {study}\n")
         parts.append(_threads_line(runs[runs["study"] == study]))
         parts += study_markdown(summary, study)
-        for name in PLOT_NAMES:
+        for name in PLOTS:
             plot = Path(plots_dir) / plot_filename(study, name)
             # The workflow draws every figure for every study (its outputs are fixed); the
             # lottery figure of a study without lottery runs says only that, so is left out.

@@ -4,6 +4,10 @@ Every dataset is small enough to live on the training device, so batches are ind
 (see batching.py) and there is no DataLoader. The validation set is carved out of the
 training set with a fixed seed, independent of the run seed, so every run of a benchmark
 selects models on the same samples and the test set is never looked at during training.
+
+`DATASETS` is the `Registry` (key data.name) of `Dataset` entries: each knows its class count
+and image shape without reading a file, and how to fetch, cache and normalise its splits.
+`register_dataset(Dataset(...))` adds one; `load_dataset` and `dataset_shape` look them up.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import dataclasses
 import importlib.util
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -30,6 +34,7 @@ from prunebench.data.formats import (
     read_idx_labels,
 )
 from prunebench.errors import ConfigError
+from prunebench.registry import Registry
 
 SPLITS = ("train", "val", "test")
 VAL_SPLIT_SEED = 0
@@ -67,16 +72,149 @@ class DataSplits:
 
 
 @dataclass(frozen=True)
-class _Spec:
-    """How to get one dataset and what its pixel statistics are."""
+class Dataset:
+    """One registered dataset: what it is, known without reading a file, and how to load it.
 
+    name: its key in `DATASETS` (config key data.name).
+    num_classes, input_shape: the label count and one image's (C, H, W); `shape()` gives both
+    to the planner, which sizes models before any data is fetched.
+    load_raw(root, mirror, download) -> RawSplits: uint8 images and int64 labels as
+        distributed, fetched and verified as needed (`cached_loader` adds the tensor cache).
+    scale: maps stored integers to [0, 1]; mean, std: fixed per-channel statistics of the
+        [0, 1] pixels, used to standardise every split (never the batch's own statistics).
+    augment: the training augmentation used unless data.augment says otherwise (a name in
+        `batching.AUGMENTATIONS`), or None.
+    """
+
+    name: str
     num_classes: int
-    load_raw: LoadRaw
-    scale: float  # maps stored integers to [0, 1]
-    mean: tuple[float, ...]  # per channel, of the [0, 1] pixels
+    input_shape: tuple[int, ...]
+    load_raw: LoadRaw = field(repr=False, compare=False)
+    scale: float
+    mean: tuple[float, ...]
     std: tuple[float, ...]
-    augment: str | None
-    input_shape: tuple[int, ...]  # (C, H, W) of one image, known before any file is read
+    augment: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("input_shape", "mean", "std"):  # lists from a plugin compare as tuples
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        channels = self.input_shape[0] if len(self.input_shape) == 3 else None
+        if channels is None or not len(self.mean) == len(self.std) == channels:
+            raise ValueError(f"dataset {self.name!r}: input_shape {self.input_shape} must be "
+                             f"(C, H, W) with C = {len(self.mean)} means and {len(self.std)} stds")
+
+    def shape(self) -> tuple[int, tuple[int, ...]]:
+        """(number of classes, input shape), without reading any data."""
+        return self.num_classes, self.input_shape
+
+    def load(
+        self,
+        root: str | os.PathLike = "data",
+        *,
+        mirror: str | os.PathLike | None = None,
+        download: bool = True,
+        val_size: float | int = 0.1,
+        device: str | torch.device = "cpu",
+        augment: bool | None = None,
+    ) -> DataSplits:
+        """Read the raw splits, split off the fixed validation set and normalise (see
+        `load_dataset`, which looks the entry up by name and calls this)."""
+        augmentation = self._augmentation(augment)
+        raw = self.load_raw(Path(root), resolve_mirror(mirror), download)
+        if tuple(raw.train_x.shape[1:]) != self.input_shape:
+            raise ValueError(f"dataset {self.name!r}: images of shape "
+                             f"{tuple(raw.train_x.shape[1:])}, expected {self.input_shape}")
+        train_idx, val_idx = _val_split(len(raw.train_y), val_size)
+        return DataSplits(
+            name=self.name,
+            num_classes=self.num_classes,
+            input_shape=self.input_shape,
+            train_x=self._normalise(raw.train_x[train_idx]).to(device),
+            train_y=raw.train_y[train_idx].to(device),
+            val_x=self._normalise(raw.train_x[val_idx]).to(device),
+            val_y=raw.train_y[val_idx].to(device),
+            test_x=self._normalise(raw.test_x).to(device),
+            test_y=raw.test_y.to(device),
+            augment=augmentation,
+        )
+
+    def _augmentation(self, augment: bool | None) -> str | None:
+        if augment is None:
+            return self.augment
+        if not isinstance(augment, bool):
+            raise ConfigError(f"data.augment must be true, false or null; got {augment!r}")
+        if augment and self.augment is None:
+            raise ConfigError(f"dataset {self.name!r} has no augmentation (key data.augment); "
+                              "allowed: false or null")
+        return self.augment if augment else None
+
+    def _normalise(self, images: Tensor) -> Tensor:
+        """Standardise per channel with the dataset's fixed statistics (never the batch's)."""
+        mean = torch.tensor(self.mean).view(-1, 1, 1)
+        std = torch.tensor(self.std).view(-1, 1, 1)
+        return (images.float() / self.scale - mean) / std
+
+
+DATASETS: Registry[Dataset] = Registry("dataset", "data.name", sort=False)
+
+
+def register_dataset(entry: Dataset) -> Dataset:
+    """Add `entry` to `DATASETS` under `entry.name` (a name registered twice is a ValueError)."""
+    return DATASETS.register(entry.name, entry)
+
+
+def dataset_shape(name: str) -> tuple[int, tuple[int, ...]]:
+    """(number of classes, input shape) of a dataset, without reading it (for planning)."""
+    return DATASETS.get(name).shape()
+
+
+def load_dataset(
+    name: str,
+    root: str | os.PathLike = "data",
+    *,
+    mirror: str | os.PathLike | None = None,
+    download: bool = True,
+    val_size: float | int = 0.1,
+    device: str | torch.device = "cpu",
+    augment: bool | None = None,
+) -> DataSplits:
+    """Load a dataset, fetching missing raw files, and split off a fixed validation set.
+
+    mirror: local directory laid out like `root` to copy missing files from; None reads
+    $PRUNEBENCH_DATA_MIRROR. val_size: fraction of the training set in [0, 1), or a count.
+    augment: None keeps the dataset's default ("crop_flip" for CIFAR), False disables it.
+    """
+    return DATASETS.get(name).load(root, mirror=mirror, download=download, val_size=val_size,
+                                   device=device, augment=augment)
+
+
+def _val_split(n: int, val_size: float | int) -> tuple[Tensor, Tensor]:
+    """Sorted train and validation indices from a permutation fixed by VAL_SPLIT_SEED."""
+    n_val = _val_count(n, val_size)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
+    return order[n_val:].sort().values, order[:n_val].sort().values
+
+
+def _val_count(n: int, val_size: float | int) -> int:
+    count: int | None = None
+    if isinstance(val_size, int) and not isinstance(val_size, bool):
+        count = val_size
+    elif isinstance(val_size, float) and 0 <= val_size < 1:
+        count = round(val_size * n)
+    if count is None or not 0 <= count < n:
+        raise ConfigError(
+            f"data.val_size must be a fraction in [0, 1) or a count in [0, {n}) that leaves "
+            f"training samples; got {val_size!r}"
+        )
+    return count
+
+
+def cached_loader(
+    folder: str, ensure: Ensure, parse: Callable[[dict[str, Path]], RawSplits]
+) -> LoadRaw:
+    """A `Dataset.load_raw` for a file-based dataset under root/folder: `ensure` fetches and
+    verifies its files, `parse` reads them once, and later loads read the tensor cache."""
+    return partial(_load_cached, folder, ensure, parse)
 
 
 def _load_cached(
@@ -130,7 +268,8 @@ def _digits_source(folder: str, root: Path, mirror: Path | None, download: bool)
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError("dataset 'digits' (key data.name) needs scikit-learn installed")
-    return {"digits.csv.gz": Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"}
+    package = Path(spec.submodule_search_locations[0])
+    return {"digits.csv.gz": package / "datasets" / "data" / "digits.csv.gz"}
 
 
 def _parse_digits(paths: dict[str, Path]) -> RawSplits:
@@ -148,134 +287,38 @@ def _parse_digits(paths: dict[str, Path]) -> RawSplits:
     return RawSplits(images[train], labels[train], images[test], labels[test])
 
 
-def _idx_spec(folder: str, mean: float, std: float) -> _Spec:
-    load = partial(_load_cached, folder, ensure_idx_files, _parse_idx)
-    return _Spec(10, load, 255.0, (mean,), (std,), None, (1, 28, 28))
+def _idx_dataset(name: str, folder: str, mean: float, std: float) -> Dataset:
+    load = cached_loader(folder, ensure_idx_files, _parse_idx)
+    return Dataset(name, 10, (1, 28, 28), load, 255.0, (mean,), (std,))
 
 
-def _cifar_spec(
+def _cifar_dataset(
+    name: str,
     folder: str,
     test_name: str,
     label_key: bytes,
     num_classes: int,
     mean: tuple[float, ...],
     std: tuple[float, ...],
-) -> _Spec:
+) -> Dataset:
     parse = partial(_parse_cifar, test_name=test_name, label_key=label_key, num_classes=num_classes)
-    load = partial(_load_cached, folder, ensure_cifar_files, parse)
-    return _Spec(num_classes, load, 255.0, mean, std, "crop_flip", (3, 32, 32))
+    load = cached_loader(folder, ensure_cifar_files, parse)
+    return Dataset(name, num_classes, (3, 32, 32), load, 255.0, mean, std, "crop_flip")
 
 
-_SPECS: dict[str, _Spec] = {
-    # digits: mean/std of the fixed 1,437-sample train split after /16.
-    "digits": _Spec(10, partial(_load_cached, "digits", _digits_source, _parse_digits), 16.0, (0.3054,), (0.3761,), None, (1, 8, 8)),
-    "mnist": _idx_spec("MNIST", 0.1307, 0.3081),
-    "fashion_mnist": _idx_spec("FashionMNIST", 0.2860, 0.3530),
-    "cifar10": _cifar_spec(
-        "cifar-10-batches-py",
-        "test_batch",
-        b"labels",
-        10,
-        (0.4914, 0.4822, 0.4465),
-        (0.2470, 0.2435, 0.2616),
-    ),
-    "cifar100": _cifar_spec(
-        "cifar-100-python",
-        "test",
-        b"fine_labels",
-        100,
-        (0.5071, 0.4865, 0.4409),
-        (0.2673, 0.2564, 0.2762),
-    ),
-}
-DATASETS: tuple[str, ...] = tuple(_SPECS)
-
-
-def dataset_shape(name: str) -> tuple[int, tuple[int, ...]]:
-    """(number of classes, input shape) of a dataset, without reading it (for planning)."""
-    if name not in _SPECS:
-        raise ConfigError(
-            f"unknown dataset {name!r} (key data.name); allowed: {', '.join(DATASETS)}"
-        )
-    return _SPECS[name].num_classes, _SPECS[name].input_shape
-
-
-def load_dataset(
-    name: str,
-    root: str | os.PathLike = "data",
-    *,
-    mirror: str | os.PathLike | None = None,
-    download: bool = True,
-    val_size: float | int = 0.1,
-    device: str | torch.device = "cpu",
-    augment: bool | None = None,
-) -> DataSplits:
-    """Load a dataset, fetching missing raw files, and split off a fixed validation set.
-
-    mirror: local directory laid out like `root` to copy missing files from; None reads
-    $PRUNEBENCH_DATA_MIRROR. val_size: fraction of the training set in [0, 1), or a count.
-    augment: None keeps the dataset's default ("crop_flip" for CIFAR), False disables it.
-    """
-    if name not in _SPECS:
-        raise ConfigError(
-            f"unknown dataset {name!r} (key data.name); allowed: {', '.join(DATASETS)}"
-        )
-    spec = _SPECS[name]
-    augmentation = _augmentation(name, spec, augment)
-    raw = spec.load_raw(Path(root), resolve_mirror(mirror), download)
-    if tuple(raw.train_x.shape[1:]) != spec.input_shape:
-        raise ValueError(f"dataset {name!r}: images of shape {tuple(raw.train_x.shape[1:])}, "
-                         f"expected {spec.input_shape}")
-    train_idx, val_idx = _val_split(len(raw.train_y), val_size)
-    return DataSplits(
-        name=name,
-        num_classes=spec.num_classes,
-        input_shape=spec.input_shape,
-        train_x=_normalise(raw.train_x[train_idx], spec).to(device),
-        train_y=raw.train_y[train_idx].to(device),
-        val_x=_normalise(raw.train_x[val_idx], spec).to(device),
-        val_y=raw.train_y[val_idx].to(device),
-        test_x=_normalise(raw.test_x, spec).to(device),
-        test_y=raw.test_y.to(device),
-        augment=augmentation,
-    )
-
-
-def _augmentation(name: str, spec: _Spec, augment: bool | None) -> str | None:
-    if augment is None:
-        return spec.augment
-    if not isinstance(augment, bool):
-        raise ConfigError(f"data.augment must be true, false or null; got {augment!r}")
-    if augment and spec.augment is None:
-        raise ConfigError(
-            f"dataset {name!r} has no augmentation (key data.augment); allowed: false or null"
-        )
-    return spec.augment if augment else None
-
-
-def _val_split(n: int, val_size: float | int) -> tuple[Tensor, Tensor]:
-    """Sorted train and validation indices from a permutation fixed by VAL_SPLIT_SEED."""
-    n_val = _val_count(n, val_size)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
-    return order[n_val:].sort().values, order[:n_val].sort().values
-
-
-def _val_count(n: int, val_size: float | int) -> int:
-    count: int | None = None
-    if isinstance(val_size, int) and not isinstance(val_size, bool):
-        count = val_size
-    elif isinstance(val_size, float) and 0 <= val_size < 1:
-        count = round(val_size * n)
-    if count is None or not 0 <= count < n:
-        raise ConfigError(
-            f"data.val_size must be a fraction in [0, 1) or a count in [0, {n}) that leaves "
-            f"training samples; got {val_size!r}"
-        )
-    return count
-
-
-def _normalise(images: Tensor, spec: _Spec) -> Tensor:
-    """Standardise per channel with the dataset's fixed statistics (never the batch's)."""
-    mean = torch.tensor(spec.mean).view(-1, 1, 1)
-    std = torch.tensor(spec.std).view(-1, 1, 1)
-    return (images.float() / spec.scale - mean) / std
+# Registration order is the order the names are listed in: smallest first.
+# digits: mean/std of the fixed 1,437-sample train split after /16.
+register_dataset(Dataset(
+    "digits", 10, (1, 8, 8), cached_loader("digits", _digits_source, _parse_digits),
+    16.0, (0.3054,), (0.3761,),
+))
+register_dataset(_idx_dataset("mnist", "MNIST", 0.1307, 0.3081))
+register_dataset(_idx_dataset("fashion_mnist", "FashionMNIST", 0.2860, 0.3530))
+register_dataset(_cifar_dataset(
+    "cifar10", "cifar-10-batches-py", "test_batch", b"labels", 10,
+    (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+))
+register_dataset(_cifar_dataset(
+    "cifar100", "cifar-100-python", "test", b"fine_labels", 100,
+    (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+))

@@ -1,5 +1,7 @@
 """Model zoo: `get_model(name, num_classes, input_shape)` builds a freshly initialised model.
 
+`MODELS` is the `Registry` of factories (key model.name); `@register_model("name")` adds one.
+
 Every model registers its layers in forward order, so the Conv2d/Linear modules of
 `named_modules()` run from the first layer to the classifier, which comes last.
 """

@@ -1,4 +1,5 @@
-"""The model registry: name -> factory(num_classes, input_shape) -> nn.Module.
+"""The model registry: `MODELS`, a `Registry` (key model.name) of factories
+(num_classes, input_shape) -> nn.Module, and `get_model`, which validates and builds.
 
 A new model is one module in this package plus one `@register_model("name")` line on its
 factory. Factories build freshly initialised models from torch's global RNG, so callers seed
@@ -12,34 +13,25 @@ from collections.abc import Callable
 from torch import nn
 
 from prunebench.errors import ConfigError
+from prunebench.registry import Registry
 
 ModelFactory = Callable[[int, tuple[int, ...]], nn.Module]
 
-MODELS: dict[str, ModelFactory] = {}
+MODELS: Registry[ModelFactory] = Registry("model", "model.name")
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     """Decorator: `@register_model("resnet20")` on a factory(num_classes, input_shape)."""
-
-    def register(factory: ModelFactory) -> ModelFactory:
-        if name in MODELS:
-            raise ValueError(f"model {name!r} is registered twice")
-        MODELS[name] = factory
-        return factory
-
-    return register
+    return MODELS.decorator(name)
 
 
 def model_names() -> list[str]:
-    return sorted(MODELS)
+    return MODELS.names()
 
 
 def get_model(name: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     """Build model `name` for `num_classes` outputs and inputs of shape (C, H, W)."""
-    if name not in MODELS:
-        raise ConfigError(
-            f"unknown model {name!r} (key model.name); allowed: {', '.join(model_names())}"
-        )
+    factory = MODELS.get(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(
             f"model {name!r} (key model.name) needs a positive integer number of classes, "
@@ -53,7 +45,7 @@ def get_model(name: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.M
             f"model {name!r} (key model.name) needs an input shape (C, H, W) of positive "
             f"integers, got {input_shape!r}"
         )
-    return MODELS[name](num_classes, shape)
+    return factory(num_classes, shape)
 
 
 def shape_error(name: str, input_shape: tuple[int, ...], need: str) -> ConfigError:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -71,17 +71,64 @@ MethodFn = Callable[[PruneContext, float], Any]
 Produces = Literal["mask", "channels"]
 
 
+class TrainingCallback(Protocol):
+    """What a method that prunes during training (`when="during_training"`) hands the
+    training loop: the mask to start from, a hook after every optimiser step (which may call
+    `state.set_mask`), and the files that describe what it will do (written to the run)."""
+
+    def initial_mask(self, model: nn.Module) -> Mask: ...
+
+    def on_step_end(self, state: Any) -> None: ...
+
+    def artifacts(self) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class CallbackContext:
+    """What a method's `training_callback` hook may read to build its callback."""
+
+    options: Mapping[str, Any]
+    target: float
+    scope: Scope
+    steps_per_epoch: int
+    epochs: int
+    generator: torch.Generator
+
+
+@dataclass(frozen=True)
+class Iterative:
+    """The hooks of a method with its own prune/train loop (`when="iterative"`, the lottery
+    ticket): the sparsity after each level of a chain to `target` (given the options, a
+    function that builds the study's unpruned architecture, the scope and the target), the
+    iteration whose weights the survivors rewind to, and whether each chain also trains a
+    random-reinitialisation control of its final mask."""
+
+    levels: Callable[[Mapping[str, Any], Callable[[], nn.Module], Scope, float], list[float]]
+    rewind_iteration: Callable[[Mapping[str, Any]], int]
+    reinit_control: Callable[[Mapping[str, Any]], bool]
+
+
 @dataclass(frozen=True)
 class PruningMethod:
     """A registered method and what the stages need to know about it.
 
     `options` declares every option (type, range, default) once; they are checked when a
     study is parsed. `validate` adds checks across options. `fixed_sparsity` gives the one
-    sparsity the options imply (N:M). `uses_sensitivity`: the prune run reads a sensitivity
-    run of the same dense model. `pretrain(options)` returns overrides of the training
-    recipe for a dense run of its own (network slimming's L1 penalty on BatchNorm scales).
-    `check_grid(options, train_recipe, targets, key)` checks options against the study's
-    recipe and targets when the study is parsed (gradual pruning's epochs).
+    sparsity the options imply (N:M). `check_grid(options, train_recipe, targets, key)`
+    checks options against the study's recipe and targets when the study is parsed (gradual
+    pruning's epochs).
+
+    What only some methods need is a hook the method declares, so that no stage reads a
+    method's options by name:
+    - `pretrain(options)`: overrides of the training recipe for a dense run of its own
+      (network slimming's L1 penalty on BatchNorm scales);
+    - `sensitivity_sweep(options)`: the layer sparsities of the sensitivity run of the same
+      dense model that the prune run reads (None: no sensitivity run);
+    - `rounds(options)`: (steps, fine-tuning epochs between steps) for a method that prunes
+      in several steps (Li et al.'s iterative filter pruning);
+    - `training_callback(CallbackContext)`: the callback of a method that prunes during
+      training (gradual magnitude pruning);
+    - `iterative`: the level schedule, rewind point and control of an iterative method.
     """
 
     name: str
@@ -92,13 +139,24 @@ class PruningMethod:
     needs_data: bool = False
     validate: Callable[[Mapping[str, Any], str], None] | None = None
     fixed_sparsity: Callable[[Mapping[str, Any]], float] | None = None
-    uses_sensitivity: bool = False
+    sensitivity_sweep: Callable[[Mapping[str, Any]], Sequence[float]] | None = None
     pretrain: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
     check_grid: Callable[[Mapping[str, Any], Any, Sequence[float], str], None] | None = None
+    rounds: Callable[[Mapping[str, Any]], tuple[int, int]] | None = None
+    training_callback: Callable[[CallbackContext], TrainingCallback] | None = None
+    iterative: Iterative | None = None
 
     @property
     def structured(self) -> bool:
         return self.produces == "channels"
+
+    @property
+    def uses_sensitivity(self) -> bool:
+        return self.sensitivity_sweep is not None
+
+    def pruning_rounds(self, options: Mapping[str, Any]) -> tuple[int, int]:
+        """(steps, fine-tuning epochs between them): (1, 0) unless the method declares rounds."""
+        return (1, 0) if self.rounds is None else self.rounds(options)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -138,9 +196,12 @@ def register_method(
     needs_data: bool = False,
     validate: Callable[[Mapping[str, Any], str], None] | None = None,
     fixed_sparsity: Callable[[Mapping[str, Any]], float] | None = None,
-    uses_sensitivity: bool = False,
+    sensitivity_sweep: Callable[[Mapping[str, Any]], Sequence[float]] | None = None,
     pretrain: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
     check_grid: Callable[[Mapping[str, Any], Any, Sequence[float], str], None] | None = None,
+    rounds: Callable[[Mapping[str, Any]], tuple[int, int]] | None = None,
+    training_callback: Callable[[CallbackContext], TrainingCallback] | None = None,
+    iterative: Iterative | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register `fn` as method `name` with its declared `options`.
 
@@ -148,10 +209,16 @@ def register_method(
     runs when a study is parsed, so bad options stop the run before anything is written.
     """
 
+    if when == "during_training" and training_callback is None:
+        raise ValueError(f"method {name!r} prunes during training: it needs a training_callback")
+    if when == "iterative" and iterative is None:
+        raise ValueError(f"method {name!r} is iterative: it needs its `iterative` hooks")
+
     def deco(fn: MethodFn) -> MethodFn:
         METHODS.register(name, PruningMethod(
             name, fn, when, dict(options or {}), produces, needs_data, validate,
-            fixed_sparsity, uses_sensitivity, pretrain, check_grid,
+            fixed_sparsity, sensitivity_sweep, pretrain, check_grid, rounds, training_callback,
+            iterative,
         ))
         return fn
 

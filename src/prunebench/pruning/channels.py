@@ -38,6 +38,12 @@ ROUND_OPTIONS = {
 ALLOCATIONS = ("layer", "global")
 
 
+def _rounds(options: Mapping[str, Any]) -> tuple[int, int]:
+    """The `rounds` hook: Li et al.'s iterative pruning, `rounds` steps with `round_epochs` of
+    fine-tuning between them."""
+    return options["rounds"], options["round_epochs"]
+
+
 def _input_shape(ctx: PruneContext) -> tuple[int, ...]:
     if ctx.input_shape is None:
         raise ValueError("structured pruning needs ctx.input_shape (one example's shape)")
@@ -52,7 +58,7 @@ def _prune_lowest(ctx: PruneContext, scores: Mapping[str, Any], channel_sparsity
     return prune_channels(ctx.model, _input_shape(ctx), pruned)
 
 
-@register_method("l1_filter", when="trained", produces="channels", options={
+@register_method("l1_filter", when="trained", produces="channels", rounds=_rounds, options={
     "allocation": choice("layer", ALLOCATIONS, "layer: the same fraction of every layer "
                          "(Li et al.); global: one threshold on per-layer-normalised norms"),
     "norm": Option(1, int, "p of the filter norm", choices=(1, 2)),
@@ -68,7 +74,8 @@ def l1_filter(ctx: PruneContext, channel_sparsity: float) -> list[dict]:
     return _prune_lowest(ctx, scores, channel_sparsity, o["allocation"])
 
 
-@register_method("neuron_magnitude", when="trained", produces="channels", options={
+@register_method("neuron_magnitude", when="trained", produces="channels", rounds=_rounds,
+                 options={
     "allocation": choice("layer", ALLOCATIONS, "layer or global (as for l1_filter)"),
     **ROUND_OPTIONS,
 })
@@ -86,7 +93,7 @@ def _slimming_pretrain(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @register_method("slimming", when="trained", produces="channels", pretrain=_slimming_pretrain,
-                 options={
+                 rounds=_rounds, options={
                      "penalty": Option(1e-4, float, "lambda: L1 penalty on BatchNorm scales "
                                        "during the method's own dense training", low=0.0,
                                        low_open=True),

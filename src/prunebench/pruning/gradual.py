@@ -16,12 +16,13 @@ last step land exactly on the target.
 The options (schedule, scope, start_epoch, end_epoch, frequency, initial_sparsity) are
 declared with the method below. The method function is one pruning step (to `sparsity`,
 given `ctx.mask`); `GradualPruning` is the training-loop callback that calls it on the
-schedule. `Workspace.run_finetune` trains the dense run's initialisation with the full
-`train` recipe and this callback.
+schedule; the method's `training_callback` hook builds it, and the train stage trains the
+dense run's initialisation with the full `train` recipe and this callback.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,7 +33,13 @@ from torch import nn
 
 from prunebench.errors import ConfigError
 from prunebench.options import Option, choice, fraction, positive_int
-from prunebench.pruning.base import METHODS, PruneContext, PruningMethod, register_method
+from prunebench.pruning.base import (
+    METHODS,
+    CallbackContext,
+    PruneContext,
+    PruningMethod,
+    register_method,
+)
 from prunebench.pruning.magnitude import magnitude_scores
 from prunebench.pruning.mask import Mask, global_topk_mask, layerwise_topk_mask, ones_mask
 from prunebench.pruning.scope import Scope
@@ -140,8 +147,16 @@ def check_grid(options: Mapping[str, Any], recipe, targets, key: str) -> None:
         resolve_schedule(options, target, 1, recipe.epochs, key)
 
 
+def training_callback(ctx: CallbackContext) -> GradualPruning:
+    """The method's `training_callback` hook: the callback that prunes on the schedule the
+    options give for a run of `ctx.epochs` x `ctx.steps_per_epoch` to `ctx.target`."""
+    schedule = resolve_schedule(ctx.options, ctx.target, ctx.steps_per_epoch, ctx.epochs)
+    return GradualPruning(METHODS.get("gradual_magnitude"), ctx.options, ctx.scope, schedule,
+                          ctx.generator)
+
+
 @register_method("gradual_magnitude", when="during_training", validate=check_options,
-                 check_grid=check_grid, options={
+                 check_grid=check_grid, training_callback=training_callback, options={
     "schedule": choice("cubic", SCHEDULES, "how the sparsity rises from start to end"),
     "scope": choice("global", SCOPES, "global: one magnitude threshold across the prunable "
                     "layers; layer: the same sparsity in every layer"),
@@ -175,6 +190,11 @@ class GradualPruning:
         self.schedule = schedule
         self.generator = generator
         self._iterations = set(schedule.pruning_iterations())
+
+    def artifacts(self) -> dict[str, Any]:
+        """`schedule.json`: the resolved schedule and every pruning step (iteration, sparsity)."""
+        return {"schedule.json": {**dataclasses.asdict(self.schedule),
+                                  "steps": self.schedule.steps()}}
 
     def prune(self, model: nn.Module, mask: Mask | None, sparsity: float) -> Mask:
         ctx = PruneContext(model, self.scope, self.options, self.generator, mask=mask)

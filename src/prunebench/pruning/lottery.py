@@ -9,20 +9,21 @@ round, `output_prune_fraction` of the output layer's; after r rounds a layer kee
 (1 - rate)^r of its weights, and the levels are the rounds whose overall sparsity reaches
 the study's targets.
 `reinit_control` also trains the final mask from a fresh random initialisation, the control
-that shows the initialisation matters. The loop itself is `Workspace.run_lottery`; this
-function is one round's pruning step.
+that shows the initialisation matters. The method function is one round's pruning step; its
+`iterative` hooks (the level schedule, the rewind point, the control) are what the lottery
+stage reads, so the stage never reads these options itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
 
 from prunebench.errors import ConfigError
 from prunebench.options import Option, fraction
-from prunebench.pruning.base import METHODS, PruneContext, register_method
+from prunebench.pruning.base import METHODS, Iterative, PruneContext, register_method
 from prunebench.pruning.magnitude import magnitude_scores
 from prunebench.pruning.mask import Mask, layerwise_topk_mask
 from prunebench.pruning.random_pruning import reference_method, run_with_defaults
@@ -64,7 +65,47 @@ def round_sparsities(model: nn.Module, scope: Scope, opts: Mapping[str, Any],
     return levels
 
 
-@register_method("lottery", when="iterative", validate=check_options, options={
+def lottery_schedule(prune_fraction: float, target: float) -> list[float]:
+    """Sparsity after each round: prune `prune_fraction` of the remaining weights per round
+    (Frankle & Carbin), and land exactly on `target` in the last round.
+
+    A last round that would prune less than half a round's fraction of what remains (0.79 ->
+    0.80 at prune_fraction 0.2) costs a whole retraining for a sliver: the round before it is
+    dropped instead, so the last round prunes between 1/2 and 3/2 of a round's fraction."""
+    if target <= 0:
+        return []
+    levels, density = [], 1.0
+    while True:
+        density *= 1.0 - prune_fraction
+        if 1.0 - density >= target - 1e-9:
+            break
+        levels.append(1.0 - density)
+    if levels and (1.0 - target) / (1.0 - levels[-1]) > 1.0 - prune_fraction / 2:
+        levels.pop()
+    return [*levels, target]
+
+
+def level_schedule(opts: Mapping[str, Any], build_model: Callable[[], nn.Module], scope: Scope,
+                   target: float) -> list[float]:
+    """The `levels` hook: the sparsity of every level of a chain to `target`, by
+    `prune_fraction` of all remaining weights per round, or, with per-layer rates
+    (`output_prune_fraction`), the rounds of the study's architecture up to the first that
+    reaches `target`."""
+    if opts["output_prune_fraction"] is None:
+        return lottery_schedule(opts["prune_fraction"], target)
+    if target <= 0:
+        return []
+    return round_sparsities(build_model(), scope, opts, target)
+
+
+ITERATIVE = Iterative(
+    levels=level_schedule,
+    rewind_iteration=lambda opts: opts["rewind_iteration"],
+    reinit_control=lambda opts: opts["reinit_control"],
+)
+
+
+@register_method("lottery", when="iterative", validate=check_options, iterative=ITERATIVE, options={
     "prune_fraction": fraction(
         0.2, "fraction of the remaining weights each round prunes", open_low=True),
     "rewind_iteration": Option(

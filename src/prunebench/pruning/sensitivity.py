@@ -235,7 +235,8 @@ def _check_sweep(rows: Sequence[Mapping[str, Any]], sweep: Sequence[float]) -> N
 
 
 @register_method(
-    "sensitivity", when="trained", needs_data=True, uses_sensitivity=True, options={
+    "sensitivity", when="trained", needs_data=True,
+    sensitivity_sweep=lambda options: list(options["sweep"]), options={
         "sweep": Option(DEFAULT_SWEEP, list, "layer sparsities the curves are measured at",
                         item=float, low=0.0, high=1.0, low_open=True, high_open=True,
                         min_items=1, increasing=True),

@@ -11,10 +11,10 @@ from prunebench.stages.recover import DISTILL, FINETUNE
 from prunebench.stages.sensitivity import SensitivityStage
 from prunebench.stages.train import TrainStage
 
+_MAKING = (TrainStage(), SensitivityStage(), PruneStage(), FINETUNE, DISTILL, LotteryStage())
 STAGES: dict[str, Stage] = {
     stage.name: stage
-    for stage in (TrainStage(), SensitivityStage(), PruneStage(), FINETUNE, DISTILL,
-                  LotteryStage(), BenchmarkStage())
+    for stage in (*_MAKING, BenchmarkStage(measures=[s for s in _MAKING if s.result]))
 }
 
 __all__ = ["STAGES", "Stage"]

@@ -1,20 +1,29 @@
 """The contract every stage follows, and the run descriptions several stages share.
 
-A stage is one module: it says which runs it makes for a study (one per grid point, each
-with its parent runs) and how to make one run. `plan.py`, the CLI and the workflow iterate
-over the stages; none of them branches on a method's name or on when it acts. A method
-declares what it needs (`when`, `produces`, `uses_sensitivity`, `pretrain`) and the stages
-read those declarations, so adding a method never touches a stage.
+A stage is one module: it says which runs it makes for a study (`runs(ctx)`: one per grid
+point, each with a typed spec that names its parent runs) and how to make one run
+(`execute(ex, run)`, given the executor). Listing runs is pure: it reads a `StudyContext`
+(no device, no data), so the planner and the Snakemake process can call it. `plan.py`, the
+CLI and the workflow iterate over the stages; none of them branches on a method's name or on
+when it acts. A method declares what it needs (`when`, `produces`, and hooks such as
+`pretrain`, `rounds`, `training_callback`, `iterative`, `sensitivity_sweep`) and the stages
+call those declarations, never a method's options by name, so adding a method never touches
+a stage.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prunebench.config import MethodEntry, TrainConfig
+from prunebench.context import StudyContext
 from prunebench.pruning import METHODS, PruningMethod
-from prunebench.runs import Run, Workspace
+from prunebench.runs import Run
+from prunebench.specs import DenseSpec, PretrainSpec
+
+if TYPE_CHECKING:
+    from prunebench.executor import Executor
 
 DENSE = "dense"
 
@@ -34,19 +43,19 @@ class Stage:
     result: bool = False
     default_label: str | None = None
 
-    def runs(self, ws: Workspace) -> list[Run]:
+    def runs(self, ctx: StudyContext) -> list[Run]:
         raise NotImplementedError
 
-    def execute(self, ws: Workspace, run: Run) -> None:
+    def execute(self, ex: Executor, run: Run) -> None:
         """Make `run`; its parents are done and its log is open."""
         raise NotImplementedError
 
-    def stack_recipe(self, ws: Workspace, run: Run) -> TrainConfig | None:
+    def stack_recipe(self, ctx: StudyContext, run: Run) -> TrainConfig | None:
         """The recipe `run` trains with when it may share a stack with other runs of this
         stage and recipe (`prunebench.stacking`), else None (the default): it trains alone."""
         return None
 
-    def execute_stack(self, ws: Workspace, runs: list[Run]) -> None:
+    def execute_stack(self, ex: Executor, runs: list[Run]) -> None:
         """Make `runs` as one stack; their parents are done and their logs are open."""
         raise NotImplementedError
 
@@ -60,13 +69,13 @@ def method_of(entry: MethodEntry) -> PruningMethod:
     return METHODS.get(entry.method)
 
 
-def targets(ws: Workspace, entry: MethodEntry) -> tuple[float, ...]:
+def targets(ctx: StudyContext, entry: MethodEntry) -> tuple[float, ...]:
     """What the method is asked for at each grid point: channel sparsities for structured
     methods, weight sparsities otherwise (or the one its options fix, N:M)."""
     method = method_of(entry)
     if method.structured:
-        return ws.study.channel_sparsities
-    return method.sparsities(entry.options, ws.study.sparsities)
+        return ctx.study.channel_sparsities
+    return method.sparsities(entry.options, ctx.study.sparsities)
 
 
 def target_meta(method: PruningMethod, target: float) -> dict[str, float | None]:
@@ -77,46 +86,50 @@ def target_meta(method: PruningMethod, target: float) -> dict[str, float | None]
     return {"target_sparsity": target, "channel_sparsity": None}
 
 
-def base_meta(ws: Workspace, seed: int) -> dict[str, Any]:
-    s = ws.study
+def base_meta(ctx: StudyContext, seed: int) -> dict[str, Any]:
+    """What every run's `config.json` says of it besides its description: `label` is the
+    study's method label (never with a suffix); `recovery` (finetune, distill) and `control`
+    (ticket, reinit) are their own keys, and so their own columns of `runs.csv`."""
+    s = ctx.study
     return {"study": s.name, "dataset": s.data.name, "model": s.model.name, "method": DENSE,
             "label": DENSE, "target_sparsity": 0.0, "channel_sparsity": None,
-            "recovery": None, "seed": seed, "data": dataclasses.asdict(s.data), "result": True}
+            "recovery": None, "control": None, "seed": seed, "data": dataclasses.asdict(s.data),
+            "result": True}
 
 
-def dense_description(ws: Workspace, recipe: TrainConfig, seed: int) -> dict[str, Any]:
+def dense_description(ctx: StudyContext, recipe: TrainConfig, seed: int) -> dict[str, Any]:
     """What names a dense training run. Every other run nests it, so the thread count (which
     changes float reduction order, and so results) names them all; 1, the default, is left
     out so that names made before it was recorded stay valid."""
-    s = ws.study
+    s = ctx.study
     desc = {"data": s.data, "model": s.model, "train": recipe, "seed": seed}
     if s.threads != 1:
         desc["threads"] = s.threads
     return desc
 
 
-def dense_run(ws: Workspace, seed: int) -> Run:
+def dense_run(ctx: StudyContext, seed: int) -> Run:
     """The dense baseline of one seed (also every method's source of initial weights)."""
-    desc = dense_description(ws, ws.study.train, seed)
-    return Run(ws.root, "train", desc, base_meta(ws, seed), stage="train", label=DENSE,
-               spec={"seed": seed})
+    desc = dense_description(ctx, ctx.study.train, seed)
+    return Run(ctx.root, "train", desc, base_meta(ctx, seed), stage="train", label=DENSE,
+               spec=DenseSpec(seed=seed, target=0.0))
 
 
-def pretrain_recipe(ws: Workspace, entry: MethodEntry) -> TrainConfig:
+def pretrain_recipe(ctx: StudyContext, entry: MethodEntry) -> TrainConfig:
     """The dense recipe with a method's own training changes (slimming's BN penalty)."""
     method = method_of(entry)
-    return dataclasses.replace(ws.study.train, **method.pretrain(entry.options))
+    return dataclasses.replace(ctx.study.train, **method.pretrain(entry.options))
 
 
-def pretrained_run(ws: Workspace, entry: MethodEntry, seed: int) -> Run:
+def pretrained_run(ctx: StudyContext, entry: MethodEntry, seed: int) -> Run:
     """The trained model a method prunes: the dense run, or its own pretraining run."""
     if method_of(entry).pretrain is None:
-        return dense_run(ws, seed)
-    desc = dense_description(ws, pretrain_recipe(ws, entry), seed)
-    meta = {**base_meta(ws, seed), "method": entry.method, "label": f"{entry.label}_pretrain",
+        return dense_run(ctx, seed)
+    desc = dense_description(ctx, pretrain_recipe(ctx, entry), seed)
+    meta = {**base_meta(ctx, seed), "method": entry.method, "label": f"{entry.label}_pretrain",
             "result": False}
-    return Run(ws.root, "train", desc, meta, stage="train", label=entry.label,
-               spec={"seed": seed, "entry": entry})
+    return Run(ctx.root, "train", desc, meta, stage="train", label=entry.label,
+               spec=PretrainSpec(seed=seed, entry=entry, target=0.0))
 
 
 def method_description(entry: MethodEntry) -> dict[str, Any]:

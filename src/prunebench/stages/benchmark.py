@@ -13,18 +13,25 @@ terms (another machine, say), delete `results/runs/benchmark/`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from prunebench.context import StudyContext
+from prunebench.devices import resolve_device
 from prunebench.io import atomic_write_json
 from prunebench.metrics import benchmark_model
 from prunebench.metrics.timing import paired_speedup
 from prunebench.pruning import load_mask
-from prunebench.runs import Run, Workspace, resolve_device
+from prunebench.runs import Run
+from prunebench.specs import BenchmarkSpec
 from prunebench.stages.base import Stage, dense_run
 from prunebench.training import evaluate
+
+if TYPE_CHECKING:
+    from prunebench.executor import Executor
 
 log = logging.getLogger("prunebench")
 
@@ -37,12 +44,15 @@ HEADLINE = ("params_total", "params_nonzero", "params_effective_nonzero",
 RECORD_VERSION = 2  # 2: paired speed-up over the dense model, CPU memory above baseline
 
 
-def benchmark_run(ws: Workspace, result: Run) -> Run:
-    desc = {"of": result.description, "benchmark": ws.study.benchmark,
+def benchmark_run(ctx: StudyContext, result: Run) -> Run:
+    """Measuring `result`; the dense run of its seed is a parent too, since the paired
+    speed-up times the two models against each other."""
+    desc = {"of": result.description, "benchmark": ctx.study.benchmark,
             "record_version": RECORD_VERSION}
     meta = {**result.meta, "of": str(result.path), "result": False}
-    return Run(ws.root, "benchmark", desc, meta, stage="benchmark", label=result.label,
-               parents=(result,), spec={})
+    return Run(ctx.root, "benchmark", desc, meta, stage="benchmark", label=result.label,
+               spec=BenchmarkSpec(seed=result.spec.seed, target=result.spec.target,
+                                  result=result, dense=dense_run(ctx, result.spec.seed)))
 
 
 def headline(record: dict[str, Any]) -> dict[str, Any]:
@@ -70,47 +80,46 @@ class BenchmarkStage(Stage):
     name = kind = "benchmark"
     help = "measure size, MACs, memory, latency and energy of every result model"
 
-    def runs(self, ws: Workspace) -> list[Run]:
-        from prunebench.stages import STAGES
+    def __init__(self, measures: Sequence[Stage]):
+        self.measures = tuple(measures)  # the stages whose runs are results
 
-        return [benchmark_run(ws, run) for stage in STAGES.values()
-                if stage.result for run in stage.runs(ws)]
+    def runs(self, ctx: StudyContext) -> list[Run]:
+        return [benchmark_run(ctx, run) for stage in self.measures for run in stage.runs(ctx)]
 
-    def execute(self, ws: Workspace, run: Run) -> None:
-        cfg = ws.study.benchmark
+    def execute(self, ex: Executor, run: Run) -> None:
+        spec: BenchmarkSpec = run.spec
+        cfg = ex.study.benchmark
         device = resolve_device(cfg.device)
-        result = run.parents[0]
-        model, arch = ws.load(result)
+        result = spec.result
+        model, arch = ex.load(result)
         mask_file = Path(result.path) / "mask.pt"
         mask = load_mask(mask_file) if mask_file.is_file() else None
         record = benchmark_model(model.to(device), arch.input_shape, mask=mask, device=device,
                                  batch_sizes=cfg.batch_sizes, min_time_s=cfg.min_time_s,
                                  modes=cfg.modes)
-        data = ws.data
+        data = ex.data
         accuracy = evaluate(model.to(device), data.test_x.to(device), data.test_y.to(device),
-                            ws.study.eval_batch_size)
+                            ex.study.eval_batch_size)
         record.update(top1=accuracy["top1"], top5=accuracy["top5"],
-                      speedup_vs_dense=self._paired(ws, run, model, device))
+                      speedup_vs_dense=self._paired(ex, spec, model, device))
         atomic_write_json(run.path / "benchmark.json", record)
         run.write_config()
         run.complete({**headline(record), "top1": accuracy["top1"], "top5": accuracy["top5"]})
+        log.info("benchmark %s done: %s", run.hash, device)
 
     @staticmethod
-    def _paired(ws: Workspace, run: Run, model, device) -> dict[str, float]:
+    def _paired(ex: Executor, spec: BenchmarkSpec, model, device) -> dict[str, float]:
         """Speed-up over the dense model of the same seed on dense kernels, per batch size,
         timed alternately in this process (`paired_speedup`): the comparison the tables make,
         free of the noise between separately timed processes."""
-        cfg = ws.study.benchmark
-        result = run.parents[0]
-        reference = dense_run(ws, result.meta["seed"])
-        dense, _ = ws.load(reference)
+        cfg = ex.study.benchmark
+        dense, _ = ex.load(spec.dense)
         dense, model = dense.to(device).eval(), model.to(device).eval()
         generator = torch.Generator().manual_seed(0)
-        shape = tuple(ws.data.input_shape)
+        shape = tuple(ex.data.input_shape)
         out = {}
         for batch in cfg.batch_sizes:
             x = torch.randn(batch, *shape, generator=generator).to(device)
-            out[str(batch)] = 1.0 if result.path == reference.path else paired_speedup(
+            out[str(batch)] = 1.0 if spec.result.path == spec.dense.path else paired_speedup(
                 model, dense, x, min_time_s=2 * cfg.min_time_s)
         return out
-        log.info("benchmark %s done: %s", run.hash, device)

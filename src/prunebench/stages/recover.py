@@ -4,97 +4,103 @@ Two variants, each a stage of its own so that a study's `recover: [finetune, dis
 multiplies the grid: `finetune` trains on the labels; `distill` trains on the labels and
 the dense model of the same seed as teacher (Hinton et al. 2015; `studies.<s>.distill` sets
 T and alpha). Methods applied to trained weights recover with the `finetune` recipe; methods
-applied at initialisation train the sparse network with the full `train` recipe.
+applied at initialisation train the sparse network with the full `train` recipe. Which
+variant a run is, is its spec's `recovery` (and its `recovery` column), never its label.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from prunebench.context import StudyContext
 from prunebench.pruning import load_mask
-from prunebench.runs import Run, Workspace
+from prunebench.runs import Run
+from prunebench.specs import RecoverSpec, Recovery
 from prunebench.stages.base import Stage, dense_run, method_of, targets
 from prunebench.stages.prune import one_shot, prune_run
 from prunebench.training.distill import DistillationLoss
 
+if TYPE_CHECKING:
+    from prunebench.executor import Executor
+
 log = logging.getLogger("prunebench")
 
 
-def recipe_for(ws: Workspace, entry):
-    return ws.study.train if method_of(entry).when == "init" else ws.study.finetune
+def recipe_for(ctx: StudyContext, entry):
+    return ctx.study.train if method_of(entry).when == "init" else ctx.study.finetune
 
 
-def recover_run(ws: Workspace, variant: str, entry, target: float, seed: int) -> Run:
-    parent = prune_run(ws, entry, target, seed)
-    desc = {"parent": parent.description, "recovery": variant, "train": recipe_for(ws, entry)}
-    parents = [parent]
-    label = entry.label
-    if variant == "distill":
-        teacher = dense_run(ws, seed)
-        desc.update(teacher=teacher.description, distill=ws.study.distill)
-        parents.append(teacher)
-        label = f"{entry.label}+distill"
-    meta = {**parent.meta, "label": label, "recovery": variant, "result": True}
-    return Run(ws.root, "recover", desc, meta, stage=variant, label=entry.label,
-               parents=tuple(parents), spec={"seed": seed, "entry": entry})
+def recover_run(ctx: StudyContext, recovery: Recovery, entry, target: float, seed: int) -> Run:
+    pruned = prune_run(ctx, entry, target, seed)
+    desc = {"parent": pruned.description, "recovery": recovery, "train": recipe_for(ctx, entry)}
+    teacher = None
+    if recovery == "distill":
+        teacher = dense_run(ctx, seed)
+        desc.update(teacher=teacher.description, distill=ctx.study.distill)
+    meta = {**pruned.meta, "recovery": recovery, "result": True}
+    return Run(ctx.root, "recover", desc, meta, stage=recovery, label=entry.label,
+               spec=RecoverSpec(seed=seed, entry=entry, target=target, recovery=recovery,
+                                pruned=pruned, teacher=teacher))
 
 
 class RecoverStage(Stage):
     kind = "recover"
     result = True
 
-    def __init__(self, variant: str, help: str):
-        self.name = variant
+    def __init__(self, recovery: Recovery, help: str):
+        self.name = self.recovery = recovery
         self.help = help
 
-    def runs(self, ws: Workspace) -> list[Run]:
-        if self.name not in ws.study.recover:
+    def runs(self, ctx: StudyContext) -> list[Run]:
+        if self.recovery not in ctx.study.recover:
             return []
-        return [recover_run(ws, self.name, entry, t, seed) for entry in ws.study.methods
-                if one_shot(entry) for seed in ws.study.seeds for t in targets(ws, entry)]
+        return [recover_run(ctx, self.recovery, entry, t, seed) for entry in ctx.study.methods
+                if one_shot(entry) for seed in ctx.study.seeds for t in targets(ctx, entry)]
 
-    def stack_recipe(self, ws: Workspace, run: Run):
-        """Fine-tuning of masked networks stacks (the unpruned architecture, one recipe);
+    def stack_recipe(self, ctx: StudyContext, run: Run):
+        """Masked networks without a teacher stack (the unpruned architecture, one recipe);
         distillation (a teacher in the loss) and channel-pruned networks (each its own
         shapes) train alone."""
+        spec: RecoverSpec = run.spec
         recipe = run.description["train"]
-        if self.name != "finetune" or method_of(run.spec["entry"]).structured or not recipe.epochs:
+        if spec.teacher is not None or method_of(spec.entry).structured or not recipe.epochs:
             return None
         return recipe
 
-    def execute(self, ws: Workspace, run: Run) -> None:
-        model, arch, mask = _pruned(ws, run)
+    def execute(self, ex: Executor, run: Run) -> None:
+        spec: RecoverSpec = run.spec
+        model, arch, mask = _pruned(ex, spec)
         loss_fn = None
-        if self.name == "distill":
-            teacher, _ = ws.load(run.parents[1])
-            cfg = ws.study.distill
+        if spec.teacher is not None:
+            teacher, _ = ex.load(spec.teacher)
+            cfg = ex.study.distill
             loss_fn = DistillationLoss(teacher, cfg.temperature, cfg.alpha)
-            log.info("distilling from %s (T=%g, alpha=%g)", run.parents[1].hash,
+            log.info("distilling from %s (T=%g, alpha=%g)", spec.teacher.hash,
                      cfg.temperature, cfg.alpha)
-        recipe = run.description["train"]
-        elapsed, _ = ws.train(run.path, model, recipe, run.spec["seed"], mask, loss_fn=loss_fn)
-        ws.finish(run, model, arch, mask, _recover_metrics(run, elapsed))
+        elapsed, _ = ex.train(run.path, model, run.description["train"], spec.seed, mask,
+                              loss_fn=loss_fn)
+        ex.finish(run, model, arch, mask, _recover_metrics(spec, elapsed))
 
-    def execute_stack(self, ws: Workspace, runs: list[Run]) -> None:
-        pruned = [_pruned(ws, run) for run in runs]
-        share = ws.train_stack(runs, [m for m, _, _ in pruned], runs[0].description["train"],
+    def execute_stack(self, ex: Executor, runs: list[Run]) -> None:
+        pruned = [_pruned(ex, run.spec) for run in runs]
+        share = ex.train_stack(runs, [m for m, _, _ in pruned], runs[0].description["train"],
                                [mask for _, _, mask in pruned])
         for run, (model, arch, mask) in zip(runs, pruned):
-            ws.finish(run, model, arch, mask, {**_recover_metrics(run, share),
+            ex.finish(run, model, arch, mask, {**_recover_metrics(run.spec, share),
                                                "stack_members": len(runs)})
 
 
-def _pruned(ws: Workspace, run: Run):
-    """The pruned network `run` recovers: (model, arch, mask or None)."""
-    pruned = run.parents[0]
-    model, arch = ws.load(pruned)
-    mask_file = Path(pruned.path) / "mask.pt"
+def _pruned(ex: Executor, spec: RecoverSpec):
+    """The pruned network a run recovers: (model, arch, mask or None)."""
+    model, arch = ex.load(spec.pruned)
+    mask_file = Path(spec.pruned.path) / "mask.pt"
     return model, arch, load_mask(mask_file) if mask_file.is_file() else None
 
 
-def _recover_metrics(run: Run, train_time_s: float) -> dict:
-    oneshot = run.parents[0].metrics()
+def _recover_metrics(spec: RecoverSpec, train_time_s: float) -> dict:
+    oneshot = spec.pruned.metrics()
     return {"train_time_s": train_time_s, "prune_time_s": oneshot["prune_time_s"],
             "oneshot_top1": oneshot["top1"], "oneshot_top5": oneshot["top5"]}
 
@@ -103,4 +109,4 @@ FINETUNE = RecoverStage("finetune", "retrain pruned networks on the labels")
 DISTILL = RecoverStage("distill", "retrain pruned networks by knowledge distillation from "
                                   "the dense model of the same seed")
 
-__all__ = ["DISTILL", "FINETUNE", "RecoverStage"]
+__all__ = ["DISTILL", "FINETUNE", "RecoverStage", "recover_run"]

@@ -1,6 +1,6 @@
 """Sensitivity: per-layer sensitivity curves of a dense model on the validation split, for
-the methods that allocate sparsity from them (`uses_sensitivity`). The prune runs of those
-methods read this run's rows instead of measuring again."""
+the methods that allocate sparsity from them (their `sensitivity_sweep` hook). The prune
+runs of those methods read this run's rows instead of measuring again."""
 
 from __future__ import annotations
 
@@ -8,18 +8,22 @@ import csv
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from prunebench.context import StudyContext
 from prunebench.pruning.sensitivity import (
-    DEFAULT_SWEEP,
     batch_evaluator,
     drop_sparsity,
     layer_sensitivity,
     plot_sensitivity,
     write_sensitivity_csv,
 )
-from prunebench.runs import Run, Workspace
+from prunebench.runs import Run
+from prunebench.specs import SensitivitySpec
 from prunebench.stages.base import Stage, dense_run, method_of
+
+if TYPE_CHECKING:
+    from prunebench.executor import Executor
 
 log = logging.getLogger("prunebench")
 
@@ -27,14 +31,14 @@ SENSITIVITY_DROP = 0.01  # metrics.json: where a layer costs more than 1 point o
 ROWS_FILE = "sensitivity.csv"
 
 
-def sensitivity_run(ws: Workspace, entry, seed: int) -> Run:
-    parent = dense_run(ws, seed)
-    sweep = list(entry.options.get("sweep", DEFAULT_SWEEP))
-    desc = {"parent": parent.description, "scope": ws.study.scope, "sweep": sweep}
+def sensitivity_run(ctx: StudyContext, entry, seed: int) -> Run:
+    parent = dense_run(ctx, seed)
+    sweep = list(method_of(entry).sensitivity_sweep(entry.options))
+    desc = {"parent": parent.description, "scope": ctx.study.scope, "sweep": sweep}
     meta = {**parent.meta, "method": "sensitivity", "label": entry.label,
             "target_sparsity": None, "result": False}
-    return Run(ws.root, "sensitivity", desc, meta, stage="sensitivity", label=entry.label,
-               parents=(parent,), spec={"sweep": sweep})
+    return Run(ctx.root, "sensitivity", desc, meta, stage="sensitivity", label=entry.label,
+               spec=SensitivitySpec(seed=seed, sweep=tuple(sweep), dense=parent))
 
 
 def read_rows(run: Run) -> list[dict[str, Any]]:
@@ -49,17 +53,18 @@ class SensitivityStage(Stage):
     name = kind = "sensitivity"
     help = "per-layer sensitivity curves of the dense model(s)"
 
-    def runs(self, ws: Workspace) -> list[Run]:
-        return [sensitivity_run(ws, entry, seed) for entry in ws.study.methods
-                if method_of(entry).uses_sensitivity for seed in ws.study.seeds]
+    def runs(self, ctx: StudyContext) -> list[Run]:
+        return [sensitivity_run(ctx, entry, seed) for entry in ctx.study.methods
+                if method_of(entry).uses_sensitivity for seed in ctx.study.seeds]
 
-    def execute(self, ws: Workspace, run: Run) -> None:
+    def execute(self, ex: Executor, run: Run) -> None:
         """`sensitivity.csv`, `sensitivity.png`, and in `metrics.json` the dense validation
         top-1 and, per layer, the first swept sparsity that costs more than 1 point."""
-        model, _ = ws.load(run.parents[0])
-        sweep = run.spec["sweep"]
+        spec: SensitivitySpec = run.spec
+        model, _ = ex.load(spec.dense)
         start = time.perf_counter()
-        rows = layer_sensitivity(model, ws.scope, batch_evaluator(ws.val_batches()), sweep)
+        rows = layer_sensitivity(model, ex.scope, batch_evaluator(ex.val_batches()),
+                                 list(spec.sweep))
         elapsed = time.perf_counter() - start
         write_sensitivity_csv(rows, run.path / ROWS_FILE)
         plot_sensitivity(rows, run.path / "sensitivity.png")
@@ -70,4 +75,7 @@ class SensitivityStage(Stage):
                    "sensitivity_time_s": elapsed}
         run.complete(metrics)
         log.info("sensitivity %s done: %d layers x %d sparsities", run.hash,
-                 len(metrics["sparsity_at_top1_drop"]), len(sweep))
+                 len(metrics["sparsity_at_top1_drop"]), len(spec.sweep))
+
+
+__all__ = ["SensitivityStage", "read_rows", "sensitivity_run"]

@@ -1,26 +1,17 @@
-"""The training loop: masked, deterministic, resumable.
+"""The training loop: masked, deterministic, resumable, for one model or a stack of K.
 
-All state lives in a `TrainState` of plain tensors and modules (no globals), so a later step
-can stack several grid points into one batched model. Pruned weights stay exactly zero:
-the mask is applied to the weights when it is installed and after every optimizer step, so
-every forward pass sees them at zero (this also undoes momentum, Adam and weight-decay
-updates on pruned weights). Gradients of pruned weights are not masked: with element-wise
-optimisers they only feed those weights' own optimiser state, which never reaches a kept
-weight, and zeroing them makes Adam's second moment exactly zero, where torch's CPU sqrt is
-about 6x slower (measured: 310 us vs 44 us on a 300x784 tensor) -- that alone cost 30 % of a
-LeNet-300-100 training step.
+`run_epochs` is the one epoch loop, over an `Engine` (`training.engine`): one model
+(`SingleEngine`, what `train` runs) or K models of one architecture run as one stacked model
+(`StackEngine`, what `training.stacked.train_stacked` runs). The loop draws every member's
+batches, sets the learning rate, resumes, counts iterations, records each member's history,
+stops on divergence and writes each member's `checkpoints/last.pt`,
+`checkpoints/iter_<k>.pt` and `history.csv`; the engine runs the optimiser steps. So a
+member of a stack writes what its run alone writes, and either engine resumes the other's
+checkpoints.
 
 Determinism: the shuffle and augmentation of epoch e come from a generator seeded with
 (seed, e) alone, so a run resumed from its end-of-epoch checkpoint sees exactly the batches an
 uninterrupted run would have seen.
-
-Optimiser steps use the implementation the recipe's `optimizer_impl` names, by default
-torch's fused kernels (one per parameter for the whole update) rather than torch's own CPU
-default, its per-parameter loop of small ops: fused was the fastest of the three on the
-2-core development CPU (`benchmarks/train_throughput.py`, `optimizer_impls`). Each
-implementation rounds differently, so runs made with the per-parameter loop (before fused
-became the default) end at slightly different weights; a fixed seed still gives
-bit-identical runs with any one of them.
 """
 
 from __future__ import annotations
@@ -28,104 +19,42 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from prunebench.config import TrainConfig
 from prunebench.data import DataSplits, iterate_batches, num_batches
 from prunebench.io import atomic_torch_save, atomic_write_text
+from prunebench.training.engine import (
+    Callback,
+    Engine,
+    LossFn,
+    SingleEngine,
+    TrainState,
+    mask_sparsity,
+)
 from prunebench.training.evaluate import evaluate
-from prunebench.training.schedule import build_optimizer, lr_factor, set_lr
+from prunebench.training.schedule import (
+    OPTIMIZER_IMPLEMENTATION,
+    lr_factor,
+    make_optimizer,
+    set_lr,
+)
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class TrainState:
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    mask: dict[str, Tensor] | None
-    steps_per_epoch: int
-    epoch: int = 0
-    iteration: int = 0
-    history: list[dict] = field(default_factory=list)
-
-    def set_mask(self, mask: Mapping[str, Tensor] | None) -> None:
-        """Install a new mask: weights and optimizer state of pruned entries become 0."""
-        self.mask = None if mask is None else {k: v.to(_device(self.model)) for k, v in mask.items()}
-        self._pairs = masked_pairs(self.model, self.mask)
-        enforce_mask(self._pairs)
-        params = dict(self.model.named_parameters())
-        for name, m in (self.mask or {}).items():
-            for buf in self.optimizer.state.get(params[name], {}).values():
-                if isinstance(buf, Tensor) and buf.shape == m.shape:
-                    buf.mul_(m)
-
-    @property
-    def pairs(self) -> list[tuple[nn.Parameter, Tensor]]:
-        return self._pairs
-
-
-class Callback(Protocol):
-    """Hooks into the loop; gradual pruning is one (it calls state.set_mask)."""
-
-    def on_step_end(self, state: TrainState) -> None: ...
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def masked_pairs(model: nn.Module, mask: Mapping[str, Tensor] | None) -> list[tuple[nn.Parameter, Tensor]]:
-    """(parameter, float mask) pairs: multiplying by a float mask is the cheapest enforcement."""
-    if not mask:
-        return []
-    params = dict(model.named_parameters())
-    return [(params[n], m.to(device=params[n].device, dtype=params[n].dtype)) for n, m in mask.items()]
-
-
-@torch.no_grad()
-def enforce_mask(pairs: Sequence[tuple[nn.Parameter, Tensor]]) -> None:
-    for p, m in pairs:
-        p.mul_(m)
-
-
-def mask_sparsity(mask: Mapping[str, Tensor]) -> float:
-    """The fraction of the masked weights that are pruned."""
-    total = sum(m.numel() for m in mask.values())
-    kept = sum(int(m.sum()) for m in mask.values())
-    return 1.0 - kept / total
+# With the names other modules and the benchmarks import from here.
+__all__ = ["OPTIMIZER_IMPLEMENTATION", "Callback", "LossFn", "TrainState", "early_stopping",
+           "epoch_generator", "make_optimizer", "run_epochs", "save_checkpoint", "train",
+           "write_history"]
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
-# torch's three implementations of an optimiser step, by the recipe's `optimizer_impl`:
-# fused kernels (one per parameter for the whole update; the fastest on CPU and CUDA,
-# benchmarks/train_throughput.py), foreach (multi-tensor) ops, or the per-parameter loop.
-# Each rounds differently, so the choice is part of every run's name (it is a recipe field).
-OPTIMIZER_IMPLEMENTATION = {
-    "fused": {"fused": True, "foreach": False},
-    "foreach": {"fused": False, "foreach": True},
-    "forloop": {"fused": False, "foreach": False},
-}
-
-
-def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The recipe's optimiser (`build_optimizer` decides its hyperparameters), run by the
-    implementation the recipe's `optimizer_impl` names."""
-    reference = build_optimizer(params, cfg)
-    implementation = OPTIMIZER_IMPLEMENTATION[cfg.optimizer_impl]
-    return type(reference)(reference.param_groups[0]["params"],
-                           **{**reference.defaults, **implementation})
 
 
 def train(
@@ -152,134 +81,242 @@ def train(
     rewinding); the per-epoch metrics go to `history.csv`. `stop_at_iteration` stops early
     (used to replay a run up to a rewind point). `start_iteration` continues a schedule from
     that iteration, seeing exactly the batches and learning rates an uninterrupted run sees
-    from there (late rewinding trains from iteration k to the end, not k more epochs). `loss_fn(logits, x, y)` replaces the
-    cross-entropy (knowledge distillation passes one that also runs the teacher on x).
-    `cfg.bn_l1` > 0 adds network slimming's L1 penalty on every BatchNorm scale.
+    from there (late rewinding trains from iteration k to the end, not k more epochs).
+    `loss_fn(logits, x, y)` replaces the cross-entropy (knowledge distillation passes one that
+    also runs the teacher on x). `cfg.bn_l1` > 0 adds network slimming's L1 penalty on every
+    BatchNorm scale. `callbacks` run after every step and `on_epoch_end` after every epoch,
+    both with the run's `TrainState`.
     """
-    device = _device(model)
-    steps = num_batches(len(data.train_y), cfg.batch_size)
-    state = _fresh_state(model, cfg, mask, steps)
-    if loss_fn is None:
-        loss_fn = cross_entropy(cfg.label_smoothing)
-    bn_scales = [m.weight for m in model.modules()
-                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
-    l1 = cfg.bn_l1 if bn_scales else 0.0
-    ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
-    torch.manual_seed(seed)
-    checkpoint = ckpt_dir / "last.pt" if ckpt_dir is not None else None
-    resumed = checkpoint is not None and checkpoint.exists() and _resume(state, checkpoint)
-    if resumed:
-        log.info("resumed from epoch %d (iteration %d)", state.epoch, state.iteration)
-    elif checkpoint is not None and checkpoint.with_name("last.pt.damaged").exists():
-        state = _fresh_state(model, cfg, mask, steps)  # undo what the damaged file half-set
-        torch.manual_seed(seed)
-    if not resumed and start_iteration:
-        state.epoch, state.iteration = divmod(start_iteration, steps)[0], start_iteration
-    save_iterations = set(save_iterations)
-    if ckpt_dir is not None and state.iteration in save_iterations:
-        atomic_torch_save(model.state_dict(), ckpt_dir / f"iter_{state.iteration}.pt")
-    done = stop_at_iteration is not None and state.iteration >= stop_at_iteration
+    engine = SingleEngine(model, cfg, seed=seed, mask=mask, callbacks=callbacks, loss_fn=loss_fn,
+                          steps_per_epoch=num_batches(len(data.train_y), cfg.batch_size))
+    run_epochs(engine, data, cfg, run_dirs=[run_dir], save_iterations=save_iterations,
+               stop_at_iteration=stop_at_iteration, start_iteration=start_iteration,
+               eval_batch_size=eval_batch_size, progress=progress,
+               on_epoch_end=None if on_epoch_end is None else lambda: on_epoch_end(engine.state))
+    return engine.state
 
-    bar = tqdm(total=cfg.epochs, initial=state.epoch, desc="train", unit="epoch",
-               disable=None if progress is None else not progress, leave=False)
-    while state.epoch < cfg.epochs and not done:
-        model.train()
+
+def run_epochs(
+    engine: Engine,
+    data: DataSplits,
+    cfg: TrainConfig,
+    *,
+    run_dirs: Sequence[str | Path | None],
+    save_iterations: Sequence[int] = (),
+    stop_at_iteration: int | None = None,
+    start_iteration: int = 0,
+    eval_batch_size: int = 1000,
+    progress: bool | None = None,
+    on_epoch_end: Callable[[], None] | None = None,
+) -> None:
+    """Train `engine`'s members to the end of `cfg`'s schedule, `run_dirs[k]` holding member
+    k's checkpoints and history (None: nothing written for it); the arguments are `train`'s.
+
+    When every member has a `checkpoints/last.pt` at one epoch, they are resumed; otherwise
+    training starts afresh (from `start_iteration`), which ends where resuming would have,
+    only later. A damaged checkpoint is set aside as `last.pt.damaged`. Raises
+    FloatingPointError, naming the member, when a member's epoch loss is not finite.
+    """
+    k = len(engine.models)
+    steps = engine.steps_per_epoch
+    run_dirs = [None if d is None else Path(d) for d in run_dirs]
+    if len(run_dirs) != k:
+        raise ValueError(f"{k} members but {len(run_dirs)} run directories")
+    resumed = _resume(engine, [None if d is None else d / "checkpoints" / "last.pt"
+                               for d in run_dirs])
+    if resumed:
+        log.info("%s resumed from epoch %d (iteration %d)",
+                 engine.label(0) if k == 1 else f"stack of {k}", engine.epoch, engine.iteration)
+    elif start_iteration:
+        engine.epoch, engine.iteration = start_iteration // steps, start_iteration
+    save_iterations = set(save_iterations)
+    if engine.iteration in save_iterations:
+        _save_weights(engine, run_dirs)
+    done = stop_at_iteration is not None and engine.iteration >= stop_at_iteration
+    batches = MemberBatches(data, cfg.batch_size, engine.seeds)
+
+    bar = tqdm(total=cfg.epochs, initial=engine.epoch, desc="train" if k == 1 else f"train x{k}",
+               unit="epoch", disable=None if progress is None else not progress, leave=False)
+    while engine.epoch < cfg.epochs and not done:
+        engine.start_epoch()
         start = time.perf_counter()
-        gen = epoch_generator(seed, state.epoch)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
+        loss_sum = torch.zeros(k, device=engine.device)
+        correct = torch.zeros(k, dtype=torch.long, device=engine.device)
         seen = 0
-        skip = state.iteration - state.epoch * steps  # > 0 only when starting mid-epoch
-        for xb, yb in iterate_batches(
-            data.train_x, data.train_y, cfg.batch_size, shuffle=True, generator=gen,
-            augment=data.augment,
-        ):
-            if skip > 0:
-                skip -= 1
-                continue
-            set_lr(state.optimizer, cfg.lr * lr_factor(cfg, state.iteration, steps))
-            loss, logits = _step(state, xb, yb, loss_fn, bn_scales, l1)
-            loss_sum += loss.detach() * len(yb)
-            correct += logits.argmax(1).eq(yb).sum()
-            seen += len(yb)
-            state.iteration += 1
-            for cb in callbacks:
-                cb.on_step_end(state)
-            if ckpt_dir is not None and state.iteration in save_iterations:
-                atomic_torch_save(model.state_dict(), ckpt_dir / f"iter_{state.iteration}.pt")
-            if stop_at_iteration is not None and state.iteration >= stop_at_iteration:
+        skip = engine.iteration - engine.epoch * steps  # > 0 only when starting mid-epoch
+        for x, shared, y in batches.epoch(engine.epoch, skip):
+            set_lr(engine.optimizer, cfg.lr * lr_factor(cfg, engine.iteration, steps))
+            losses, hits = engine.step(x, shared, y)
+            loss_sum += losses * y.shape[1]
+            correct += hits
+            seen += y.shape[1]
+            engine.iteration += 1
+            engine.after_step()
+            if engine.iteration in save_iterations:
+                _save_weights(engine, run_dirs)
+            if stop_at_iteration is not None and engine.iteration >= stop_at_iteration:
                 done = True
                 break
         if done and seen < len(data.train_y):
             break  # a partial epoch: a replay up to a rewind point, no epoch record
-        state.epoch += 1
-        record = {
-            "epoch": state.epoch,
-            "iteration": state.iteration,
-            "lr": state.optimizer.param_groups[0]["lr"],
-            "train_loss": (loss_sum / max(seen, 1)).item(),
-            "train_top1": correct.item() / max(seen, 1),
-            **{f"val_{k}": v for k, v in evaluate(model, data.val_x, data.val_y, eval_batch_size).items()},
-            "epoch_time_s": time.perf_counter() - start,
-        }
-        if state.mask:  # a callback may change it (gradual pruning): log its trajectory
-            record["weight_sparsity"] = mask_sparsity(state.mask)
-        if not math.isfinite(record["train_loss"]):
-            raise FloatingPointError(f"training diverged at epoch {state.epoch} (loss {record['train_loss']})")
-        state.history.append(record)
-        log.info("epoch %d/%d loss %.4f val_top1 %.4f", state.epoch, cfg.epochs,
-                 record["train_loss"], record["val_top1"])
+        engine.epoch += 1
+        engine.sync()
+        records = _epoch_records(engine, data, loss_sum, correct, seen, start, eval_batch_size)
+        for member, record in enumerate(records):
+            if not math.isfinite(record["train_loss"]):
+                raise FloatingPointError(f"{engine.label(member)} diverged at epoch "
+                                         f"{engine.epoch} (loss {record['train_loss']})")
+        for member, (history, record) in enumerate(zip(engine.histories, records)):
+            history.append(record)
+            log.info("%s: epoch %d/%d loss %.4f val_top1 %.4f", engine.label(member),
+                     engine.epoch, cfg.epochs, record["train_loss"], record["val_top1"])
         bar.update(1)
-        bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{record['val_top1']:.3f}")
-        if ckpt_dir is not None:
-            _checkpoint(state, ckpt_dir / "last.pt")
-            write_history(state.history, Path(run_dir) / "history.csv")
+        bar.set_postfix(loss=f"{sum(r['train_loss'] for r in records) / k:.3f}",
+                        val=f"{sum(r['val_top1'] for r in records) / k:.3f}")
+        if any(d is not None for d in run_dirs):
+            _save_epoch(engine, run_dirs)
         if on_epoch_end is not None:
-            on_epoch_end(state)
+            on_epoch_end()
     bar.close()
-    return state
+    engine.sync()
 
 
-LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+def _epoch_records(engine: Engine, data: DataSplits, loss_sum: Tensor, correct: Tensor,
+                   seen: int, start: float, eval_batch_size: int) -> list[dict]:
+    """Each member's history record of the epoch just trained. `epoch_time_s` is the
+    member's share of the epoch's wall time (training and every member's validation, over
+    K), so the times of a stack's runs add up to its wall time."""
+    losses, hits = (loss_sum / max(seen, 1)).tolist(), correct.tolist()
+    lr = engine.optimizer.param_groups[0]["lr"]
+    records = [{"epoch": engine.epoch, "iteration": engine.iteration, "lr": lr,
+                "train_loss": loss, "train_top1": hit / max(seen, 1),
+                **{f"val_{key}": v for key, v in
+                   evaluate(model, data.val_x, data.val_y, eval_batch_size).items()}}
+               for model, loss, hit in zip(engine.models, losses, hits)]
+    share = (time.perf_counter() - start) / len(records)
+    for record, mask in zip(records, engine.masks()):
+        record["epoch_time_s"] = share
+        if mask:  # a callback may change it (gradual pruning): log its trajectory
+            record["weight_sparsity"] = mask_sparsity(mask)
+    return records
 
 
-def cross_entropy(label_smoothing: float = 0.0) -> LossFn:
-    return lambda logits, x, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+class MemberBatches:
+    """The batches of every member's own run: one `iterate_batches` stream per distinct
+    seed, drawn as a run alone draws them (permutation and augmentation from
+    `epoch_generator(seed, epoch)`). Members of one seed share each input batch."""
+
+    def __init__(self, data: DataSplits, batch_size: int, seeds: Sequence[int]):
+        self.data, self.batch_size = data, batch_size
+        self.seeds = list(dict.fromkeys(seeds))
+        index = [self.seeds.index(s) for s in seeds]
+        self.index = None if index == list(range(len(self.seeds))) else torch.tensor(
+            index, device=data.train_x.device)
+        self.k = len(seeds)
+
+    def epoch(self, epoch: int, skip: int) -> Iterator[tuple[Tensor, bool, Tensor]]:
+        """(x, shared, y) per step from step `skip` on: x is (B, ...) when every member
+        reads the same batch (shared), else (K, B, ...); y is (K, B). The skipped batches
+        are drawn all the same (augmentation draws from the epoch's generator)."""
+        streams = [iterate_batches(self.data.train_x, self.data.train_y, self.batch_size,
+                                   shuffle=True, generator=epoch_generator(seed, epoch),
+                                   augment=self.data.augment) for seed in self.seeds]
+        for step, batches in enumerate(zip(*streams)):
+            if step < skip:
+                continue
+            if len(batches) == 1:
+                x, y = batches[0]
+                yield x, True, y.expand(self.k, -1)
+                continue
+            x = torch.stack([b[0] for b in batches])
+            y = torch.stack([b[1] for b in batches])
+            if self.index is not None:
+                x, y = x[self.index], y[self.index]
+            yield x, False, y
 
 
-def _step(state: TrainState, xb: Tensor, yb: Tensor, loss_fn: LossFn,
-          bn_scales: Sequence[Tensor], bn_l1: float) -> tuple[Tensor, Tensor]:
-    pairs = state.pairs
-    state.optimizer.zero_grad(set_to_none=True)
-    logits = state.model(xb)
-    loss = loss_fn(logits, xb, yb)
-    loss.backward()
-    if bn_l1:
-        add_bn_l1_subgradient(bn_scales, bn_l1)
-    state.optimizer.step()
-    enforce_mask(pairs)
-    return loss, logits
+# ---------------------------------------------------------------------------- checkpoints
 
 
-@torch.no_grad()
-def add_bn_l1_subgradient(scales: Sequence[Tensor], strength: float) -> None:
-    """Network slimming (Liu et al. 2017): the subgradient of strength * sum|gamma| added to
-    the BatchNorm scales' gradients, which drives unimportant channels' scales to zero."""
-    for gamma in scales:
-        if gamma.grad is not None:
-            gamma.grad.add_(torch.sign(gamma), alpha=strength)
+def _resume(engine: Engine, paths: Sequence[Path | None]) -> bool:
+    """Resume every member from its `last.pt` when all have one at the same epoch. Otherwise
+    start afresh, which gives the same result, only later; a damaged file (truncated,
+    foreign) is set aside and the engine rolled back to where it started."""
+    present = [p is not None and p.exists() for p in paths]
+    if not any(present):
+        return False
+    checkpoints = []
+    for model, path, exists in zip(engine.models, paths, present):
+        if not exists:
+            continue
+        try:
+            ckpt = torch.load(path, map_location=engine.device, weights_only=True)
+            _check_checkpoint(ckpt, model)
+        except Exception as err:  # noqa: BLE001 (any unreadable or foreign file)
+            _set_aside(path, err)
+            return False
+        checkpoints.append(ckpt)
+    if not all(present) or len({(c["epoch"], c["iteration"]) for c in checkpoints}) != 1:
+        log.warning("the stack's checkpoints are not all at one epoch; starting it afresh")
+        return False
+    initial = [{k: v.clone() for k, v in m.state_dict().items()} for m in engine.models]
+    try:
+        engine.restore(checkpoints)
+    except Exception as err:  # noqa: BLE001 (a foreign optimiser state, mask or RNG state)
+        for model, weights in zip(engine.models, initial):
+            model.load_state_dict(weights)
+        for path in paths:
+            _set_aside(path, err)
+        engine.reset()
+        return False
+    engine.epoch, engine.iteration = checkpoints[0]["epoch"], checkpoints[0]["iteration"]
+    engine.histories = [list(c["history"]) for c in checkpoints]
+    return True
 
 
-def _checkpoint(state: TrainState, path: Path) -> None:
-    save_checkpoint(path, state.model, state.optimizer.state_dict(), state.mask, state.epoch,
-                    state.iteration, state.history, torch.get_rng_state())
+def _check_checkpoint(ckpt: Mapping, model: nn.Module) -> None:
+    """Raise unless `ckpt` is a `last.pt` of this architecture."""
+    missing = {"model", "optimizer", "mask", "epoch", "iteration", "history"} - set(ckpt)
+    if missing:
+        raise KeyError(f"no {', '.join(sorted(missing))}")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if {k: tuple(v.shape) for k, v in ckpt["model"].items()} != expected:
+        raise ValueError("weights of another architecture")
+
+
+def _set_aside(path: Path, err: Exception) -> None:
+    log.warning("checkpoint %s is damaged (%s: %s); starting afresh", path, type(err).__name__,
+                err)
+    path.replace(path.with_name(path.name + ".damaged"))
+
+
+def _save_weights(engine: Engine, run_dirs: Sequence[Path | None]) -> None:
+    """`checkpoints/iter_<k>.pt`: the weights at iteration k (a rewinding point)."""
+    if all(d is None for d in run_dirs):
+        return
+    engine.sync()
+    for model, run_dir in zip(engine.models, run_dirs):
+        if run_dir is not None:
+            atomic_torch_save(model.state_dict(),
+                              run_dir / "checkpoints" / f"iter_{engine.iteration}.pt")
+
+
+def _save_epoch(engine: Engine, run_dirs: Sequence[Path | None]) -> None:
+    """Every member's end-of-epoch `checkpoints/last.pt` and `history.csv`."""
+    members = zip(run_dirs, engine.models, engine.optimizer_states(), engine.masks(),
+                  engine.histories, engine.rng_states())
+    for run_dir, model, optimizer_state, mask, history, rng in members:
+        if run_dir is not None:
+            save_checkpoint(run_dir / "checkpoints" / "last.pt", model, optimizer_state, mask,
+                            engine.epoch, engine.iteration, history, rng)
+            write_history(history, run_dir / "history.csv")
 
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer_state: Mapping,
                     mask: Mapping[str, Tensor] | None, epoch: int, iteration: int,
                     history: Sequence[Mapping], torch_rng: Tensor) -> None:
-    """An end-of-epoch `last.pt` (also written by stacked training, so either loop resumes
-    the other's runs)."""
+    """An end-of-epoch `last.pt`: one member's weights, optimiser state (laid out as an
+    optimiser over its model alone), mask, position, history and global RNG state."""
     atomic_torch_save(
         {
             "model": model.state_dict(),
@@ -292,42 +329,6 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer_state: Mapping,
         },
         path,
     )
-
-
-def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: Mapping) -> None:
-    """Load a saved optimiser state but keep the implementation `make_optimizer` chose (a
-    checkpoint may have been written by another)."""
-    implementation = {k: optimizer.param_groups[0][k] for k in ("fused", "foreach")}
-    optimizer.load_state_dict(saved)
-    for group in optimizer.param_groups:
-        group.update(implementation)
-
-
-def _fresh_state(model: nn.Module, cfg: TrainConfig, mask, steps: int) -> TrainState:
-    state = TrainState(model, make_optimizer(model.parameters(), cfg), None, steps)
-    state.set_mask(mask)
-    return state
-
-
-def _resume(state: TrainState, path: Path) -> bool:
-    """Restore a checkpoint; a damaged one (truncated, foreign) is set aside and training
-    starts afresh, which gives the same result as resuming would have, only later."""
-    initial = {k: v.clone() for k, v in state.model.state_dict().items()}
-    try:
-        ckpt = torch.load(path, map_location=_device(state.model), weights_only=True)
-        state.model.load_state_dict(ckpt["model"])
-        load_optimizer_state(state.optimizer, ckpt["optimizer"])
-        state.set_mask(ckpt["mask"])
-        state.epoch, state.iteration = ckpt["epoch"], ckpt["iteration"]
-        state.history = ckpt["history"]
-        torch.set_rng_state(ckpt["torch_rng"].cpu())
-    except Exception as err:  # noqa: BLE001 (any unreadable or foreign file)
-        log.warning("checkpoint %s is damaged (%s: %s); starting this run afresh", path,
-                    type(err).__name__, err)
-        state.model.load_state_dict(initial)
-        path.replace(path.with_name(path.name + ".damaged"))
-        return False
-    return True
 
 
 def write_history(history: Sequence[Mapping], path: Path) -> None:

@@ -1,7 +1,15 @@
-"""Optimisers and per-iteration learning-rate schedules.
+"""The optimiser and the per-iteration learning-rate schedule of a recipe.
 
 The schedule is a pure function of the iteration number, so a resumed run needs no
 scheduler state: it recomputes the learning rate from the iteration it restarts at.
+
+Optimiser steps use the implementation the recipe's `optimizer_impl` names, by default
+torch's fused kernels (one per parameter for the whole update) rather than torch's own CPU
+default, its per-parameter loop of small ops: fused was the fastest of the three on the
+2-core development CPU (`benchmarks/train_throughput.py`, `optimizer_impls`). Each
+implementation rounds differently, so runs made with the per-parameter loop (before fused
+became the default) end at slightly different weights; a fixed seed still gives
+bit-identical runs with any one of them.
 """
 
 from __future__ import annotations
@@ -14,16 +22,30 @@ from torch import nn
 
 from prunebench.config import TrainConfig
 
+# torch's three implementations of an optimiser step, by the recipe's `optimizer_impl`:
+# fused kernels (one per parameter for the whole update; the fastest on CPU and CUDA,
+# benchmarks/train_throughput.py), foreach (multi-tensor) ops, or the per-parameter loop.
+# Each rounds differently, so the choice is part of every run's name (it is a recipe field).
+OPTIMIZER_IMPLEMENTATION = {
+    "fused": {"fused": True, "foreach": False},
+    "foreach": {"fused": False, "foreach": True},
+    "forloop": {"fused": False, "foreach": False},
+}
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+
+def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimiser (SGD, with momentum and Nesterov when set, or Adam) over
+    `params`, run by the implementation the recipe's `optimizer_impl` names."""
     params = list(params)
+    implementation = OPTIMIZER_IMPLEMENTATION[cfg.optimizer_impl]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
+            weight_decay=cfg.weight_decay, **implementation,
         )
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                **implementation)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 

@@ -8,20 +8,22 @@ initialisation, mask and seed, and so its own data order: members of one seed sh
 input batch (the first layer reads it once for all of them), members of different seeds get
 the batches their own runs would have drawn.
 
+`StackEngine` is the stack as the training loop's engine: `train_stacked` runs it through
+`training.loop.run_epochs`, the loop `train` runs a single model through, so every member's
+history, checkpoints (`checkpoints/last.pt`, `checkpoints/iter_<k>.pt`) and `history.csv` are
+written as `train(..., run_dir=...)` writes them: a stack resumes from its members'
+checkpoints, and `train` resumes a member of a crashed stack alone.
+
 Every member ends where `train(...)` alone would have ended, up to float rounding: the
 batched kernels sum the same products in a different order (and BatchNorm statistics are
 kept per member), so the weights agree to float tolerance, not bit for bit. Its history has
-the same records as `train`'s (epoch, iteration, lr, train_loss, train_top1, val_*,
-epoch_time_s, and weight_sparsity when masked); `epoch_time_s` is the member's share (the
-stack's epoch time divided by K), so the times of a stack's runs add up to its wall time.
-With `run_dirs`, each member writes `history.csv`, `checkpoints/last.pt` and
-`checkpoints/iter_<k>.pt` exactly as `train(..., run_dir=...)` would, so a stack resumes
-from its members' checkpoints, and `train` resumes a member of a crashed stack alone.
+`train`'s records; `epoch_time_s` is the member's share (the stack's epoch time, validation
+included, divided by K), so the times of a stack's runs add up to its wall time.
 
 What stacks: models that are (nested) `nn.Sequential`s of Linear, Conv2d, BatchNorm1d/2d
 (running statistics per member), pooling, Flatten and element-wise activations, with
 identical shapes; plain cross-entropy (with label smoothing) and the network-slimming BN
-penalty; the loop's SGD and Adam and its learning-rate schedules. What does not (use `train`
+penalty; SGD and Adam and the learning-rate schedules. What does not (use `train`
 one run at a time): other module types (ResNet's residual blocks, Dropout, whose random
 masks cannot be drawn as each run alone would draw them), a custom loss (distillation),
 callbacks (gradual pruning changes a mask mid-training) and `stop_at_iteration`.
@@ -30,35 +32,22 @@ callbacks (gradual pruning changes a mask mid-training) and `stop_at_iteration`.
 
 from __future__ import annotations
 
-import logging
-import math
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from prunebench.config import TrainConfig
-from prunebench.data import DataSplits, iterate_batches, num_batches
-from prunebench.io import atomic_torch_save
-from prunebench.training.evaluate import evaluate
-from prunebench.training.loop import (
+from prunebench.data import DataSplits, num_batches
+from prunebench.training.engine import (
     TrainState,
     add_bn_l1_subgradient,
-    epoch_generator,
     load_optimizer_state,
-    make_optimizer,
-    mask_sparsity,
-    save_checkpoint,
-    write_history,
 )
-from prunebench.training.schedule import lr_factor, set_lr
-
-log = logging.getLogger(__name__)
+from prunebench.training.loop import run_epochs
+from prunebench.training.schedule import make_optimizer
 
 # Layouts of the activations between layers, for a stack of K members and batch B:
 SHARED = "shared"      # (B, ...): the same input for every member (one data stream)
@@ -153,228 +142,116 @@ def train_stacked(
     """
     k = len(models)
     masks = list(masks) if masks is not None else [None] * k
-    run_dirs = [None] * k if run_dirs is None else run_dirs
-    run_dirs = [None if d is None else Path(d) for d in run_dirs]
+    run_dirs = [None] * k if run_dirs is None else list(run_dirs)
     if not (len(seeds) == len(masks) == len(run_dirs) == k):
         raise ValueError(f"{k} models but {len(seeds)} seeds, {len(masks)} masks and "
                          f"{len(run_dirs)} run directories")
     reason = stack_refusal(models, recipe)
     if reason is not None:
         raise NotStackable(f"cannot train these {k} models as one stack: {reason}")
-    steps = num_batches(len(data.train_y), recipe.batch_size)
-    members = [_Member(m, int(s), None if not mk else dict(mk), d)
-               for m, s, mk, d in zip(models, seeds, masks, run_dirs)]
-    resumed = _resume(members)
-    for model in models:
-        model.train()
-    stack = _Stack(models)
-    optimizer = make_optimizer(stack.params.values(), recipe)
-    stack.install_masks([m.mask for m in members])
-    if resumed:
-        epoch, iteration = members[0].epoch, members[0].iteration
-        stack.load_optimizer_state(optimizer, [m.optimizer_state for m in members])
-        log.info("stack of %d resumed from epoch %d (iteration %d)", k, epoch, iteration)
-    else:
-        epoch, iteration = start_iteration // steps, start_iteration
-    save_iterations = set(save_iterations)
-    if iteration in save_iterations:
-        _save_iteration(members, iteration)
-    bn_scales = stack.batch_norm_scales()
-    l1 = recipe.bn_l1 if bn_scales else 0.0
-    streams = _Streams(data, recipe.batch_size, [m.seed for m in members])
-
-    bar = tqdm(total=recipe.epochs, initial=epoch, desc=f"train x{k}", unit="epoch",
-               disable=None if progress is None else not progress, leave=False)
-    while epoch < recipe.epochs:
-        start = time.perf_counter()
-        loss_sum = torch.zeros(k, device=stack.device)
-        correct = torch.zeros(k, dtype=torch.long, device=stack.device)
-        seen = 0
-        skip = iteration - epoch * steps  # > 0 only when starting mid-epoch
-        for x, shared, y in streams.epoch(epoch, skip):
-            set_lr(optimizer, recipe.lr * lr_factor(recipe, iteration, steps))
-            optimizer.zero_grad(set_to_none=True)
-            logits = stack(x, shared)  # (K, classes, B)
-            losses = F.cross_entropy(logits, y, reduction="none",
-                                     label_smoothing=recipe.label_smoothing).mean(1)
-            losses.sum().backward()  # member k's loss depends on member k's slice alone
-            if l1:
-                add_bn_l1_subgradient(bn_scales, l1)
-            optimizer.step()
-            stack.enforce_masks()
-            loss_sum += losses.detach() * y.shape[1]
-            correct += logits.detach().argmax(1).eq(y).sum(1)
-            seen += y.shape[1]
-            iteration += 1
-            if iteration in save_iterations:
-                stack.write_back(models)
-                _save_iteration(members, iteration)
-        epoch += 1
-        stack.write_back(models)
-        share = (time.perf_counter() - start) / k
-        losses_now, correct_now = (loss_sum / max(seen, 1)).tolist(), correct.tolist()
-        for i, member in enumerate(members):
-            record = {
-                "epoch": epoch,
-                "iteration": iteration,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": losses_now[i],
-                "train_top1": correct_now[i] / max(seen, 1),
-                **{f"val_{key}": v for key, v in
-                   evaluate(member.model, data.val_x, data.val_y, eval_batch_size).items()},
-                "epoch_time_s": share,
-            }
-            if member.mask:
-                record["weight_sparsity"] = mask_sparsity(member.mask)
-            if not math.isfinite(record["train_loss"]):
-                raise FloatingPointError(
-                    f"stack member {i} (seed {member.seed}) diverged at epoch {epoch} "
-                    f"(loss {record['train_loss']})")
-            member.history.append(record)
-            log.info("member %d/%d epoch %d/%d loss %.4f val_top1 %.4f", i + 1, k, epoch,
-                     recipe.epochs, record["train_loss"], record["val_top1"])
-        bar.update(1)
-        if any(m.run_dir is not None for m in members) or on_epoch_end is not None:
-            member_states = stack.member_optimizer_states(optimizer)
-            for member, opt_state in zip(members, member_states):
-                if member.run_dir is not None:
-                    save_checkpoint(member.run_dir / "checkpoints" / "last.pt", member.model,
-                                    opt_state, member.mask, epoch, iteration, member.history,
-                                    _rng_state(member.seed))
-                    write_history(member.history, member.run_dir / "history.csv")
-            if on_epoch_end is not None:
-                on_epoch_end(_states(members, member_states, recipe, steps, epoch, iteration))
-    bar.close()
-    stack.write_back(models)
-    return _states(members, stack.member_optimizer_states(optimizer), recipe, steps, epoch,
-                   iteration)
+    engine = StackEngine(models, recipe, seeds=seeds, masks=masks,
+                         steps_per_epoch=num_batches(len(data.train_y), recipe.batch_size))
+    run_epochs(engine, data, recipe, run_dirs=run_dirs, save_iterations=save_iterations,
+               start_iteration=start_iteration, eval_batch_size=eval_batch_size,
+               progress=progress,
+               on_epoch_end=None if on_epoch_end is None else
+               lambda: on_epoch_end(engine.states()))
+    return engine.states()
 
 
-# ---------------------------------------------------------------------------- the members
+# ---------------------------------------------------------------------------- the engine
 
 
-@dataclass
-class _Member:
-    model: nn.Module
-    seed: int
-    mask: dict[str, Tensor] | None
-    run_dir: Path | None
-    epoch: int = 0
-    iteration: int = 0
-    history: list[dict] = field(default_factory=list)
-    optimizer_state: Mapping | None = None
+class StackEngine:
+    """K models as one `_Stack` and one optimiser over its stacked parameters: the engine
+    of `train_stacked` (see `training.engine.Engine`)."""
 
-    @property
-    def checkpoint(self) -> Path | None:
-        return None if self.run_dir is None else self.run_dir / "checkpoints" / "last.pt"
+    def __init__(self, models: Sequence[nn.Module], recipe: TrainConfig, *,
+                 seeds: Sequence[int], steps_per_epoch: int,
+                 masks: Sequence[Mapping[str, Tensor] | None] | None = None):
+        self.models, self.recipe, self.steps_per_epoch = list(models), recipe, steps_per_epoch
+        self.seeds = [int(s) for s in seeds]
+        self.k = len(self.models)
+        self.initial_masks = [None if not m else dict(m)
+                              for m in (masks if masks is not None else [None] * self.k)]
+        self.device = _device(self.models[0])
+        self.epoch, self.iteration = 0, 0
+        self.histories: list[list[dict]] = [[] for _ in self.models]
+        self.reset()
 
+    def reset(self) -> None:
+        for model in self.models:
+            model.train()
+        self.stack = _Stack(self.models)
+        self.optimizer = make_optimizer(self.stack.params.values(), self.recipe)
+        self._masks = list(self.initial_masks)
+        self.stack.install_masks(self._masks)
+        self.bn_scales = self.stack.batch_norm_scales()
+        self.bn_l1 = self.recipe.bn_l1 if self.bn_scales else 0.0
+        self._optimizer_states: list[dict] | None = None
 
-def _rng_state(seed: int) -> Tensor:
-    """What `torch.get_rng_state()` holds at a checkpoint of `train`: it seeds the global RNG
-    with the run's seed and no stackable model draws from it."""
-    return torch.Generator().manual_seed(seed).get_state()
+    def restore(self, checkpoints: Sequence[Mapping]) -> None:
+        for model, ckpt in zip(self.models, checkpoints):
+            model.load_state_dict(ckpt["model"])
+        self._masks = [ckpt["mask"] for ckpt in checkpoints]
+        self.stack.read_members(self.models)
+        self.stack.install_masks(self._masks)
+        self.stack.load_optimizer_state(self.optimizer, [c["optimizer"] for c in checkpoints])
+        self._optimizer_states = None
 
+    def start_epoch(self) -> None:
+        pass  # the stack always trains (BatchNorm in training mode); members are only evaluated
 
-def _resume(members: Sequence[_Member]) -> bool:
-    """Resume every member from its `last.pt` when all have one at the same epoch. Otherwise
-    start afresh, which gives the same result, only later; a damaged file is set aside."""
-    paths = [m.checkpoint for m in members]
-    present = [p is not None and p.exists() for p in paths]
-    if not any(present):
-        return False
-    checkpoints = []
-    for member, path, exists in zip(members, paths, present):
-        if not exists:
-            continue
-        try:
-            ckpt = torch.load(path, map_location=_device(member.model), weights_only=True)
-            _check_checkpoint(ckpt, member.model)
-        except Exception as err:  # noqa: BLE001 (any unreadable or foreign file)
-            log.warning("checkpoint %s is damaged (%s: %s); starting this stack afresh", path,
-                        type(err).__name__, err)
-            path.replace(path.with_name(path.name + ".damaged"))
-            return False
-        checkpoints.append(ckpt)
-    if not all(present) or len({(c["epoch"], c["iteration"]) for c in checkpoints}) != 1:
-        log.warning("the stack's checkpoints are not all at one epoch; starting it afresh")
-        return False
-    for member, ckpt in zip(members, checkpoints):
-        member.model.load_state_dict(ckpt["model"])
-        member.mask = ckpt["mask"]
-        member.epoch, member.iteration = ckpt["epoch"], ckpt["iteration"]
-        member.history = list(ckpt["history"])
-        member.optimizer_state = ckpt["optimizer"]
-    return True
+    def step(self, x: Tensor, shared: bool, y: Tensor) -> tuple[Tensor, Tensor]:
+        self._optimizer_states = None
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.stack(x, shared)  # (K, classes, B)
+        losses = F.cross_entropy(logits, y, reduction="none",
+                                 label_smoothing=self.recipe.label_smoothing).mean(1)
+        losses.sum().backward()  # member k's loss depends on member k's slice alone
+        if self.bn_l1:
+            add_bn_l1_subgradient(self.bn_scales, self.bn_l1)
+        self.optimizer.step()
+        self.stack.enforce_masks()
+        return losses.detach(), logits.detach().argmax(1).eq(y).sum(1)
 
+    def after_step(self) -> None:
+        pass  # no callbacks: a mask changed mid-training has no stacked form here
 
-def _check_checkpoint(ckpt: Mapping, model: nn.Module) -> None:
-    """Raise unless `ckpt` is a `last.pt` of this architecture."""
-    missing = {"model", "optimizer", "mask", "epoch", "iteration", "history"} - set(ckpt)
-    if missing:
-        raise KeyError(f"no {', '.join(sorted(missing))}")
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if {k: tuple(v.shape) for k, v in ckpt["model"].items()} != expected:
-        raise ValueError("weights of another architecture")
+    def sync(self) -> None:
+        self.stack.write_back(self.models)
 
+    def masks(self) -> list[Mapping[str, Tensor] | None]:
+        return list(self._masks)
 
-def _save_iteration(members: Sequence[_Member], iteration: int) -> None:
-    for member in members:
-        if member.run_dir is not None:
-            atomic_torch_save(member.model.state_dict(),
-                              member.run_dir / "checkpoints" / f"iter_{iteration}.pt")
+    def optimizer_states(self) -> list[dict]:
+        if self._optimizer_states is None:
+            self._optimizer_states = self.stack.member_optimizer_states(self.optimizer)
+        return self._optimizer_states
 
+    def rng_states(self) -> list[Tensor]:
+        """What `torch.get_rng_state()` holds at a checkpoint of `train`: it seeds the global
+        RNG with the run's seed and no stackable model draws from it."""
+        return [torch.Generator().manual_seed(seed).get_state() for seed in self.seeds]
 
-def _states(members: Sequence[_Member], optimizer_states: Sequence[Mapping], recipe: TrainConfig,
-            steps: int, epoch: int, iteration: int) -> list[TrainState]:
-    """One TrainState per member, as `train` would return it."""
-    states = []
-    for member, opt_state in zip(members, optimizer_states):
-        state = TrainState(member.model, make_optimizer(member.model.parameters(), recipe), None,
-                           steps, epoch, iteration, list(member.history))
-        state.set_mask(member.mask)  # before the optimiser state: it only re-zeroes weights
-        load_optimizer_state(state.optimizer, opt_state)
-        states.append(state)
-    return states
+    def label(self, member: int) -> str:
+        return f"stack member {member} (seed {self.seeds[member]})"
+
+    def states(self) -> list[TrainState]:
+        """One TrainState per member, as `train` would return it (the models are synced)."""
+        states = []
+        for model, mask, opt_state, history in zip(self.models, self._masks,
+                                                   self.optimizer_states(), self.histories):
+            state = TrainState(model, make_optimizer(model.parameters(), self.recipe), None,
+                               self.steps_per_epoch, self.epoch, self.iteration, list(history))
+            state.set_mask(mask)  # before the optimiser state: it only re-zeroes weights
+            load_optimizer_state(state.optimizer, opt_state)
+            states.append(state)
+        return states
 
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-# ---------------------------------------------------------------------------- the data
-
-
-class _Streams:
-    """The batches of every member's own run: one `iterate_batches` stream per distinct
-    seed, drawn exactly as `train` draws them (permutation and augmentation from
-    `epoch_generator(seed, epoch)`)."""
-
-    def __init__(self, data: DataSplits, batch_size: int, seeds: Sequence[int]):
-        self.data, self.batch_size = data, batch_size
-        self.seeds = list(dict.fromkeys(seeds))
-        index = [self.seeds.index(s) for s in seeds]
-        self.index = None if index == list(range(len(self.seeds))) else torch.tensor(
-            index, device=data.train_x.device)
-        self.k = len(seeds)
-
-    def epoch(self, epoch: int, skip: int) -> Iterator[tuple[Tensor, bool, Tensor]]:
-        """(x, shared, y) per step: x is (B, ...) when every member reads the same batch
-        (shared), else (K, B, ...); y is (K, B)."""
-        streams = [iterate_batches(self.data.train_x, self.data.train_y, self.batch_size,
-                                   shuffle=True, generator=epoch_generator(seed, epoch),
-                                   augment=self.data.augment) for seed in self.seeds]
-        for step, batches in enumerate(zip(*streams)):
-            if step < skip:
-                continue
-            if len(batches) == 1:
-                x, y = batches[0]
-                yield x, True, y.expand(self.k, -1)
-                continue
-            x = torch.stack([b[0] for b in batches])
-            y = torch.stack([b[1] for b in batches])
-            if self.index is not None:
-                x, y = x[self.index], y[self.index]
-            yield x, False, y
 
 
 # ---------------------------------------------------------------------------- the stack
@@ -459,9 +336,10 @@ class _Stack:
         self.masks: list[tuple[Tensor, Tensor]] = []
 
     def install_masks(self, masks: Sequence[Mapping[str, Tensor] | None]) -> None:
-        """Stacked float masks (ones for members without one) for every masked parameter;
-        the weights are masked at once."""
+        """Stacked float masks (ones for members without one) for every masked parameter,
+        in place of any installed before; the weights are masked at once."""
         names = sorted({n for m in masks if m for n in m}, key=list(self.params).index)
+        self.masks = []
         for name in names:
             if name not in self.params:
                 raise ValueError(f"mask names {name!r}, which the models do not have")
@@ -481,6 +359,15 @@ class _Stack:
     def batch_norm_scales(self) -> list[Tensor]:
         return [self.params[f"{name}.weight"] for name, m in self.layers
                 if type(m) in BATCH_NORMS and m.weight is not None]
+
+    @torch.no_grad()
+    def read_members(self, models: Sequence[nn.Module]) -> None:
+        """Copy every parameter and buffer of models[k] into member k's slice."""
+        for i, model in enumerate(models):
+            for name, p in model.named_parameters():
+                self.params[name][i].copy_(p)
+            for name, b in model.named_buffers():
+                self.buffers[name][i].copy_(b)
 
     @torch.no_grad()
     def write_back(self, models: Sequence[nn.Module]) -> None:
@@ -504,8 +391,8 @@ class _Stack:
 
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer,
                              states: Sequence[Mapping]) -> None:
-        """Stack the members' saved optimiser states (from `train`'s checkpoints or this
-        loop's) into the stack's optimiser."""
+        """Stack the members' saved optimiser states (each laid out as an optimiser over
+        its model alone, as every `last.pt` holds it) into the stack's optimiser."""
         shapes = [p.shape[1:] for p in self.params.values()]
         stacked = {idx: {key: torch.stack([s["state"][idx][key] for s in states])
                          if _per_weight(key, v, shapes[idx]) else v
@@ -652,4 +539,5 @@ def _per_weight(key: str, value: object, shape: torch.Size) -> bool:
     return key != "step" and isinstance(value, Tensor) and value.shape == shape
 
 
-__all__ = ["NotStackable", "can_stack", "stack_refusal", "stack_size", "train_stacked"]
+__all__ = ["NotStackable", "StackEngine", "can_stack", "stack_refusal", "stack_size",
+           "train_stacked"]
