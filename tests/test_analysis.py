@@ -765,9 +765,25 @@ def test_a_bad_recovery_names_the_run(tmp_path):
         collect_runs([manifest])
 
 
-def test_tables_written_before_the_control_column_are_refused(runs, summary, tmp_path):
-    write_tables(runs.drop(columns=["control", "series"]), summary, tmp_path)
-    with pytest.raises(ConfigError, match="runs.csv.*control, series.*prunebench aggregate"):
+def test_tables_written_before_the_control_column_read_in_the_current_shape(runs, summary,
+                                                                             tmp_path):
+    """An older table's label was the series name and a control's method lottery_reinit."""
+    def legacy(frame):
+        old = frame.drop(columns=["control", "series"]).assign(label=frame["series"])
+        old.loc[frame["control"] == "reinit", "method"] = "lottery_reinit"
+        return old
+
+    assert (runs["recovery"] == "distill").any()
+    legacy(runs).to_csv(tmp_path / "runs.csv", index=False)
+    legacy(summary).to_csv(tmp_path / "summary.csv", index=False)
+    new_runs, new_summary = read_tables(tmp_path)
+    columns = ["label", "method", "recovery", "control", "series"]
+    for got, want in ((new_runs, runs), (new_summary, summary)):
+        pd.testing.assert_frame_equal(got[columns].fillna("-").reset_index(drop=True),
+                                      want[columns].fillna("-").reset_index(drop=True),
+                                      check_dtype=False)
+    runs.drop(columns=["recovery"]).to_csv(tmp_path / "runs.csv", index=False)
+    with pytest.raises(ConfigError, match="runs.csv.*no recovery column"):
         read_tables(tmp_path)
 
 
@@ -1052,3 +1068,23 @@ def test_report_says_which_thread_counts_made_the_runs(runs, summary, tmp_path):
     write_tables(runs, summary, tmp_path / "tables")
     text = write_report(tmp_path / "tables", tmp_path / "plots", tmp_path / "report.md").read_text()
     assert f"Torch threads per run: 1 ({len(runs) - 2} runs), 2 (2 runs)." in text
+
+
+@pytest.mark.parametrize("study", ["digits_cnn", "mnist_lth"])
+def test_committed_tables_of_an_older_version_read_in_the_current_shape(study):
+    """The committed tables were written before `control` and `series` existed; reading them
+    gives the current columns, and the study's markdown comes out as committed."""
+    from prunebench.analysis.aggregate import read_tables, summary_markdown
+
+    tables = Path(__file__).resolve().parents[1] / "results" / "studies" / study
+    old_summary = pd.read_csv(tables / "summary.csv")
+    if "control" in old_summary:
+        pytest.skip("the committed tables are already in the current shape")
+    runs, summary = read_tables(tables)
+    for frame, old in ((runs, pd.read_csv(tables / "runs.csv")), (summary, old_summary)):
+        assert frame["series"].tolist() == old["label"].tolist()  # the old label was the name
+        assert not frame["label"].str.endswith(("+distill", "_reinit")).any()
+        reinit = frame["control"] == "reinit"
+        assert (frame.loc[reinit, "method"] == "lottery").all()
+        assert (frame.loc[old["method"] == "lottery", "control"] == "ticket").all()
+    assert summary_markdown(summary) == (tables / "summary.md").read_text()

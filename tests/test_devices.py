@@ -104,7 +104,8 @@ TWO_SEEDS = {
         "tiny": {
             "data": {"name": "digits", "val_size": 0.1},
             "model": {"name": "mlp_digits"},
-            "train": {"optimizer": "sgd", "lr": 0.05, "epochs": 3, "batch_size": 64},
+            # Long enough that the two dense trainings, started together, overlap.
+            "train": {"optimizer": "sgd", "lr": 0.05, "epochs": 8, "batch_size": 64},
             "finetune": {"epochs": 1, "lr": 0.01},
             "methods": {"global_magnitude": {}},
             "sparsities": [0.5, 0.8],

@@ -174,10 +174,10 @@ def digits_study(**options):
 
 def test_during_training_run_trains_from_init_with_the_full_recipe(tmp_path):
     study = digits_study()
-    ws = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
+    ex = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
     entry = study.method("gradual_magnitude")
-    run = ws.ensure(during_training_run(ws.ctx, entry, 0.8, 0))
-    dense = dense_run(ws.ctx, 0)
+    run = ex.ensure(during_training_run(ex.ctx, entry, 0.8, 0))
+    dense = dense_run(ex.ctx, 0)
     assert run.parents == (dense,) and dense.done
     assert not (tmp_path / "prune").exists()  # no one-shot prune run
     config = json.loads((run.path / "config.json").read_text())["config"]
@@ -197,10 +197,10 @@ def test_during_training_run_trains_from_init_with_the_full_recipe(tmp_path):
     schedule = json.loads((run.path / "schedule.json").read_text())
     assert schedule["schedule"] == "cubic" and schedule["steps"][-1]["weight_sparsity"] == 0.8
     # Options are part of the name; the run is reused when nothing changed.
-    assert ws.ensure(during_training_run(ws.ctx, entry, 0.8, 0)).path == run.path
+    assert ex.ensure(during_training_run(ex.ctx, entry, 0.8, 0)).path == run.path
     other = digits_study(schedule="linear")
-    other_ws = StudyContext(other, tmp_path)
-    assert during_training_run(other_ws, other.method("gradual_magnitude"), 0.8, 0).path != run.path
+    other_ctx = StudyContext(other, tmp_path)
+    assert during_training_run(other_ctx, other.method("gradual_magnitude"), 0.8, 0).path != run.path
     # The plan: the dense training job, then this method's training job that reads it, then
     # the benchmarks of both.
     jobs = study_jobs(study, tmp_path, tmp_path / "jobs")

@@ -206,12 +206,12 @@ def test_a_finished_run_reports_the_sparsity_its_weights_have(tmp_path):
         "data": {"name": "digits"}, "model": {"name": "mlp_digits"},
         "scope": {"exclude_first": True}, "methods": {"global_magnitude": {}},
         "sparsities": [0.8], "seeds": [0]})
-    ws = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
-    model = ws.new_model(0)
-    mask = METHODS.get("global_magnitude")(PruneContext(model, ws.scope), 0.8)
+    ex = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
+    model = ex.new_model(0)
+    mask = METHODS.get("global_magnitude")(PruneContext(model, ex.scope), 0.8)
     apply_mask(model, mask)
     run = Run(tmp_path, "prune", {"case": "scope"}, {"seed": 0})
-    metrics = ws.finish(run, model, ws.dense_arch, mask, {})
+    metrics = ex.finish(run, model, ex.dense_arch, mask, {})
 
     weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
     zero_weights, total_weights = _zeros(weights)
@@ -224,11 +224,11 @@ def test_a_finished_run_reports_the_sparsity_its_weights_have(tmp_path):
 
     unmasked = Run(tmp_path, "prune", {"case": "mask not applied"}, {"seed": 0})
     with pytest.raises(RuntimeError, match="mask prunes"):
-        ws.finish(unmasked, ws.new_model(0), ws.dense_arch, mask, {})
+        ex.finish(unmasked, ex.new_model(0), ex.dense_arch, mask, {})
     assert not unmasked.done
 
     dense = Run(tmp_path, "train", {"case": "dense"}, {"seed": 0})
-    dense_metrics = ws.finish(dense, ws.new_model(0), ws.dense_arch, None, {})
+    dense_metrics = ex.finish(dense, ex.new_model(0), ex.dense_arch, None, {})
     assert dense_metrics["weight_sparsity"] == 0.0 and "mask_sparsity" not in dense_metrics
 
 

@@ -132,23 +132,23 @@ def tiny_study(**methods) -> Study:
 
 def test_lottery_rewinds_survivors_to_initial_weights_exactly(tmp_path):
     study = tiny_study(lottery={"prune_fraction": 0.5, "reinit_control": True})
-    ws = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
+    ex = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
     entry = study.method("lottery")
     schedule = lottery_schedule(entry.options["prune_fraction"], 0.8)
     assert schedule == pytest.approx([0.5, 0.8])  # 0.75 -> 0.8 would be a sliver
-    level = ws.ensure(level_run(ws.ctx, entry, schedule, 0))
-    reinit = ws.ensure(reinit_run(ws.ctx, level))
+    level = ex.ensure(level_run(ex.ctx, entry, schedule, 0))
+    reinit = ex.ensure(reinit_run(ex.ctx, level))
     mask = load_mask(level.path / "mask.pt")
     assert sparsity_report(mask)["weight_sparsity"] == pytest.approx(0.8, abs=1e-3)
-    assert level_run(ws.ctx, entry, [0.5], 0).done
+    assert level_run(ex.ctx, entry, [0.5], 0).done
     # Pruned weights stay exactly zero after retraining, and masks are nested.
     trained = torch.load(level.path / "model.pt", weights_only=True)
-    previous = load_mask(level_run(ws.ctx, entry, [0.5], 0).path / "mask.pt")
+    previous = load_mask(level_run(ex.ctx, entry, [0.5], 0).path / "mask.pt")
     for name, m in mask.items():
         assert torch.all(trained[name][~m] == 0)
         assert not torch.any(m & ~previous[name])
     assert reinit.metrics()["weight_sparsity"] == pytest.approx(0.8, abs=1e-3)
-    again = STAGES["lottery"].runs(ws.ctx)
+    again = STAGES["lottery"].runs(ex.ctx)
     assert [r.path for r in again] == [level.path, reinit.path]
     assert all(r.done for r in again)
 
@@ -158,8 +158,8 @@ def test_lottery_level_starts_from_init_times_mask(tmp_path, monkeypatch):
     import prunebench.executor as runs
 
     study = tiny_study(lottery={"prune_fraction": 0.5, "reinit_control": False})
-    ws = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
-    init = torch.load(ws.ensure(dense_run(ws.ctx, 0)).path / "init.pt", weights_only=True)
+    ex = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
+    init = torch.load(ex.ensure(dense_run(ex.ctx, 0)).path / "init.pt", weights_only=True)
     starts = []
     real_train = runs.train
 
@@ -169,7 +169,7 @@ def test_lottery_level_starts_from_init_times_mask(tmp_path, monkeypatch):
         return real_train(model, data, cfg, **kw)
 
     monkeypatch.setattr(runs, "train", spy)
-    ws.ensure(level_run(ws.ctx, study.method("lottery"), lottery_schedule(0.5, 0.9), 0))
+    ex.ensure(level_run(ex.ctx, study.method("lottery"), lottery_schedule(0.5, 0.9), 0))
     assert len(starts) == 3
     for state, mask in starts:
         for name, m in mask.items():
@@ -179,12 +179,12 @@ def test_lottery_level_starts_from_init_times_mask(tmp_path, monkeypatch):
 
 def test_late_rewinding_uses_weights_at_iteration_k(tmp_path):
     study = tiny_study(lottery={"prune_fraction": 0.5, "rewind_iteration": 3})
-    ws = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
-    dense = ws.ensure(dense_run(ws.ctx, 0))
+    ex = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
+    dense = ex.ensure(dense_run(ex.ctx, 0))
     init = torch.load(dense.path / "init.pt", weights_only=True)
-    rewound = rewind_weights(ws, dense, 0, 3)
+    rewound = rewind_weights(ex, dense, 0, 3)
     assert any(not torch.equal(rewound[k], init[k]) for k in init)
-    assert all(torch.equal(rewound[k], v) for k, v in rewind_weights(ws, dense, 0, 3).items())
+    assert all(torch.equal(rewound[k], v) for k, v in rewind_weights(ex, dense, 0, 3).items())
 
 
 def test_lower_target_than_current_mask_is_an_error_not_a_revival():
@@ -206,11 +206,11 @@ def test_lottery_chains_share_the_levels_their_targets_name(tmp_path, written):
     targets = [written(i) for i in range(1, 6)]
     study = tiny_study(lottery={"prune_fraction": 0.2, "reinit_control": False})
     study = dataclasses.replace(study, sparsities=tuple(targets))
-    ws = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
-    runs = STAGES["lottery"].runs(ws.ctx)
+    ex = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
+    runs = STAGES["lottery"].runs(ex.ctx)
     assert [r.description["levels"] for r in runs] == [targets[:i] for i in range(1, 6)]
     for shorter, longer in zip(runs, runs[1:]):
-        assert longer.parents[0].path == shorter.path  # one run per level, shared
+        assert longer.spec.previous.path == shorter.path  # one run per level, shared
 
 
 @pytest.mark.parametrize("fraction, target, expected", [

@@ -369,15 +369,15 @@ def test_lottery_level_rewound_to_k_trains_k_to_the_end_at_the_uninterrupted_rat
         "methods": {"lottery": {"prune_fraction": 0.8, "rewind_iteration": k,
                                 "reinit_control": False}},
         "sparsities": [0.8], "seeds": [0]})
-    ws = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
-    dense = ws.ensure(dense_run(ws.ctx, 0))
-    rewind_weights(ws, dense, 0, k)  # the replay to k, before the rates are recorded
+    ex = Executor(StudyContext(study, tmp_path), "cpu", progress=False)
+    dense = ex.ensure(dense_run(ex.ctx, 0))
+    rewind_weights(ex, dense, 0, k)  # the replay to k, before the rates are recorded
     rates = []
     real_set_lr = loop.set_lr
     monkeypatch.setattr(loop, "set_lr", lambda opt, lr: (rates.append(lr), real_set_lr(opt, lr)))
-    ws.ensure(level_run(ws.ctx, study.method("lottery"), [0.8], 0))
+    ex.ensure(level_run(ex.ctx, study.method("lottery"), [0.8], 0))
 
-    steps = math.ceil(len(ws.data.train_y) / 128)
+    steps = math.ceil(len(ex.data.train_y) / 128)
     total = 2 * steps
     assert steps < k < total
     assert rates == pytest.approx([cosine_lr(0.05, t, total) for t in range(k, total)], rel=1e-12)

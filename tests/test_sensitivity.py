@@ -220,8 +220,8 @@ def test_cli_sensitivity_writes_curves_and_feeds_the_prune_job(tmp_path, monkeyp
 
 def test_val_batches_fall_back_to_a_training_slice_without_a_val_split(tmp_path):
     study = parse_study("tiny", {**TINY["studies"]["tiny"], "data": {"name": "digits", "val_size": 0}})
-    ws = Executor(StudyContext(study, tmp_path), "cpu")
-    assert len(ws.data.val_y) == 0
-    seen = torch.cat([y for _, y in ws.val_batches()()])
-    n = math.floor(0.1 * len(ws.data.train_y))
-    assert torch.equal(seen, ws.data.train_y[-n:])
+    ex = Executor(StudyContext(study, tmp_path), "cpu")
+    assert len(ex.data.val_y) == 0
+    seen = torch.cat([y for _, y in ex.val_batches()()])
+    n = math.floor(0.1 * len(ex.data.train_y))
+    assert torch.equal(seen, ex.data.train_y[-n:])

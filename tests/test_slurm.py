@@ -133,11 +133,31 @@ def cluster(tmp_path_factory):
         assert "running" not in _script(state, "status", env=env).stdout
 
 
-def copy_workflow(dest: Path) -> Path:
+def copy_workflow(dest: Path, study: dict = STUDY) -> Path:
     dest.mkdir(parents=True)
     shutil.copytree(ROOT / "workflow", dest / "workflow",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    (dest / "params.yaml").write_text(yaml.safe_dump(STUDY, sort_keys=False))
+    (dest / "params.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    return dest
+
+
+def byo_study() -> dict:
+    """The bring-your-own example (examples/byo: the user's model file, an image folder and
+    the plugin's own method), cut to one job per stage: its plugin must be imported by the
+    SLURM jobs themselves, on the compute side."""
+    params = yaml.safe_load((ROOT / "examples/byo/params.yaml").read_text())
+    study = params["studies"]["byo"]
+    study.update(methods={"taylor": {}}, sparsities=[0.5], seeds=[0], threads=THREADS,
+                 train={**study["train"], "epochs": 1}, finetune={"epochs": 1, "lr": 0.01})
+    return params
+
+
+def copy_byo(dest: Path) -> Path:
+    copy_workflow(dest, byo_study())
+    shutil.copytree(ROOT / "examples", dest / "examples",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "examples/byo/make_data.py", "--train", "30", "--test",
+                    "10"], cwd=dest, check=True, capture_output=True, timeout=120)
     return dest
 
 
@@ -201,6 +221,8 @@ def runs(cluster, tmp_path_factory):
     fit_profile(slurm, mem_mb)
     failing = copy_workflow(base / "failing")
     fit_profile(failing, mem_mb)
+    byo = copy_byo(base / "byo")
+    fit_profile(byo, mem_mb)
     (failing / "blocked").write_text("a file where the runs directory should be\n")
 
     profile = ["snakemake", "--profile", "workflow/profiles/slurm", *CLUSTER_ARGS]
@@ -209,11 +231,12 @@ def runs(cluster, tmp_path_factory):
                    *UNTIL], local),
         "slurm": ([*profile, *UNTIL, "--verbose"], slurm),
         "failing": ([*profile, *UNTIL, "--config", "runs_root=blocked"], failing),
+        "byo": ([*profile, *UNTIL], byo),
     }
     with ThreadPoolExecutor(len(commands)) as pool:
         futures = {name: pool.submit(_run, cmd, cwd, env) for name, (cmd, cwd) in commands.items()}
         results = {name: f.result() for name, f in futures.items()}
-    for name in ("slurm", "failing"):
+    for name in ("slurm", "failing", "byo"):
         run_id = re.search(r"SLURM run ID: (\S+)", results[name]["out"])
         assert run_id, results[name]["out"][-4000:]
         results[name]["run_id"] = run_id.group(1)
@@ -294,3 +317,19 @@ def test_failing_job_is_retried_and_reported(runs):
     # The reason, from the rule's log that the job wrote on the shared filesystem, is shown
     # (the workflow profile's show-failed-logs).
     assert "NotADirectoryError: [Errno 20] Not a directory: 'blocked/train/" in run["out"]
+
+
+def test_slurm_jobs_import_the_plugins_of_the_params(runs):
+    """The example's plugin registers its dataset and method; each SLURM job (a fresh
+    process on the node) imports it from the params file before it parses the study."""
+    run = runs["byo"]
+    assert run["rc"] == 0, _tail(run)
+    jobs = submitted(run["out"])
+    assert {rule: len(ids) for rule, ids in jobs.items()} == SLURM_JOBS, _tail(run)
+    assert all(job["state"] == "COMPLETED" for job in run["squeue"].values()), run["squeue"]
+    recovered = list((run["cwd"] / "results/runs/recover").glob("*/config.json"))
+    assert len(recovered) == 1
+    config = json.loads(recovered[0].read_text())
+    assert config["method"] == "taylor" and config["dataset"] == "byo_shapes"
+    assert set(config["config"]["parent"]["plugin"]) == {"examples/byo/plugin.py"}
+    assert config["model"] == "examples.byo.model:small_resnet"

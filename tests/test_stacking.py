@@ -65,9 +65,9 @@ def test_the_plan_keeps_one_job_per_grid_point_and_orders_each_stack_behind_its_
     assert [(j.stage, j.label, j.point, j.hash) for j in jobs] == [
         (j.stage, j.label, j.point, j.hash) for j in alone]
 
-    ws = StudyContext(load_study(write(tmp_path, params(max_members=4)), "tiny"), "runs")
+    ctx = StudyContext(load_study(write(tmp_path, params(max_members=4)), "tiny"), "runs")
     finetune = STAGES["finetune"]
-    stacked = stacks(finetune, ws, finetune.runs(ws))
+    stacked = stacks(finetune, ctx, finetune.runs(ctx))
     manifests = {path: j.manifest for j in jobs for path in j.runs}
     groups = {tuple(r.path for r in s) for s in stacked.values()}
     # Fine-tuning of masked networks stacks per method (2 seeds x 2 sparsities = 4 runs):
@@ -79,7 +79,7 @@ def test_the_plan_keeps_one_job_per_grid_point_and_orders_each_stack_behind_its_
     assert labels == {"global_magnitude", "random", "snip"}
     assert not any(r.stage == "distill" for s in stacked.values() for r in s)
     for group in groups:
-        seeds = [ws_run.spec.seed for ws_run in stacked[group[0]]]
+        seeds = [run.spec.seed for run in stacked[group[0]]]
         assert seeds == sorted(seeds)  # one seed's members together: they share batches
         leader = manifests[str(group[0])]
         leader_job = next(j for j in jobs if j.manifest == leader)
@@ -101,12 +101,12 @@ def test_the_plan_keeps_one_job_per_grid_point_and_orders_each_stack_behind_its_
 def test_a_small_memory_budget_makes_smaller_stacks_and_one_member_none(tmp_path):
     raw = params(max_members=8)
     study = load_study(write(tmp_path, raw), "tiny")
-    ws = StudyContext(study, "runs")
+    ctx = StudyContext(study, "runs")
     finetune = STAGES["finetune"]
-    big = {len(s) for s in stacks(finetune, ws, finetune.runs(ws)).values()}
+    big = {len(s) for s in stacks(finetune, ctx, finetune.runs(ctx)).values()}
     raw["studies"]["tiny"]["stack"]["memory_mb"] = 2  # room for two members of this MLP
-    small_ws = StudyContext(load_study(write(tmp_path, raw), "tiny"), "runs")
-    small = {len(s) for s in stacks(finetune, small_ws, finetune.runs(small_ws)).values()}
+    small_ctx = StudyContext(load_study(write(tmp_path, raw), "tiny"), "runs")
+    small = {len(s) for s in stacks(finetune, small_ctx, finetune.runs(small_ctx)).values()}
     assert big == {4} and small == {2}
     one = StudyContext(load_study(write(tmp_path, params(max_members=1)), "tiny"), "runs")
     assert stacks(finetune, one, finetune.runs(one)) == {}

@@ -45,8 +45,24 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointConfig:
+    """Pretrained weights the dense stage starts from instead of a fresh initialisation."""
+
+    path: str = field(metadata={"help": "a state dict saved with torch.save (relative to the project root)", "hash": False})
+    sha256: str = field(metadata={"help": "its SHA-256 (checked before loading); names the runs"})
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    name: str = field(default="mlp_digits", metadata={"help": "a registered model (prunebench.models)"})
+    name: str | None = field(default="mlp_digits", metadata={"help": "a registered model (prunebench.models, or one a plugin registers)"})
+    factory: str | None = field(default=None, metadata={"help": "instead of name: any importable function 'package.module:function' that returns an nn.Module (called with kwargs, plus num_classes and input_shape where it takes them)"})
+    kwargs: dict | None = field(default=None, metadata={"help": "constructor arguments passed to the model's factory"})
+    checkpoint: CheckpointConfig | None = field(default=None, metadata={"help": "{path, sha256}: start the dense model from these weights (the study's train recipe fine-tunes them; train.epochs: 0 keeps them)"})
+
+    @property
+    def label(self) -> str:
+        """What tables call the model: its registry name or its factory."""
+        return self.name if self.factory is None else self.factory
 
 
 @dataclass(frozen=True)

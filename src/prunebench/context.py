@@ -37,7 +37,9 @@ class StudyContext:
     def dense_arch(self) -> Arch:
         """The study's unpruned architecture, known without reading the data."""
         num_classes, input_shape = dataset_shape(self.study.data.name)
-        return Arch(self.study.model.name, num_classes, input_shape)
+        model = self.study.model
+        return Arch.of(model.name, num_classes, input_shape, factory=model.factory,
+                       kwargs=model.kwargs)
 
     @cached_property
     def dense_costs(self) -> dict[str, int]:

@@ -72,6 +72,11 @@ class Executor:
     def data(self) -> DataSplits:
         return load_data(self.study.data, self.device)
 
+    def device_for(self, name: str) -> torch.device:
+        """The device a stage asks for by name (the benchmark's own `device` setting):
+        claimed here, like the executor's own (a process keeps the GPU it claimed)."""
+        return resolve_device(name)
+
     # ------------------------------------------------------------------ models and data
 
     def new_model(self, seed: int) -> nn.Module:
@@ -80,9 +85,17 @@ class Executor:
         return self.dense_arch.build().to(self.device)
 
     def initialised(self, run: Run, seed: int) -> nn.Module:
-        """A fresh model of `seed`, saved as the run's `init.pt` (what rewinding and methods
-        applied at initialisation start from)."""
+        """The model dense training starts from, saved as the run's `init.pt` (what rewinding
+        and methods applied at initialisation start from): a fresh model of `seed`, or the
+        study's pretrained checkpoint (`model.checkpoint`, verified, then loaded)."""
         model = self.new_model(seed)
+        checkpoint = self.study.model.checkpoint
+        if checkpoint is not None:
+            from prunebench.models.checkpoint import load_pretrained
+
+            load_pretrained(model, checkpoint.path, checkpoint.sha256)
+            log.info("starting from the pretrained checkpoint %s (sha256 %s)", checkpoint.path,
+                     checkpoint.sha256[:12])
         atomic_torch_save(model.state_dict(), run.path / "init.pt")
         return model
 
@@ -163,9 +176,10 @@ class Executor:
                          " ".join(r.hash for r in todo))
                 STAGES[todo[0].stage].execute_stack(self, todo)
 
-    def train(self, run_dir: Path, model: nn.Module, recipe: TrainConfig, seed: int,
+    def train(self, run_dir: Path | None, model: nn.Module, recipe: TrainConfig, seed: int,
               mask: Mask | None = None, **kw) -> tuple[float, Any]:
-        """Train `model` with checkpoints in `run_dir` (resumable); (seconds, final state)."""
+        """Train `model` with checkpoints in `run_dir` (resumable; None: no files, as for a
+        replay up to a rewind point); (seconds, final state)."""
         start = time.perf_counter()
         state = train(model, self.data, recipe, seed=seed, mask=mask, run_dir=run_dir,
                       eval_batch_size=self.study.eval_batch_size, progress=self.progress, **kw)

@@ -7,16 +7,33 @@ Three registries use it, each named by the config key that selects from it:
 - `prunebench.pruning.METHODS` (key `method`): `PruningMethod` entries, `@register_method(...)`.
 
 Adding a model, a dataset or a method is one registration; nothing else lists the names.
+An entry registered while a plugin is imported (`prunebench.plugins`) remembers that plugin
+(`origin(name)`), so the runs that use it are named by the plugin's content too.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from contextvars import ContextVar
+from typing import Any, Generic, TypeVar
 
 from prunebench.errors import ConfigError
 
 T = TypeVar("T")
+
+_ORIGIN: ContextVar[Any] = ContextVar("prunebench_registry_origin", default=None)
+
+
+@contextlib.contextmanager
+def registering_from(origin: Any) -> Iterator[None]:
+    """Entries registered inside the block record `origin` (a plugin) as where they come
+    from; entries registered outside any such block are the package's own (origin None)."""
+    token = _ORIGIN.set(origin)
+    try:
+        yield
+    finally:
+        _ORIGIN.reset(token)
 
 
 class Registry(Generic[T]):
@@ -40,12 +57,20 @@ class Registry(Generic[T]):
         self.key = key
         self.sort = sort
         self._items: dict[str, T] = {}
+        self._origins: dict[str, Any] = {}
 
     def register(self, name: str, item: T) -> T:
         if name in self._items:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._items[name] = item
+        origin = _ORIGIN.get()
+        if origin is not None:
+            self._origins[name] = origin
         return item
+
+    def origin(self, name: str) -> Any:
+        """The plugin that registered `name`, or None for the package's own entries."""
+        return self._origins.get(name)
 
     def decorator(self, name: str) -> Callable[[T], T]:
         return lambda item: self.register(name, item)

@@ -18,7 +18,9 @@ structurally pruned, fine-tuned and distilled models all go through the same cod
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import json
 import logging
 import shutil
 from collections.abc import Iterator, Mapping
@@ -144,15 +146,35 @@ def _sha256(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Arch:
-    """How to rebuild a run's model: a registry model plus the structural edits applied."""
+    """How to rebuild a run's model: a registry model (or a factory) with its constructor
+    arguments, plus the structural edits applied. `kwargs_json` is the canonical JSON of the
+    arguments (a string, so the record stays hashable)."""
 
-    model: str
+    model: str | None
     num_classes: int
     input_shape: tuple[int, ...]
     edits: tuple[Mapping[str, Any], ...] = ()
+    factory: str | None = None
+    kwargs_json: str = ""
+
+    @staticmethod
+    def of(model: str | None, num_classes: int, input_shape: tuple[int, ...], *,
+           factory: str | None = None, kwargs: Mapping[str, Any] | None = None) -> Arch:
+        return Arch(model, num_classes, tuple(input_shape), factory=factory,
+                    kwargs_json=json.dumps(kwargs, sort_keys=True) if kwargs else "")
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return json.loads(self.kwargs_json) if self.kwargs_json else {}
 
     def build(self) -> nn.Module:
-        model = get_model(self.model, self.num_classes, self.input_shape)
+        if self.factory is not None:
+            from prunebench.models import build_from_factory
+
+            model = build_from_factory(self.factory, self.num_classes, self.input_shape,
+                                       self.kwargs)
+        else:
+            model = get_model(self.model, self.num_classes, self.input_shape, self.kwargs)
         if self.edits:
             from prunebench.structured import replay
 
@@ -160,14 +182,20 @@ class Arch:
         return model
 
     def to_json(self) -> dict:
-        return {"model": self.model, "num_classes": self.num_classes,
-                "input_shape": list(self.input_shape), "edits": [dict(e) for e in self.edits]}
+        out = {"model": self.model, "num_classes": self.num_classes,
+               "input_shape": list(self.input_shape), "edits": [dict(e) for e in self.edits]}
+        if self.factory is not None:
+            out["factory"] = self.factory
+        if self.kwargs_json:
+            out["kwargs"] = self.kwargs
+        return out
 
     @classmethod
     def read(cls, run_dir: Path) -> Arch:
         raw = read_json(Path(run_dir) / "arch.json")
-        return cls(raw["model"], raw["num_classes"], tuple(raw["input_shape"]),
-                   tuple(raw.get("edits", ())))
+        arch = cls.of(raw["model"], raw["num_classes"], tuple(raw["input_shape"]),
+                      factory=raw.get("factory"), kwargs=raw.get("kwargs"))
+        return dataclasses.replace(arch, edits=tuple(raw.get("edits", ())))
 
 
 def load_run_model(run_dir: str | Path, weights: str = "model.pt",

@@ -3,9 +3,10 @@
 A stage lists its runs (`Stage.runs`), each a `Run` whose `spec` says what kind of run it is
 and what it needs: the method entry, the seed, the target, and the runs it reads, each by
 name (`RecoverSpec(pruned=..., teacher=...)`), never by position. A run's parents are the
-`Run` fields of its spec, in field order. Recovery (`finetune` / `distill`) and control
-(`ticket` / `reinit`) are fields, written to the run's metadata (and so to the columns of
-`runs.csv`), never parts of a label.
+`Run` fields of its spec, in field order. Recovery (`finetune` / `distill`, a field of
+`RecoverSpec`) and control (`ticket` / `reinit`, a class attribute of `LevelSpec` and
+`ReinitSpec`) are written to the run's metadata (and so to the columns of `runs.csv`), never
+into a label.
 
 Specs say what a run is; they are not hashed. Everything that changes a run's result is in
 its description (`Run.description`), which names its directory.

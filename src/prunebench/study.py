@@ -17,6 +17,7 @@ from typing import Any
 
 from prunebench.config import (
     BenchmarkConfig,
+    CheckpointConfig,
     DataConfig,
     DistillConfig,
     MethodEntry,
@@ -36,11 +37,11 @@ from prunebench.options import options_schema
 STUDY_KEYS = (
     "data", "model", "train", "finetune", "scope", "methods", "sparsities", "seeds", "scale",
     "calibration_batches", "eval_batch_size", "channel_sparsities", "recover", "distill",
-    "benchmark", "threads", "stack",
+    "benchmark", "threads", "stack", "plugins",
 )
 MAX_STACK = 64
 SCALES = ("default", "paper", "smoke")
-TOP_KEYS = ("scale", "only", "runs_root", "gpus_per_job", "studies")
+TOP_KEYS = ("scale", "only", "runs_root", "gpus_per_job", "plugins", "studies")
 MAX_GPUS_PER_JOB = 8
 RECOVERY_VARIANTS = ("finetune", "distill")
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # study and method labels: safe in paths and shells
@@ -138,6 +139,9 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
     unknown = sorted(set(raw) - set(STUDY_KEYS), key=str)
     if unknown:
         raise ConfigError(f"unknown key {key}.{unknown[0]}; allowed: {', '.join(STUDY_KEYS)}")
+    from prunebench import plugins
+
+    plugins.load_all(raw.get("plugins"), f"{key}.plugins", entry_points=False)
     data = from_dict(DataConfig, raw.get("data"), f"{key}.data")
     if data.name not in DATASETS:
         raise ConfigError(f"unknown dataset {data.name!r} (key {key}.data.name); "
@@ -145,12 +149,9 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
     if (data.val_size < 0) or (isinstance(data.val_size, float) and data.val_size >= 1.0):
         raise ConfigError(f"{key}.data.val_size must be a fraction in [0, 1) or a count >= 0, "
                           f"got {data.val_size!r}")
-    model = from_dict(ModelConfig, raw.get("model"), f"{key}.model")
-    if model.name not in MODELS:
-        raise ConfigError(f"unknown model {model.name!r} (key {key}.model.name); "
-                          f"allowed: {', '.join(MODELS.names())}")
+    model = _model(raw.get("model"), f"{key}.model")
     train = from_dict(TrainConfig, raw.get("train"), f"{key}.train")
-    _check_train(train, f"{key}.train")
+    _check_train(train, f"{key}.train", allow_no_epochs=model.checkpoint is not None)
     finetune_raw = raw.get("finetune") or {}
     partial = from_dict(TrainConfig, finetune_raw, f"{key}.finetune")
     finetune = dataclasses.replace(train, **{k: getattr(partial, k) for k in finetune_raw})
@@ -198,6 +199,44 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
     return Study(name, data, model, train, finetune, scope, methods, sparsities, tuple(seeds),
                  scale, channel_sparsities=channel, recover=tuple(recover), distill=distill,
                  benchmark=benchmark, stack=stack, **extra)
+
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _model(raw: Any, key: str) -> ModelConfig:
+    """`model: {name | factory, kwargs, checkpoint}`, checked: the name is registered (or the
+    factory imports and is callable), the kwargs bind to its signature, and a checkpoint
+    names an existing file inside the project with a SHA-256."""
+    from prunebench.models import MODELS, check_model_kwargs, resolve_factory
+
+    raw = dict(raw or {})
+    checkpoint = raw.pop("checkpoint", None)
+    if "factory" in raw and "name" in raw:
+        raise ConfigError(f"{key}: give name (a registered model) or factory, not both")
+    model = from_dict(ModelConfig, raw, key)
+    if model.factory is not None:
+        model = dataclasses.replace(model, name=None)
+        fn = resolve_factory(model.factory, f"{key}.factory")
+    else:
+        fn = MODELS.get(model.name) if model.name in MODELS else None
+        if fn is None:
+            raise ConfigError(f"unknown model {model.name!r} (key {key}.name); "
+                              f"allowed: {', '.join(MODELS.names())}")
+    check_model_kwargs(fn, model.kwargs or {}, f"{key}.kwargs", factory=model.factory)
+    if checkpoint is not None:
+        ckpt = from_dict(CheckpointConfig, checkpoint, f"{key}.checkpoint")
+        if not SHA256.fullmatch(ckpt.sha256):
+            raise ConfigError(f"{key}.checkpoint.sha256 must be 64 lowercase hex digits, got "
+                              f"{ckpt.sha256!r}")
+        path = Path(ckpt.path)
+        if path.is_absolute() or ".." in path.parts:
+            raise ConfigError(f"{key}.checkpoint.path must be a relative path inside the "
+                              f"project, got {ckpt.path!r}")
+        if not path.is_file():
+            raise ConfigError(f"{key}.checkpoint.path {ckpt.path!r} not found")
+        model = dataclasses.replace(model, checkpoint=ckpt)
+    return model
 
 
 def _benchmark(raw: Any, key: str) -> BenchmarkConfig:
@@ -248,6 +287,11 @@ def validate_params(raw: Mapping[str, Any]) -> dict[str, Study]:
     studies = raw.get("studies")
     if not isinstance(studies, Mapping) or not studies:
         raise ConfigError("studies must be a non-empty mapping of study name -> study")
+    from prunebench import plugins
+
+    # Plugins first (installed packages', then the file's, then each study's as it is
+    # parsed), so every process that reads the params registers the same things in order.
+    plugins.load_all(raw.get("plugins"), "plugins")
     return {name: parse_study(name, study) for name, study in studies.items()}
 
 
@@ -293,6 +337,7 @@ def load_study(path: str | Path, name: str | None, overrides: Sequence[str] = ()
 def json_schema() -> dict:
     """JSON Schema of params.yaml (defaults documented), generated from the dataclasses and
     the methods' declared options."""
+    from prunebench.plugins import ENTRY_POINT_GROUP
     from prunebench.pruning import METHODS
 
     train = dataclass_schema(TrainConfig)
@@ -302,13 +347,26 @@ def json_schema() -> dict:
                "description": (METHODS.get(name).fn.__doc__ or "").strip().split("\n")[0]}
         for name in METHODS.names()
     }
+    plugins = {"type": "array", "items": {"type": "string"}, "default": [],
+               "description": "modules (`my_pkg.plugin`) or .py files inside the project "
+                              "(`plugins/mine.py`) imported before the studies are parsed; "
+                              "they register models, datasets and methods (installed packages "
+                              f"register through the entry-point group {ENTRY_POINT_GROUP!r})"}
+    model = dataclass_schema(ModelConfig)
+    model["properties"]["kwargs"] = {"type": ["object", "null"], "default": None,
+                                     "description": model["properties"]["kwargs"]["description"]}
+    model["properties"]["checkpoint"] = {
+        "anyOf": [dataclass_schema(CheckpointConfig), {"type": "null"}], "default": None,
+        "description": model["properties"]["checkpoint"]["description"]}
+    model["properties"]["checkpoint"]["anyOf"][0]["required"] = ["path", "sha256"]
     study = {
         "type": "object",
         "additionalProperties": False,
         "required": ["methods"],
         "properties": {
+            "plugins": plugins,
             "data": dataclass_schema(DataConfig),
-            "model": dataclass_schema(ModelConfig),
+            "model": model,
             "train": train,
             "finetune": {**train, "description": "overrides of `train` for retraining after pruning"},
             "scope": dataclass_schema(ScopeConfig),
@@ -351,6 +409,7 @@ def json_schema() -> dict:
                                {"type": "null"}], "default": None,
                      "description": "run only these studies, whatever their scale"},
             "runs_root": {"type": "string", "default": "results/runs"},
+            "plugins": plugins,
             "gpus_per_job": {"type": "integer", "minimum": 0, "maximum": MAX_GPUS_PER_JOB,
                              "default": 0,
                              "description": "GPUs each workflow job asks for (the `gpu` "

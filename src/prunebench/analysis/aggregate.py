@@ -827,9 +827,31 @@ def read_tables(tables_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             raise ConfigError(f"{str(path)!r} is empty") from None
         if frame.empty:
             raise ConfigError(f"{str(path)!r} has no rows")
-        missing = [c for c in ("recovery", "control", "series") if c not in frame]
-        if missing:
-            raise ConfigError(f"{str(path)!r} has no {', '.join(missing)} column (written by "
-                              "an older prunebench): run `prunebench aggregate` again")
-        frames.append(frame)
+        if "recovery" not in frame:
+            raise ConfigError(f"{str(path)!r} has no recovery column: not a table of "
+                              "`prunebench aggregate`")
+        frames.append(upgrade_legacy_table(frame))
     return frames[0], frames[1]
+
+
+def upgrade_legacy_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """A runs or summary table written before the `control` and `series` columns, in the
+    current shape (the committed tables of earlier studies are such tables): the old label
+    was the series name; the control comes from the old method (`lottery` -> ticket,
+    `lottery_reinit` -> reinit), and the label loses the suffix its own recovery or control
+    added (`normalise_legacy_record`). A current table is returned unchanged."""
+    if "control" in frame and "series" in frame:
+        return frame
+    records = []
+    for row in frame.to_dict("records"):
+        kind = {"lottery": "lottery", "lottery_reinit": "lottery_reinit"}.get(row.get("method"))
+        new = normalise_legacy_record({**row, "kind": kind})
+        records.append({"control": new["control"], "label": new["label"],
+                        "method": new["method"], "series": row["label"]})
+    fixed = frame.copy()
+    for column in ("label", "method"):
+        fixed[column] = [r[column] for r in records]
+    at = list(fixed.columns).index("recovery") + 1
+    fixed.insert(at, "control", [r["control"] for r in records])
+    fixed.insert(at + 1, "series", [r["series"] for r in records])
+    return fixed

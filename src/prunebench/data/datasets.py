@@ -1,13 +1,18 @@
 """Datasets as whole tensors with a fixed train/val/test split, normalised and ready to slice.
 
-Every dataset is small enough to live on the training device, so batches are index slices
-(see batching.py) and there is no DataLoader. The validation set is carved out of the
-training set with a fixed seed, independent of the run seed, so every run of a benchmark
-selects models on the same samples and the test set is never looked at during training.
+Every built-in dataset is small enough to live on the training device, so batches are index
+slices (see batching.py) and there is no DataLoader (a generic dataset too large for memory can
+stream instead: see streaming.py). The validation set is carved out of the training set with
+a fixed seed, independent of the run seed, so every run of a benchmark selects models on the
+same samples and the test set is never looked at during training.
 
-`DATASETS` is the `Registry` (key data.name) of `Dataset` entries: each knows its class count
-and image shape without reading a file, and how to fetch, cache and normalise its splits.
-`register_dataset(Dataset(...))` adds one; `load_dataset` and `dataset_shape` look them up.
+`DATASETS` is the `Registry` (key data.name) of dataset entries: each knows its class count
+and input shape without reading the data (`shape()`), and how to fetch, cache and normalise
+its splits (`load()`). The built-in ones are `Dataset`s (fixed files, fixed statistics); the
+generic formats (an image folder, NumPy arrays: see `prunebench.data.generic`) are
+`FileDataset`s made by `image_folder(...)` and `numpy_arrays(...)`. Both satisfy
+`DatasetEntry`. `register_dataset(entry)` adds one; `load_dataset`, `dataset_shape` and
+`dataset_fingerprint` look them up.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -46,7 +52,11 @@ LoadRaw = Callable[[Path, Path | None, bool], RawSplits]
 
 @dataclass
 class DataSplits:
-    """One dataset on one device: float32 normalised images (N, C, H, W), int64 labels."""
+    """One dataset on one device: float32 normalised inputs (N, *input_shape), int64 labels.
+
+    input_shape is (C, H, W) for images; generic NumPy datasets may have any rank ((T,) for a
+    sequence, (C, T), ...).
+    """
 
     name: str
     num_classes: int
@@ -69,6 +79,31 @@ class DataSplits:
         if name not in SPLITS:
             raise ConfigError(f"unknown split {name!r}; allowed: {', '.join(SPLITS)}")
         return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
+
+
+@runtime_checkable
+class DatasetEntry(Protocol):
+    """What `DATASETS` holds and the pipeline uses: a name, the shape for planning, the
+    splits for running, and a content fingerprint for run identity (None: the name is the
+    identity, as for the built-in datasets)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def shape(self) -> tuple[int, tuple[int, ...]]: ...
+
+    def load(
+        self,
+        root: str | os.PathLike = "data",
+        *,
+        mirror: str | os.PathLike | None = None,
+        download: bool = True,
+        val_size: float | int = 0.1,
+        device: str | torch.device = "cpu",
+        augment: bool | None = None,
+    ) -> DataSplits: ...
+
+    def fingerprint(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -107,6 +142,10 @@ class Dataset:
         """(number of classes, input shape), without reading any data."""
         return self.num_classes, self.input_shape
 
+    def fingerprint(self) -> str | None:
+        """None: a built-in dataset's files are fixed by their MD5s, so its name is its identity."""
+        return None
+
     def load(
         self,
         root: str | os.PathLike = "data",
@@ -124,7 +163,7 @@ class Dataset:
         if tuple(raw.train_x.shape[1:]) != self.input_shape:
             raise ValueError(f"dataset {self.name!r}: images of shape "
                              f"{tuple(raw.train_x.shape[1:])}, expected {self.input_shape}")
-        train_idx, val_idx = _val_split(len(raw.train_y), val_size)
+        train_idx, val_idx = val_split(len(raw.train_y), val_size)
         return DataSplits(
             name=self.name,
             num_classes=self.num_classes,
@@ -139,14 +178,7 @@ class Dataset:
         )
 
     def _augmentation(self, augment: bool | None) -> str | None:
-        if augment is None:
-            return self.augment
-        if not isinstance(augment, bool):
-            raise ConfigError(f"data.augment must be true, false or null; got {augment!r}")
-        if augment and self.augment is None:
-            raise ConfigError(f"dataset {self.name!r} has no augmentation (key data.augment); "
-                              "allowed: false or null")
-        return self.augment if augment else None
+        return resolve_augmentation(self.name, self.augment, augment)
 
     def _normalise(self, images: Tensor) -> Tensor:
         """Standardise per channel with the dataset's fixed statistics (never the batch's)."""
@@ -155,17 +187,42 @@ class Dataset:
         return (images.float() / self.scale - mean) / std
 
 
-DATASETS: Registry[Dataset] = Registry("dataset", "data.name", sort=False)
+def resolve_augmentation(name: str, default: str | None, augment: bool | None) -> str | None:
+    """The augmentation a load uses: the dataset's `default` unless data.augment (`augment`)
+    turns it off, or asks for one the dataset does not have (a ConfigError)."""
+    if augment is None:
+        return default
+    if not isinstance(augment, bool):
+        raise ConfigError(f"data.augment must be true, false or null; got {augment!r}")
+    if augment and default is None:
+        raise ConfigError(f"dataset {name!r} has no augmentation (key data.augment); "
+                          "allowed: false or null")
+    return default if augment else None
 
 
-def register_dataset(entry: Dataset) -> Dataset:
-    """Add `entry` to `DATASETS` under `entry.name` (a name registered twice is a ValueError)."""
+DATASETS: Registry[DatasetEntry] = Registry("dataset", "data.name", sort=False)
+
+_Entry = TypeVar("_Entry", bound=DatasetEntry)
+
+
+def register_dataset(entry: _Entry) -> _Entry:
+    """Add `entry` (a `Dataset`, or a `FileDataset` from `image_folder`/`numpy_arrays`) to
+    `DATASETS` under `entry.name` (a name registered twice is a ValueError)."""
     return DATASETS.register(entry.name, entry)
 
 
 def dataset_shape(name: str) -> tuple[int, tuple[int, ...]]:
     """(number of classes, input shape) of a dataset, without reading it (for planning)."""
     return DATASETS.get(name).shape()
+
+
+def dataset_fingerprint(entry: str | DatasetEntry) -> str | None:
+    """A short content hash of a dataset (by name or entry), for run identity: None for the
+    built-in datasets (their name is their identity); for a generic one, a hash of its files'
+    contents and its loading options, computed once and cached next to the data."""
+    if isinstance(entry, str):
+        entry = DATASETS.get(entry)
+    return entry.fingerprint()
 
 
 def load_dataset(
@@ -188,7 +245,7 @@ def load_dataset(
                                    device=device, augment=augment)
 
 
-def _val_split(n: int, val_size: float | int) -> tuple[Tensor, Tensor]:
+def val_split(n: int, val_size: float | int) -> tuple[Tensor, Tensor]:
     """Sorted train and validation indices from a permutation fixed by VAL_SPLIT_SEED."""
     n_val = _val_count(n, val_size)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))

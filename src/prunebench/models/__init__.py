@@ -7,6 +7,15 @@ Every model registers its layers in forward order, so the Conv2d/Linear modules 
 """
 
 from prunebench.models import conv, digits, lenet, resnet, vgg  # noqa: F401  (registration)
-from prunebench.models.registry import MODELS, get_model, model_names, register_model
+from prunebench.models.registry import (
+    MODELS,
+    build_from_factory,
+    check_model_kwargs,
+    get_model,
+    model_names,
+    register_model,
+    resolve_factory,
+)
 
-__all__ = ["MODELS", "get_model", "model_names", "register_model"]
+__all__ = ["MODELS", "build_from_factory", "check_model_kwargs", "get_model", "model_names",
+           "register_model", "resolve_factory"]

@@ -4,17 +4,26 @@ Recognition of Handwritten Digits"): fast enough to run the whole benchmark on a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
+from prunebench.errors import ConfigError
 from prunebench.models.init import init_weights
 from prunebench.models.lenet import mlp
 from prunebench.models.registry import register_model, shape_error
 
 
 @register_model("mlp_digits")
-def mlp_digits(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
-    """Flatten -> 128 -> 64 -> classes, ReLU (17,226 parameters on digits, 10 classes)."""
-    return mlp(input_shape, (128, 64), num_classes)
+def mlp_digits(num_classes: int, input_shape: tuple[int, ...],
+               hidden: Sequence[int] = (128, 64)) -> nn.Module:
+    """Flatten -> 128 -> 64 -> classes, ReLU (17,226 parameters on digits, 10 classes);
+    `hidden` (`model.kwargs`) sets the hidden widths."""
+    if not hidden or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0
+                             for h in hidden):
+        raise ConfigError(f"model 'mlp_digits' (key model.kwargs.hidden) needs a non-empty "
+                          f"list of positive widths, got {hidden!r}")
+    return mlp(input_shape, tuple(hidden), num_classes)
 
 
 def _cnn(name: str, num_classes: int, input_shape: tuple[int, ...], batch_norm: bool) -> nn.Module:

@@ -46,7 +46,7 @@ class PruneContext:
     # Held-out batches for methods that evaluate candidate masks (the validation split).
     val_batches: Batches | None = None
     input_shape: tuple[int, ...] | None = None  # one example's shape, for data-free methods
-    # Rows of the dense model's sensitivity run (methods with uses_sensitivity).
+    # Rows of the dense model's sensitivity run (methods with a `sensitivity_sweep` hook).
     sensitivity: Sequence[Mapping[str, Any]] | None = None
 
     @property

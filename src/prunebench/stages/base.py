@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from prunebench import plugins
 from prunebench.config import MethodEntry, TrainConfig
 from prunebench.context import StudyContext
 from prunebench.pruning import METHODS, PruningMethod
@@ -88,10 +89,12 @@ def target_meta(method: PruningMethod, target: float) -> dict[str, float | None]
 
 def base_meta(ctx: StudyContext, seed: int) -> dict[str, Any]:
     """What every run's `config.json` says of it besides its description: `label` is the
-    study's method label (never with a suffix); `recovery` (finetune, distill) and `control`
-    (ticket, reinit) are their own keys, and so their own columns of `runs.csv`."""
+    study's method label; `recovery` (finetune, distill) and `control` (ticket, reinit) are
+    their own keys, and so their own columns of `runs.csv`, never parts of the label. (A
+    method's own pretraining run, never a result, is labelled `<label>_pretrain`: the
+    readable name of its job.)"""
     s = ctx.study
-    return {"study": s.name, "dataset": s.data.name, "model": s.model.name, "method": DENSE,
+    return {"study": s.name, "dataset": s.data.name, "model": s.model.label, "method": DENSE,
             "label": DENSE, "target_sparsity": 0.0, "channel_sparsity": None,
             "recovery": None, "control": None, "seed": seed, "data": dataclasses.asdict(s.data),
             "result": True}
@@ -105,7 +108,53 @@ def dense_description(ctx: StudyContext, recipe: TrainConfig, seed: int) -> dict
     desc = {"data": s.data, "model": s.model, "train": recipe, "seed": seed}
     if s.threads != 1:
         desc["threads"] = s.threads
+    code = user_code(ctx)
+    if code:  # the user's own model or data code names the runs (none: the package's own)
+        desc["code"] = code
     return desc
+
+
+def user_code(ctx: StudyContext) -> dict[str, Any]:
+    """The identity of the user's code and data a study's dense model depends on: the
+    plugins that registered its model or dataset (their content hashes), the source of a
+    model factory inside the project, and the content fingerprint of a file dataset (an
+    image folder, NumPy arrays). Empty for the package's own models and datasets."""
+    from prunebench.data import DATASETS, dataset_fingerprint
+    from prunebench.models import MODELS
+
+    model = ctx.study.model
+    code: dict[str, Any] = {}
+    data = dataset_fingerprint(ctx.study.data.name)  # None for the package's own datasets
+    if data is not None:
+        code["data"] = data
+    origins = [DATASETS.origin(ctx.study.data.name)]
+    if model.factory is None:
+        origins.append(MODELS.origin(model.name))
+    else:
+        code["factory"] = factory_identity(model.factory)
+    found = plugins.identity(*origins)
+    if found:
+        code["plugins"] = found
+    return code
+
+
+def factory_identity(spec: str) -> dict[str, str]:
+    """A model factory's identity: the SHA-256 of its module's source where that is inside
+    the project (the user's own file), else the version of the package it comes from."""
+    import importlib
+    import importlib.metadata
+    from pathlib import Path
+
+    module = importlib.import_module(spec.split(":")[0])
+    sources = plugins.module_sources(module)
+    root = Path.cwd().resolve()
+    if sources and all(root in Path(f).resolve().parents for f in sources):
+        return {"sha256": plugins.source_hash(sources)}
+    top = module.__name__.split(".")[0]
+    try:
+        return {"package": top, "version": importlib.metadata.version(top)}
+    except importlib.metadata.PackageNotFoundError:
+        return {"package": top, "version": str(getattr(module, "__version__", "unknown"))}
 
 
 def dense_run(ctx: StudyContext, seed: int) -> Run:
@@ -135,4 +184,8 @@ def pretrained_run(ctx: StudyContext, entry: MethodEntry, seed: int) -> Run:
 def method_description(entry: MethodEntry) -> dict[str, Any]:
     """A method as a run's description names it: options equal to their defaults are left
     out, so adding an option with a default keeps old run names valid."""
-    return {"method": entry.method, "options": method_of(entry).hashed_options(entry.options)}
+    desc = {"method": entry.method, "options": method_of(entry).hashed_options(entry.options)}
+    plugin = plugins.identity(METHODS.origin(entry.method))
+    if plugin:  # a method from a plugin: its source names the runs
+        desc["plugin"] = plugin
+    return desc

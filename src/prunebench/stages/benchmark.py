@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prunebench.context import StudyContext
-from prunebench.devices import resolve_device
 from prunebench.io import atomic_write_json
 from prunebench.metrics import benchmark_model
 from prunebench.metrics.timing import paired_speedup
@@ -89,7 +88,7 @@ class BenchmarkStage(Stage):
     def execute(self, ex: Executor, run: Run) -> None:
         spec: BenchmarkSpec = run.spec
         cfg = ex.study.benchmark
-        device = resolve_device(cfg.device)
+        device = ex.device_for(cfg.device)
         result = spec.result
         model, arch = ex.load(result)
         mask_file = Path(result.path) / "mask.pt"

@@ -22,7 +22,6 @@ from prunebench.pruning import PruneContext, apply_mask, load_mask
 from prunebench.runs import Run, seeded
 from prunebench.specs import LevelSpec, ReinitSpec
 from prunebench.stages.base import Stage, dense_run, method_description, method_of, targets
-from prunebench.training import train
 
 if TYPE_CHECKING:
     from prunebench.executor import Executor
@@ -52,15 +51,17 @@ def level_run(ctx: StudyContext, entry, schedule: list[float], seed: int) -> Run
     desc = {"parent": dense.description, "scope": ctx.study.scope, **method_description(entry),
             "levels": list(schedule)}
     meta = {**dense.meta, "method": entry.method, "label": entry.label,
-            "target_sparsity": schedule[-1], "level": len(schedule), "control": "ticket"}
+            "target_sparsity": schedule[-1], "level": len(schedule),
+            "control": LevelSpec.control}
     return Run(ctx.root, "lottery", desc, meta, stage="lottery", label=entry.label,
                spec=LevelSpec(seed=seed, entry=entry, target=schedule[-1], level=len(schedule),
                               previous=previous, dense=dense))
 
 
 def reinit_run(ctx: StudyContext, ticket: Run) -> Run:
-    spec: LevelSpec = ticket.spec
-    meta = {**ticket.meta, "control": "reinit"}
+    spec = ticket.spec
+    assert isinstance(spec, LevelSpec), f"a control is of a lottery ticket, not {spec!r}"
+    meta = {**ticket.meta, "control": ReinitSpec.control}
     return Run(ctx.root, "lottery_reinit", {"level": ticket.description}, meta, stage="lottery",
                label=ticket.label,
                spec=ReinitSpec(seed=spec.seed, entry=spec.entry, target=spec.target,
@@ -76,8 +77,7 @@ def rewind_weights(ex: Executor, dense: Run, seed: int, iteration: int) -> dict:
     replay = Path(ex.ctx.root) / "rewind" / f"{dense.hash}-iter{iteration}.pt"
     if not replay.exists():
         model, _ = ex.load(dense, "init.pt")
-        train(model, ex.data, ex.study.train, seed=seed, stop_at_iteration=iteration,
-              progress=ex.progress)
+        ex.train(None, model, ex.study.train, seed, stop_at_iteration=iteration)
         atomic_torch_save(model.state_dict(), replay)
     return load_tensors(replay)
 

@@ -41,6 +41,13 @@ def during_training_run(ctx: StudyContext, entry, sparsity: float, seed: int) ->
                spec=DuringTrainingSpec(seed=seed, entry=entry, target=sparsity, init=parent))
 
 
+def _start(ex: Executor) -> dict[str, str]:
+    """What a dense run started from, when not a fresh initialisation: `pretrained` names the
+    checkpoint's SHA-256 (a column of runs.csv, so the dense row says it was loaded)."""
+    checkpoint = ex.study.model.checkpoint
+    return {} if checkpoint is None else {"pretrained": checkpoint.sha256}
+
+
 class TrainStage(Stage):
     name = kind = "train"
     help = "train the dense models, pretraining runs and during-training pruning"
@@ -62,7 +69,10 @@ class TrainStage(Stage):
     def stack_recipe(self, ctx: StudyContext, run: Run):
         """Dense and pretraining runs stack (seeds apart, each with its own data order);
         pruning during training changes masks mid-run and trains alone."""
-        return None if isinstance(run.spec, DuringTrainingSpec) else run.description["train"]
+        recipe = run.description["train"]
+        if isinstance(run.spec, DuringTrainingSpec) or not recipe.epochs:
+            return None
+        return recipe
 
     def execute(self, ex: Executor, run: Run) -> None:
         spec = run.spec
@@ -72,14 +82,14 @@ class TrainStage(Stage):
         log.info("dense training %s (seed %d)", run.hash, spec.seed)
         model = ex.initialised(run, spec.seed)
         elapsed, _ = ex.train(run.path, model, run.description["train"], spec.seed)
-        ex.finish(run, model, ex.dense_arch, None, {"train_time_s": elapsed})
+        ex.finish(run, model, ex.dense_arch, None, {"train_time_s": elapsed, **_start(ex)})
 
     def execute_stack(self, ex: Executor, runs: list[Run]) -> None:
         models = [ex.initialised(run, run.spec.seed) for run in runs]
         share = ex.train_stack(runs, models, runs[0].description["train"], [None] * len(runs))
         for run, model in zip(runs, models):
             ex.finish(run, model, ex.dense_arch, None,
-                      {"train_time_s": share, "stack_members": len(runs)})
+                      {"train_time_s": share, "stack_members": len(runs), **_start(ex)})
 
     @staticmethod
     def _during_training(ex: Executor, run: Run, spec: DuringTrainingSpec) -> None:

@@ -214,13 +214,24 @@ class MemberBatches:
             index, device=data.train_x.device)
         self.k = len(seeds)
 
+    def _batches(self, generator: torch.Generator):
+        """One seed's batches of an epoch: from the tensors in memory, or, for a streamed
+        dataset (`prunebench.data.streaming.SampleSet`), read by DataLoader workers. Both
+        draw the same order and augmentation from `generator`, so they are the same
+        batches, and a resumed run skips to the same place."""
+        from prunebench.data.streaming import SampleSet, stream_batches
+
+        if isinstance(self.data.train_x, SampleSet):
+            return stream_batches(self.data.train_x, self.data.train_y, self.batch_size,
+                                  shuffle=True, generator=generator, augment=self.data.augment)
+        return iterate_batches(self.data.train_x, self.data.train_y, self.batch_size,
+                               shuffle=True, generator=generator, augment=self.data.augment)
+
     def epoch(self, epoch: int, skip: int) -> Iterator[tuple[Tensor, bool, Tensor]]:
         """(x, shared, y) per step from step `skip` on: x is (B, ...) when every member
         reads the same batch (shared), else (K, B, ...); y is (K, B). The skipped batches
         are drawn all the same (augmentation draws from the epoch's generator)."""
-        streams = [iterate_batches(self.data.train_x, self.data.train_y, self.batch_size,
-                                   shuffle=True, generator=epoch_generator(seed, epoch),
-                                   augment=self.data.augment) for seed in self.seeds]
+        streams = [self._batches(epoch_generator(seed, epoch)) for seed in self.seeds]
         for step, batches in enumerate(zip(*streams)):
             if step < skip:
                 continue

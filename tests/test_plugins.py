@@ -1,0 +1,223 @@
+"""Bring your own model, method and checkpoint (issue #22): plugins named in the params file
+or installed as entry points, `model.kwargs`, `model.factory`, `model.checkpoint`. Every
+check runs the real CLI in a project directory the test makes (plugins are imported once per
+process, as in every job), so what a plugin registers, and the run names it gives, are those
+a user's processes see."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+BIN = Path(sys.executable).parent
+
+PLUGIN = '''
+from torch import nn
+from prunebench.models import register_model
+from prunebench.pruning import register_method, global_topk_mask
+from prunebench.pruning.magnitude import magnitude_scores
+
+
+@register_model("tiny_mlp")
+def tiny_mlp(num_classes, input_shape, width=16):
+    n = 1
+    for d in input_shape:
+        n *= d
+    return nn.Sequential(nn.Flatten(), nn.Linear(n, width), nn.ReLU(), nn.Linear(width, num_classes))
+
+
+@register_method("squared_magnitude", when="trained")
+def squared_magnitude(ctx, sparsity):
+    scores = {k: v ** 2 for k, v in magnitude_scores(ctx).items()}
+    return global_topk_mask(scores, sparsity, ctx.mask)
+'''
+
+FACTORY = '''
+from torch import nn
+
+
+def net(num_classes, width=8):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, num_classes))
+'''
+
+
+def study(**over) -> dict:
+    s = {
+        "data": {"name": "digits", "val_size": 0.1},
+        "model": {"name": "tiny_mlp", "kwargs": {"width": 12}},
+        "train": {"optimizer": "sgd", "lr": 0.05, "epochs": 1, "batch_size": 64},
+        "finetune": {"epochs": 1, "lr": 0.01},
+        "methods": {"squared_magnitude": {}, "global_magnitude": {}},
+        "sparsities": [0.5],
+        "recover": ["finetune"],
+        "benchmark": {"batch_sizes": [1], "min_time_s": 0.01},
+        "seeds": [0],
+    }
+    s.update(over)
+    return s
+
+
+def project(tmp_path: Path, params: dict, plugin: str = PLUGIN) -> Path:
+    (tmp_path / "plugins").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "plugins" / "mine.py").write_text(plugin)
+    (tmp_path / "mymodels.py").write_text(FACTORY)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return tmp_path
+
+
+def cli(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "prunebench"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
+def plan(cwd: Path) -> dict[tuple[str, str], list[dict]]:
+    out = cli(cwd, "plan")
+    assert out.returncode == 0, out.stderr
+    jobs: dict[tuple[str, str], list[dict]] = {}
+    for job in map(json.loads, out.stdout.splitlines()):
+        jobs.setdefault((job["stage"], job["label"]), []).append(job)
+    return jobs
+
+
+def params(**study_over) -> dict:
+    return {"plugins": ["plugins/mine.py"], "studies": {"s": study(**study_over)}}
+
+
+def test_a_plugin_registers_a_model_and_a_method_and_names_their_runs(tmp_path):
+    work = project(tmp_path, params())
+    before = plan(work)
+    assert ("prune", "squared_magnitude") in before and ("train", "dense") in before
+    # Editing the plugin reruns what uses what it registers: the model is the plugin's, so
+    # every run changes name; a comment is an edit too (the source is the identity).
+    (work / "plugins" / "mine.py").write_text(PLUGIN + "\n# edited\n")
+    after = plan(work)
+    for key, jobs in before.items():
+        assert [j["hash"] for j in jobs] != [j["hash"] for j in after[key]], key
+
+
+def test_a_plugin_method_on_a_builtin_model_renames_only_its_own_runs(tmp_path):
+    work = project(tmp_path, params(model={"name": "mlp_digits"}))
+    before = plan(work)
+    (work / "plugins" / "mine.py").write_text(PLUGIN + "\n# edited\n")
+    after = plan(work)
+    for key, jobs in before.items():
+        changed = [j["hash"] for j in jobs] != [j["hash"] for j in after[key]]
+        # The plugin method's runs (and their benchmarks) change; the rest keep their names.
+        assert changed == (key[1] == "squared_magnitude"), key
+
+
+def test_plugin_runs_end_to_end_and_the_model_takes_its_kwargs(tmp_path):
+    work = project(tmp_path, params())
+    out = cli(work, "finetune", "--method", "squared_magnitude", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    run = json.loads(out.stdout.splitlines()[-1])
+    config = json.loads((work / run["path"] / "config.json").read_text())
+    assert config["config"]["parent"]["plugin"]["plugins/mine.py"] == hashlib.sha256(
+        b"mine.py\0" + PLUGIN.encode() + b"\0").hexdigest()
+    arch = json.loads((work / run["path"] / "arch.json").read_text())
+    assert arch["model"] == "tiny_mlp" and arch["kwargs"] == {"width": 12}
+    state = torch.load(work / run["path"] / "model.pt", weights_only=True)
+    assert state["1.weight"].shape == (12, 64)  # width 12, 8x8 digits flattened
+    assert (state["1.weight"] == 0).float().mean() > 0.4  # the plugin's method pruned it
+
+
+@pytest.mark.parametrize("plugins, message", [
+    (["plugins/missing.py"], "plugins[0]: plugin file 'plugins/missing.py' not found"),
+    (["no_such_module_xyz"], "plugins[0]: cannot import plugin 'no_such_module_xyz'"),
+    (["plugins/mine.py", "plugins/broken.py"],
+     "plugins[1]: plugin 'plugins/broken.py' failed on import: ZeroDivisionError"),
+    ("plugins/mine.py", "plugins must be a list"),
+])
+def test_a_missing_or_failing_plugin_is_refused_in_one_line(tmp_path, plugins, message):
+    work = project(tmp_path, {**params(), "plugins": plugins})
+    (work / "plugins" / "broken.py").write_text("x = 1 / 0\n")
+    for args in (["plan"], ["train", "--no-progress"]):
+        out = cli(work, *args)
+        assert out.returncode == 2, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], out.stderr
+    assert not (work / "results").exists()
+
+
+def test_a_study_names_its_own_plugins(tmp_path):
+    raw = {"studies": {"s": {**study(), "plugins": ["plugins/mine.py"]}}}
+    out = cli(project(tmp_path, raw), "plan")
+    assert out.returncode == 0, out.stderr
+
+
+def test_an_installed_package_registers_through_its_entry_point(tmp_path):
+    """A distribution on the path that declares `prunebench.plugins` is imported by every
+    process, with no `plugins:` key at all."""
+    site = tmp_path / "site"
+    (site / "byo_pkg").mkdir(parents=True)
+    (site / "byo_pkg" / "__init__.py").write_text(PLUGIN)
+    info = site / "byo_pkg-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: byo_pkg\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[prunebench.plugins]\nbyo = byo_pkg\n")
+    work = project(tmp_path / "work", {"studies": {"s": study()}})
+    assert cli(work, "plan").returncode == 2  # tiny_mlp is nobody's without the package
+    out = cli(work, "plan", env={"PYTHONPATH": str(site)})
+    assert out.returncode == 0, out.stderr
+
+
+def test_model_kwargs_a_factory_and_their_errors(tmp_path):
+    work = project(tmp_path, params(model={"factory": "mymodels:net", "kwargs": {"width": 5}}))
+    out = cli(work, "train", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    run = json.loads(out.stdout.splitlines()[-1])
+    assert run["model"] == "mymodels:net"
+    config = json.loads((work / run["path"] / "config.json").read_text())["config"]
+    source = (work / "mymodels.py").read_bytes()
+    assert config["code"]["factory"]["sha256"] == hashlib.sha256(
+        b"mymodels.py\0" + source + b"\0").hexdigest()
+    assert torch.load(work / run["path"] / "model.pt", weights_only=True)["1.weight"].shape == (5, 64)
+    for model, message in [
+        ({"name": "tiny_mlp", "kwargs": {"depth": 3}}, "studies.s.model.kwargs: got an unexpected"),
+        ({"factory": "mymodels:nope"}, "studies.s.model.factory 'mymodels:nope': module"),
+        ({"factory": "timm_is_not_here:create_model"}, "cannot import 'timm_is_not_here'"),
+        ({"factory": "mymodels.net"}, "must look like 'package.module:function'"),
+        ({"name": "tiny_mlp", "factory": "mymodels:net"}, "give name (a registered model) or"),
+    ]:
+        (work / "params.yaml").write_text(yaml.safe_dump(params(model=model)))
+        out = cli(work, "plan")
+        assert out.returncode == 2 and message in out.stderr, (model, out.stderr)
+
+
+def test_a_pretrained_checkpoint_is_verified_loaded_and_names_the_dense_run(tmp_path):
+    from prunebench.models import get_model
+
+    torch.manual_seed(123)
+    model = get_model("mlp_digits", 10, (1, 8, 8))
+    (tmp_path / "weights").mkdir()
+    path = tmp_path / "weights" / "pre.pt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    keep = {"optimizer": "sgd", "lr": 0.05, "epochs": 0, "batch_size": 64}
+    ckpt = {"name": "mlp_digits", "checkpoint": {"path": "weights/pre.pt", "sha256": sha}}
+    work = project(tmp_path, params(model=ckpt, train=keep))
+    out = cli(work, "train", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    run = json.loads(out.stdout.splitlines()[-1])
+    loaded = torch.load(work / run["path"] / "model.pt", weights_only=True)
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+    metrics = json.loads((work / run["path"] / "metrics.json").read_text())
+    assert metrics["pretrained"] == sha and metrics["top1"] > 0  # the dense row says so
+    config = json.loads((work / run["path"] / "config.json").read_text())["config"]
+    assert config["model"]["checkpoint"] == {"sha256": sha}  # the path does not name runs
+    # Another file under the same name: refused before anything is unpickled.
+    torch.save(get_model("mlp_digits", 10, (1, 8, 8)).state_dict(), path)
+    out = cli(work, "train", "--no-progress", "--seed", "1")
+    assert out.returncode == 2 and f"model.checkpoint.sha256 is {sha}" in out.stderr
+    # epochs 0 needs a checkpoint.
+    (work / "params.yaml").write_text(yaml.safe_dump(params(train=keep)))
+    out = cli(work, "plan")
+    assert out.returncode == 2 and "studies.s.train.epochs" in out.stderr
