@@ -34,6 +34,15 @@ def tiny_mlp(num_classes, input_shape, width=16):
     return nn.Sequential(nn.Flatten(), nn.Linear(n, width), nn.ReLU(), nn.Linear(width, num_classes))
 
 
+@register_model("ln_net")
+def ln_net(num_classes, input_shape):
+    n = 1
+    for d in input_shape:
+        n *= d
+    return nn.Sequential(nn.Flatten(), nn.Linear(n, 16), nn.LayerNorm(16), nn.ReLU(),
+                         nn.Linear(16, num_classes))
+
+
 @register_method("squared_magnitude", when="trained")
 def squared_magnitude(ctx, sparsity):
     scores = {k: v ** 2 for k, v in magnitude_scores(ctx).items()}
@@ -221,3 +230,17 @@ def test_a_pretrained_checkpoint_is_verified_loaded_and_names_the_dense_run(tmp_
     (work / "params.yaml").write_text(yaml.safe_dump(params(train=keep)))
     out = cli(work, "plan")
     assert out.returncode == 2 and "studies.s.train.epochs" in out.stderr
+
+
+@pytest.mark.parametrize("model, method, reason", [
+    ("tiny_mlp", "slimming", "ranks channels by their BatchNorm scales, and it has none"),
+    ("ln_net", "l1_filter", "its channel graph cannot be built"),
+])
+def test_a_method_that_cannot_prune_the_users_model_says_so_at_parse_time(
+        tmp_path, model, method, reason):
+    raw = params(model={"name": model}, methods={"global_magnitude": {}, method: {}})
+    out = cli(project(tmp_path, raw), "plan")
+    assert out.returncode == 2, out.stderr
+    line = out.stderr.strip().splitlines()
+    assert len(line) == 1 and f"method {method!r} (key studies.s.methods.{method}) cannot " \
+        f"prune model {model!r}" in line[0] and reason in line[0], out.stderr

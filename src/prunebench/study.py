@@ -129,7 +129,6 @@ def _freeze(options: Mapping[str, Any]) -> Mapping[str, Any]:
 def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
     """Validate one study mapping from params.yaml into a `Study`."""
     from prunebench.data import DATASETS
-    from prunebench.models import MODELS
     from prunebench.pruning import METHODS
 
     key = f"studies.{name}"
@@ -171,6 +170,7 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
     sparsities = _fractions(raw.get("sparsities", [0.5, 0.8, 0.9]), f"{key}.sparsities")
     channel = _fractions(raw.get("channel_sparsities", list(Study.channel_sparsities)),
                          f"{key}.channel_sparsities")
+    _check_methods_fit_model(model, data, scope, methods, key)
     for entry in methods:
         method = METHODS.get(entry.method)
         if method.check_grid is not None:
@@ -202,6 +202,34 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
 
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_methods_fit_model(model: ModelConfig, data: DataConfig, scope: ScopeConfig,
+                             methods: Sequence[MethodEntry], key: str) -> None:
+    """A model of the user's own (a factory, or a plugin's model) is built once, on the CPU,
+    and every method of the study is asked whether it can prune it, so that a method that
+    cannot handle a layer type says so now, not after the dense training. The package's own
+    models are known to suit every method (the tests run them all) and are not built."""
+    from prunebench.data import dataset_shape
+    from prunebench.models import MODELS
+    from prunebench.pruning import METHODS, Scope
+    from prunebench.runs import Arch
+
+    if model.factory is None and MODELS.origin(model.name) is None:
+        return
+    import torch
+
+    num_classes, input_shape = dataset_shape(data.name)
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was
+        net = Arch.of(model.name, num_classes, input_shape, factory=model.factory,
+                      kwargs=model.kwargs).build()
+    pruning_scope = Scope(**dataclasses.asdict(scope))
+    for entry in methods:
+        reason = METHODS.get(entry.method).model_refusal(net, tuple(input_shape),
+                                                         entry.options, pruning_scope)
+        if reason:
+            raise ConfigError(f"method {entry.method!r} (key {key}.methods.{entry.label}) "
+                              f"cannot prune model {model.label!r}: {reason}")
 
 
 def _model(raw: Any, key: str) -> ModelConfig:

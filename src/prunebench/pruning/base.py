@@ -128,7 +128,9 @@ class PruningMethod:
       in several steps (Li et al.'s iterative filter pruning);
     - `training_callback(CallbackContext)`: the callback of a method that prunes during
       training (gradual magnitude pruning);
-    - `iterative`: the level schedule, rewind point and control of an iterative method.
+    - `iterative`: the level schedule, rewind point and control of an iterative method;
+    - `check_model(model, input_shape, options)`: why the method cannot prune a model (None:
+      it can), checked when a study with a model of the user's own is parsed.
     """
 
     name: str
@@ -145,6 +147,26 @@ class PruningMethod:
     rounds: Callable[[Mapping[str, Any]], tuple[int, int]] | None = None
     training_callback: Callable[[CallbackContext], TrainingCallback] | None = None
     iterative: Iterative | None = None
+    check_model: Callable[[nn.Module, tuple[int, ...], Mapping[str, Any]], str | None] | None = None
+
+    def model_refusal(self, model: nn.Module, input_shape: tuple[int, ...],
+                      options: Mapping[str, Any], scope: Scope) -> str | None:
+        """Why this method cannot prune `model` (None: it can): no weight in the scope, a
+        channel graph Torch-Pruning cannot build (structured methods), or the method's own
+        `check_model` hook (slimming needs BatchNorm). Run when a study is parsed."""
+        if not scope.params(model):
+            return "it has no Conv2d or Linear weight in the pruning scope"
+        if self.structured:
+            from prunebench.structured import channel_groups
+
+            try:
+                if not channel_groups(model, tuple(input_shape),
+                                      exclude_first=scope.exclude_first):
+                    return "it has no channel group to remove"
+            except Exception as err:  # noqa: BLE001 (Torch-Pruning's tracing, any layer type)
+                return f"its channel graph cannot be built ({type(err).__name__}: {err})"
+        return None if self.check_model is None else self.check_model(model, input_shape,
+                                                                      options)
 
     @property
     def structured(self) -> bool:
@@ -202,6 +224,7 @@ def register_method(
     rounds: Callable[[Mapping[str, Any]], tuple[int, int]] | None = None,
     training_callback: Callable[[CallbackContext], TrainingCallback] | None = None,
     iterative: Iterative | None = None,
+    check_model: Callable[[nn.Module, tuple[int, ...], Mapping[str, Any]], str | None] | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register `fn` as method `name` with its declared `options`.
 
@@ -218,7 +241,7 @@ def register_method(
         METHODS.register(name, PruningMethod(
             name, fn, when, dict(options or {}), produces, needs_data, validate,
             fixed_sparsity, sensitivity_sweep, pretrain, check_grid, rounds, training_callback,
-            iterative,
+            iterative, check_model,
         ))
         return fn
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from torch import nn
+
 from prunebench.errors import ConfigError
 from prunebench.options import Option, choice, positive_int
 from prunebench.pruning.base import PruneContext, register_method
@@ -92,8 +94,15 @@ def _slimming_pretrain(options: Mapping[str, Any]) -> dict[str, Any]:
     return {"bn_l1": options["penalty"]}
 
 
+def _needs_batch_norm(model, input_shape, options) -> str | None:
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d)
+    if not any(isinstance(m, norms) for m in model.modules()):
+        return "network slimming ranks channels by their BatchNorm scales, and it has none"
+    return None
+
+
 @register_method("slimming", when="trained", produces="channels", pretrain=_slimming_pretrain,
-                 rounds=_rounds, options={
+                 rounds=_rounds, check_model=_needs_batch_norm, options={
                      "penalty": Option(1e-4, float, "lambda: L1 penalty on BatchNorm scales "
                                        "during the method's own dense training", low=0.0,
                                        low_open=True),
