@@ -244,3 +244,33 @@ def test_a_method_that_cannot_prune_the_users_model_says_so_at_parse_time(
     line = out.stderr.strip().splitlines()
     assert len(line) == 1 and f"method {method!r} (key studies.s.methods.{method}) cannot " \
         f"prune model {model!r}" in line[0] and reason in line[0], out.stderr
+
+
+def test_a_sequence_dataset_of_rank_one_goes_through_every_stage(tmp_path):
+    """Inputs of any rank: NumPy arrays of 12-step sequences, a plugin's model, a method,
+    fine-tuning and the benchmark (MACs, latency) on (12,)-shaped examples."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 12)).astype("float32")
+    y = (x[:, :6].sum(1) > x[:, 6:].sum(1)).astype("int64")
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "seq.npz", x_train=x[:240], y_train=y[:240], x_test=x[240:],
+             y_test=y[240:])
+    plugin = PLUGIN + '''
+from prunebench.data import numpy_arrays, register_dataset
+
+register_dataset(numpy_arrays("seq", "data/seq.npz"))
+'''
+    raw = params(data={"name": "seq", "val_size": 0.1}, methods={"squared_magnitude": {}},
+                 train={"optimizer": "adam", "lr": 0.01, "epochs": 30, "batch_size": 32},
+                 finetune={"epochs": 5, "lr": 0.003})
+    work = project(tmp_path, raw, plugin=plugin)
+    out = cli(work, "benchmark", "--method", "squared_magnitude", "--no-progress")
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = json.loads(out.stdout.splitlines()[-1])
+    metrics = json.loads((work / run["path"] / "metrics.json").read_text())
+    assert metrics["top1"] > 0.7  # a learnable rule: which half sums higher
+    assert metrics["macs_dense"] == 12 * 12 + 12 * 2 and metrics["latency_dense_b1_ms"] > 0
+    arch = json.loads((work / run["of"] / "arch.json").read_text())
+    assert arch["input_shape"] == [12]

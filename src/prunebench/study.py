@@ -370,10 +370,10 @@ def json_schema() -> dict:
 
     train = dataclass_schema(TrainConfig)
     fractions = {"type": "array", "items": {"type": "number", "minimum": 0, "exclusiveMaximum": 1}}
-    method_schemas = {
+    method_schemas = {  # the package's own methods (a plugin's are documented by it)
         name: {**options_schema(METHODS.get(name).options),
                "description": (METHODS.get(name).fn.__doc__ or "").strip().split("\n")[0]}
-        for name in METHODS.names()
+        for name in METHODS.names() if METHODS.origin(name) is None
     }
     plugins = {"type": "array", "items": {"type": "string"}, "default": [],
                "description": "modules (`my_pkg.plugin`) or .py files inside the project "
