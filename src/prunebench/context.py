@@ -51,6 +51,13 @@ class StudyContext:
         return {"params_total": size_counts(model)["params_total"],
                 "macs": count_macs(model, self.dense_arch.input_shape)}
 
+    @cached_property
+    def memo(self) -> dict:
+        """Runs the stages have already described for this context (the dense run of a seed
+        is every other run's ancestor): described once, shared, since a run is its
+        description."""
+        return {}
+
     def with_seeds(self, seeds: Sequence[int]) -> StudyContext:
         """The same study with other seeds (the CLI's --seed)."""
         return StudyContext(dataclasses.replace(self.study, seeds=tuple(seeds)), self.root)

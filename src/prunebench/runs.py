@@ -76,7 +76,7 @@ class Run:
     def __hash__(self) -> int:
         return hash(self.path)
 
-    @property
+    @cached_property
     def path(self) -> Path:
         return Path(self.root) / self.kind / self.hash
 

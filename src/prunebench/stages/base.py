@@ -159,9 +159,12 @@ def factory_identity(spec: str) -> dict[str, str]:
 
 def dense_run(ctx: StudyContext, seed: int) -> Run:
     """The dense baseline of one seed (also every method's source of initial weights)."""
-    desc = dense_description(ctx, ctx.study.train, seed)
-    return Run(ctx.root, "train", desc, base_meta(ctx, seed), stage="train", label=DENSE,
-               spec=DenseSpec(seed=seed, target=0.0))
+    key = ("dense", seed)
+    if key not in ctx.memo:
+        desc = dense_description(ctx, ctx.study.train, seed)
+        ctx.memo[key] = Run(ctx.root, "train", desc, base_meta(ctx, seed), stage="train",
+                            label=DENSE, spec=DenseSpec(seed=seed, target=0.0))
+    return ctx.memo[key]
 
 
 def pretrain_recipe(ctx: StudyContext, entry: MethodEntry) -> TrainConfig:
