@@ -274,3 +274,121 @@ register_dataset(numpy_arrays("seq", "data/seq.npz"))
     assert metrics["macs_dense"] == 12 * 12 + 12 * 2 and metrics["latency_dense_b1_ms"] > 0
     arch = json.loads((work / run["of"] / "arch.json").read_text())
     assert arch["input_shape"] == [12]
+
+
+def test_a_plugin_imported_first_is_credited_with_its_own_entries_only(tmp_path):
+    """In a process whose first prunebench import is the plugin's, the package's own
+    methods, models and datasets still have no plugin origin (their runs keep their
+    names), and a plugin that fails half-way leaves nothing registered."""
+    project(tmp_path, params())
+    (tmp_path / "plugins" / "half.py").write_text(
+        "from prunebench.models import register_model\n"
+        "register_model('half_model')(lambda n, s: None)\n"
+        "raise RuntimeError('broken after one registration')\n")
+    script = """
+import json
+from prunebench import plugins
+plugins.load("plugins/mine.py", "plugins[0]")
+from prunebench.data import DATASETS
+from prunebench.models import MODELS
+from prunebench.pruning import METHODS
+from prunebench.errors import ConfigError
+try:
+    plugins.load("plugins/half.py", "plugins[1]")
+except ConfigError as err:
+    failed = str(err)
+print(json.dumps({"snip": METHODS.origin("snip") is None, "digits": DATASETS.origin("digits") is None,
+                  "mlp": MODELS.origin("mlp_digits") is None,
+                  "mine": METHODS.origin("squared_magnitude").name, "failed": failed,
+                  "half": "half_model" in MODELS}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["snip"] and result["digits"] and result["mlp"]
+    assert result["mine"] == "plugins/mine.py"
+    assert "broken after one registration" in result["failed"] and not result["half"]
+
+
+def test_a_module_the_plugin_uses_is_part_of_its_identity(tmp_path):
+    """The plugin imports a helper module of the project: editing the helper renames the
+    runs too (the plugin's file alone would not change)."""
+    helper = "def width():\n    return 12\n"
+    plugin = "from helpers import width\n" + PLUGIN
+    work = project(tmp_path, params(), plugin=plugin)
+    (work / "helpers.py").write_text(helper)
+    before = plan(work)
+    (work / "helpers.py").write_text(helper + "# edited\n")
+    after = plan(work)
+    assert all([j["hash"] for j in jobs] != [j["hash"] for j in after[key]]
+               for key, jobs in before.items())
+
+
+def test_a_plugins_entry_that_is_not_a_name_is_one_line(tmp_path):
+    work = project(tmp_path, {**params(), "plugins": [{"file": "plugins/mine.py"}]})
+    out = cli(work, "plan")
+    assert out.returncode == 2 and "plugins[0] must be a module name or a .py file" in out.stderr
+
+
+def test_evaluate_and_load_run_import_the_plugins_a_run_was_made_with(tmp_path):
+    work = project(tmp_path, params())
+    out = cli(work, "prune", "--method", "squared_magnitude", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    run = json.loads(out.stdout.splitlines()[-1])
+    assert json.loads((work / run["path"] / "config.json").read_text())["plugins"] == [
+        "plugins/mine.py"]
+    ev = cli(work, "evaluate", run["path"])  # a fresh process: nothing registered tiny_mlp
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["top1"] == pytest.approx(run["top1"])
+    script = ("import sys, prunebench; m = prunebench.load_run(sys.argv[1]); "
+              "print(type(m).__name__, m[1].out_features)")
+    out = subprocess.run([sys.executable, "-c", script, run["path"]], cwd=work,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["Sequential", "12"], out.stderr
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"factory": "mymodels:net", "kwargs": {"width": "8"}}, "cannot be built or run"),
+    ({"factory": "mymodels:wide"}, "gives outputs of shape (2, 1000)"),
+])
+def test_a_user_model_that_cannot_run_or_has_the_wrong_head_is_refused(tmp_path, model,
+                                                                       message):
+    work = project(tmp_path, params(model=model))
+    (work / "mymodels.py").write_text(FACTORY + '''
+
+def wide(*, weights=None, **kwargs):  # torchvision's style: num_classes only by keyword
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 1000))
+''')
+    out = cli(work, "plan")
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_file_dataset_described_in_the_params_file(tmp_path):
+    """`data: {name, format, path, options}`: an image folder with given statistics, no
+    plugin; a bad option is one line naming the key."""
+    from PIL import Image
+
+    for split, count in (("train", 12), ("test", 4)):
+        for k, cls in enumerate(("dark", "light")):
+            folder = tmp_path / "data" / "tiles" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("L", (8, 8), color=40 + 160 * k + i).save(folder / f"{i}.png")
+    data = {"name": "tiles", "format": "image_folder", "path": "data/tiles", "val_size": 0.25,
+            "options": {"mean": 0.5, "std": 0.25}}
+    raw = {"studies": {"s": study(data=data, model={"name": "mlp_digits"},
+                                  methods={"global_magnitude": {}})}}
+    work = project(tmp_path, raw)
+    out = cli(work, "train", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    run = json.loads(out.stdout.splitlines()[-1])
+    assert run["dataset"] == "tiles"
+    config = json.loads((work / run["path"] / "config.json").read_text())["config"]
+    assert "path" not in config["data"] and len(config["code"]["data"]) == 16  # fingerprint
+    raw["studies"]["s"]["data"]["options"] = {"colour": "RGB"}
+    (work / "params.yaml").write_text(yaml.safe_dump(raw))
+    out = cli(work, "plan")
+    assert out.returncode == 2 and "studies.s.data" in out.stderr and "colour" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

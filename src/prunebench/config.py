@@ -36,7 +36,10 @@ def _choices(*values: str) -> dict:
 class DataConfig:
     """Dataset and where its files live."""
 
-    name: str = field(default="digits", metadata={"help": "digits | mnist | fashion_mnist | cifar10 | cifar100"})
+    name: str = field(default="digits", metadata={"help": "digits | mnist | fashion_mnist | cifar10 | cifar100, a dataset a plugin registers, or the name of the file dataset `format` describes"})
+    format: str | None = field(default=None, metadata={"help": "a file dataset: image_folder (class subfolders of PNG/JPEG) or numpy (.npz or .npy files)", "choices": (None, "image_folder", "numpy")})
+    path: str | None = field(default=None, metadata={"help": "with format: the folder or file, relative to the project root", "hash": False})
+    options: dict | None = field(default=None, metadata={"help": "with format: the format's options (image_folder: mode, size, mean, std, augment, stream; numpy: num_classes, mean, std, stream); the data's content fingerprint names the runs", "hash": False})
     root: str = field(default="data", metadata={"help": "data root in torchvision's layout", "hash": False})
     mirror: str | None = field(default=None, metadata={"help": "local mirror copied from before downloading (env PRUNEBENCH_DATA_MIRROR)", "hash": False})
     download: bool = field(default=True, metadata={"help": "download missing files (checksum-verified)", "hash": False})

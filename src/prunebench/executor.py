@@ -30,7 +30,7 @@ from prunebench.io import atomic_torch_save, atomic_write_json, read_json
 from prunebench.metrics import count_macs, size_counts, sparsity_counts
 from prunebench.pruning import Mask, Scope, masked_nonzero, save_mask, sparsity_report
 from prunebench.pruning.base import Batches
-from prunebench.runs import Arch, Run, load_run_model, reusable
+from prunebench.runs import Arch, Run, load_run_model, load_run_plugins, reusable
 from prunebench.stages import STAGES
 from prunebench.training import evaluate_splits, train
 from prunebench.training.loop import early_stopping
@@ -276,6 +276,7 @@ def evaluate_run_dir(path: str | Path, device: str = "auto") -> dict:
         raise ConfigError(f"{str(path)!r} is not a finished run directory (needs "
                           f"{', '.join(needed)})")
     meta = read_json(path / "config.json")
+    load_run_plugins(path)  # its dataset may be a plugin's
     dev = resolve_device(device)
     data = load_data(DataConfig(**meta["data"]), dev, augment=False)
     model, _ = load_run_model(path, device=dev)

@@ -16,8 +16,9 @@ plans or runs jobs parses the params file through `prunebench.study.validate_par
 loads the plugins first: the Snakemake process, every CLI verb, the job server's forks and
 SLURM jobs; so all of them import the same plugins in the same order.
 
-A plugin's identity is the SHA-256 of its source (every `.py` file of a package plugin, the
-file itself otherwise). Entries remember the plugin that registered them
+A plugin's identity is the SHA-256 of its source: its own file (or package) and every module
+inside the project it uses (`project_sources`); an installed package's plugin is hashed by
+its files. Entries remember the plugin that registered them
 (`Registry.origin`), and the runs that use an entry carry that identity in their
 description (`identity`), so editing a plugin reruns exactly what depends on it. A missing or
 failing plugin is refused at parse time with one line naming its key.
@@ -29,12 +30,14 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prunebench.errors import ConfigError
+from prunebench.project import installed, project_importable
 from prunebench.registry import registering_from
 
 ENTRY_POINT_GROUP = "prunebench.plugins"
@@ -98,6 +101,7 @@ def _import_file(name: str, key: str, root: Path):
     module_name = "prunebench_plugin_" + hashlib.sha256(str(full).encode()).hexdigest()[:12]
     if module_name in sys.modules:
         return sys.modules[module_name]
+    project_importable(root)  # its own imports of project modules work in every process
     spec = importlib.util.spec_from_file_location(module_name, full)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
@@ -109,22 +113,56 @@ def _import_file(name: str, key: str, root: Path):
     return module
 
 
-def project_importable(root: Path | None = None) -> None:
-    """Make modules inside the project (the working directory, or `root`) importable by
-    name, as they are when Python runs from there: appended to sys.path, so they never
-    shadow installed packages."""
-    root = str((Path.cwd() if root is None else Path(root)).resolve())
-    if root not in sys.path:
-        sys.path.append(root)
+def project_sources(module: Any, root: Path | None = None) -> list[Path]:
+    """The source files inside the project that `module` is made of: its own, and those of
+    every project module it uses, followed through their globals (modules imported, and
+    the modules that defined the functions and classes imported). Installed packages and
+    prunebench itself are left out (a package's identity is its version)."""
+    root = (Path.cwd() if root is None else Path(root)).resolve()
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        mod = todo.pop()
+        file = getattr(mod, "__file__", None)
+        name = getattr(mod, "__name__", "")
+        if (file is None or name in seen or name == "prunebench"
+                or name.startswith("prunebench.") or installed(Path(file))
+                or root not in Path(file).resolve().parents):
+            continue
+        seen[name] = Path(file).resolve()
+        for value in list(vars(mod).values()):
+            if isinstance(value, types.ModuleType):
+                todo.append(value)
+            else:
+                owner = sys.modules.get(getattr(value, "__module__", None) or "")
+                if owner is not None:
+                    todo.append(owner)
+    return sorted(set(seen.values()))
+
+
+def _rollback(plugin: Plugin) -> None:
+    """Remove what a plugin that failed on import had registered before it failed."""
+    from prunebench.data import DATASETS
+    from prunebench.models import MODELS
+    from prunebench.pruning import METHODS
+
+    for registry in (MODELS, DATASETS, METHODS):
+        registry.unregister_from(plugin)
 
 
 def load(name: str, key: str, root: Path | None = None) -> Plugin:
     """Import one plugin (a module name, or a `.py` file relative to `root`, the project
     root), registering what it registers; a plugin already loaded is not imported again."""
-    if name in _LOADED:
-        return _LOADED[name]
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{key} must be a module name or a .py file, got {name!r}")
+    if name in _LOADED:
+        return _LOADED[name]
+    # The package's own entries first, outside the block: a plugin that is the first to
+    # import prunebench.pruning must not be credited with the built-in methods.
+    import prunebench.data  # noqa: F401
+    import prunebench.models  # noqa: F401
+    import prunebench.pruning  # noqa: F401
+
     plugin = Plugin(name, "", "")  # the origin its registrations record (hash filled below)
     root = Path.cwd() if root is None else Path(root)
     try:
@@ -134,14 +172,17 @@ def load(name: str, key: str, root: Path | None = None) -> Plugin:
             else:
                 project_importable(root)
                 module = importlib.import_module(name)
-    except ConfigError:
+    except BaseException as err:
+        _rollback(plugin)
+        if isinstance(err, ConfigError):
+            raise
+        if isinstance(err, ModuleNotFoundError):
+            raise ConfigError(f"{key}: cannot import plugin {name!r}: {err}") from None
+        if isinstance(err, Exception):  # anything a user's module raises on import
+            raise ConfigError(f"{key}: plugin {name!r} failed on import: "
+                              f"{type(err).__name__}: {err}") from None
         raise
-    except ModuleNotFoundError as err:
-        raise ConfigError(f"{key}: cannot import plugin {name!r}: {err}") from None
-    except Exception as err:  # noqa: BLE001 (anything a user's module raises on import)
-        raise ConfigError(f"{key}: plugin {name!r} failed on import: "
-                          f"{type(err).__name__}: {err}") from None
-    sources = module_sources(module)
+    sources = project_sources(module, root) or module_sources(module)
     sha = source_hash(sources) if sources else hashlib.sha256(name.encode()).hexdigest()
     # Fill in the record the registrations already point at (frozen: set once, here).
     object.__setattr__(plugin, "module", module.__name__)

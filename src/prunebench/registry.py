@@ -68,6 +68,13 @@ class Registry(Generic[T]):
             self._origins[name] = origin
         return item
 
+    def unregister_from(self, origin: Any) -> list[str]:
+        """Remove the entries `origin` registered (a plugin that failed half-way)."""
+        names = [name for name, o in self._origins.items() if o is origin]
+        for name in names:
+            del self._items[name], self._origins[name]
+        return names
+
     def origin(self, name: str) -> Any:
         """The plugin that registered `name`, or None for the package's own entries."""
         return self._origins.get(name)

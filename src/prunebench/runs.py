@@ -107,9 +107,16 @@ class Run:
         return None
 
     def write_config(self) -> None:
+        """`config.json`: the run's metadata, its description, and the plugins this process
+        had loaded (so a later reader of the run, `prunebench evaluate` or
+        `prunebench.load_run`, can import them before rebuilding its model and data)."""
+        from prunebench.plugins import loaded
+
+        names = [p.name for p in loaded()]
         atomic_write_json(
             self.path / "config.json",
-            {"kind": self.kind, "hash": self.hash, **self.meta, "config": canonical(self.description)},
+            {"kind": self.kind, "hash": self.hash, **self.meta,
+             **({"plugins": names} if names else {}), "config": canonical(self.description)},
         )
 
     @contextlib.contextmanager
@@ -198,10 +205,24 @@ class Arch:
         return dataclasses.replace(arch, edits=tuple(raw.get("edits", ())))
 
 
+def load_run_plugins(run_dir: str | Path) -> None:
+    """Import the plugins a run was made with (its `config.json` lists them), from the
+    project directory, so its model and dataset are registered."""
+    config = Path(run_dir) / "config.json"
+    if config.is_file():
+        names = read_json(config).get("plugins") or []
+        if names:
+            from prunebench.plugins import load_all
+
+            load_all(list(names), f"{config} plugins")
+
+
 def load_run_model(run_dir: str | Path, weights: str = "model.pt",
                    device: torch.device | str = "cpu") -> tuple[nn.Module, Arch]:
-    """A finished run's model with its architecture rebuilt, weights loaded safely."""
+    """A finished run's model with its architecture rebuilt (after importing the plugins it
+    was made with), weights loaded safely."""
     run_dir = Path(run_dir)
+    load_run_plugins(run_dir)
     arch = Arch.read(run_dir)
     model = arch.build()
     model.load_state_dict(load_tensors(run_dir / weights))

@@ -142,6 +142,14 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
 
     plugins.load_all(raw.get("plugins"), f"{key}.plugins", entry_points=False)
     data = from_dict(DataConfig, raw.get("data"), f"{key}.data")
+    if data.format is not None:
+        from prunebench.data import register_format_dataset
+
+        register_format_dataset(data.name, data.format, data.path, key=f"{key}.data",
+                                **(data.options or {}))
+    elif data.path is not None or data.options is not None:
+        raise ConfigError(f"{key}.data: path and options describe a file dataset; give its "
+                          "format too (image_folder or numpy)")
     if data.name not in DATASETS:
         raise ConfigError(f"unknown dataset {data.name!r} (key {key}.data.name); "
                           f"allowed: {', '.join(DATASETS)}")
@@ -152,6 +160,9 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
     train = from_dict(TrainConfig, raw.get("train"), f"{key}.train")
     _check_train(train, f"{key}.train", allow_no_epochs=model.checkpoint is not None)
     finetune_raw = raw.get("finetune") or {}
+    if train.epochs == 0 and "epochs" not in finetune_raw:
+        raise ConfigError(f"{key}.finetune.epochs: train.epochs is 0 (the checkpoint is kept "
+                          "as it is), so give the fine-tuning epochs explicitly")
     partial = from_dict(TrainConfig, finetune_raw, f"{key}.finetune")
     finetune = dataclasses.replace(train, **{k: getattr(partial, k) for k in finetune_raw})
     _check_train(finetune, f"{key}.finetune", allow_no_epochs=True)
@@ -171,6 +182,14 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
     channel = _fractions(raw.get("channel_sparsities", list(Study.channel_sparsities)),
                          f"{key}.channel_sparsities")
     _check_methods_fit_model(model, data, scope, methods, key)
+    if train.epochs == 0:
+        for entry in methods:
+            method = METHODS.get(entry.method)
+            if method.pretrain is not None or method.iterative is not None or method.when in (
+                    "init", "during_training"):
+                raise ConfigError(f"method {entry.method!r} (key {key}.methods.{entry.label}) "
+                                  f"trains with the study's train recipe, but train.epochs "
+                                  "is 0")
     for entry in methods:
         method = METHODS.get(entry.method)
         if method.check_grid is not None:
@@ -220,9 +239,23 @@ def _check_methods_fit_model(model: ModelConfig, data: DataConfig, scope: ScopeC
     import torch
 
     num_classes, input_shape = dataset_shape(data.name)
-    with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was
-        net = Arch.of(model.name, num_classes, input_shape, factory=model.factory,
-                      kwargs=model.kwargs).build()
+    try:
+        with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was
+            net = Arch.of(model.name, num_classes, input_shape, factory=model.factory,
+                          kwargs=model.kwargs).build()
+            with torch.no_grad():
+                out = net.eval()(torch.zeros(2, *input_shape))
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 (the user's model code)
+        raise ConfigError(f"{key}.model {model.label!r} cannot be built or run on inputs of "
+                          f"shape {tuple(input_shape)} from {data.name!r}: "
+                          f"{type(err).__name__}: {err}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"{key}.model {model.label!r} gives outputs of shape {shape} for a "
+                          f"batch of 2, but {data.name!r} has {num_classes} classes: pass "
+                          "num_classes in model.kwargs if its factory takes it another way")
     pruning_scope = Scope(**dataclasses.asdict(scope))
     for entry in methods:
         reason = METHODS.get(entry.method).model_refusal(net, tuple(input_shape),
@@ -243,6 +276,8 @@ def _model(raw: Any, key: str) -> ModelConfig:
     if "factory" in raw and "name" in raw:
         raise ConfigError(f"{key}: give name (a registered model) or factory, not both")
     model = from_dict(ModelConfig, raw, key)
+    if not model.kwargs:
+        model = dataclasses.replace(model, kwargs=None)  # `kwargs: {}` names runs as none
     if model.factory is not None:
         model = dataclasses.replace(model, name=None)
         fn = resolve_factory(model.factory, f"{key}.factory")

@@ -60,7 +60,10 @@ NOT_SUMMARISED = {"seed"}
 BENCHMARK_PREFIX = "benchmark_"  # for a benchmark key that the run's metrics already have
 # The benchmark's text columns: how its numbers were measured, kept in the summary (as the
 # group's distinct values) so the tables can say it without the runs table.
-BENCHMARK_TEXT = ("device", "memory_method", "energy_method", "energy_unavailable_reason")
+BENCHMARK_TEXT = ("device", "memory_method", "energy_method", "energy_unavailable_reason",
+                  # and one of the runs': the SHA-256 of the pretrained checkpoint a dense
+                  # model was loaded from (`model.checkpoint`), so its summary row says so.
+                  "pretrained")
 
 
 # ---------------------------------------------------------------- reading runs

@@ -15,10 +15,11 @@ normalisation), so results, determinism and resuming do not depend on the path.
 workers: the epoch's permutation is drawn up front from the generator, the workers read
 whole batches of it (a batch sampler of fixed index lists), and the augmentation is drawn in
 the main process, batch by batch, from the same generator. Its batches equal
-`iterate_batches`' for any number of workers. The training loop, `evaluate` and the
-calibration batches call `iterate_batches` today, so a streamed dataset is read in the main
-process; reading with workers needs them to call `stream_batches` when the inputs are a
-`SampleSet` (and the loop to skip a resumed epoch's finished batches without reading them).
+`iterate_batches`' for any number of workers. The training loop reads a streamed training
+split with `stream_batches` (`training.loop.MemberBatches`); `evaluate` and the calibration
+batches use `iterate_batches`, reading in the main process. A resumed epoch reads its
+finished batches again to skip them (the same batches, only slower); a stack's members of
+different seeds each read their own stream.
 
 Slicing a `SampleSet` with a slice that is not a batch (`x[-n:]` for a validation fallback)
 reads all those rows into memory; `subset(index)` gives a lazy view instead.
@@ -125,11 +126,14 @@ def _stream(loader: Any, batches: Sequence[Tensor], y: Tensor, device: torch.dev
             ) -> Iterator[tuple[Tensor, Tensor]]:
     augmentation: Callable[..., Tensor] | None = None if augment is None else \
         AUGMENTATIONS[augment]
-    for index, images in zip(batches, loader):
-        images = images.to(device)
-        if augmentation is not None:
-            images = augmentation(images, generator=generator)
-        yield images, y[index.to(y.device)]
+    try:
+        for index, images in zip(batches, loader):
+            images = images.to(device)
+            if augmentation is not None:
+                images = augmentation(images, generator=generator)
+            yield images, y[index.to(y.device)]
+    except ConfigError as err:  # a bad file found in a worker: its one line, not the
+        raise type(err)(str(err).strip().splitlines()[0]) from None  # worker's traceback
 
 
 def _identity(batch: Tensor) -> Tensor:

@@ -50,7 +50,8 @@ def load_pretrained(model: nn.Module, path: str | Path, sha256: str) -> nn.Modul
         raise ConfigError(f"{KEY}.path {str(path)!r} holds {type(state).__name__}, not a "
                           "state dict")
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
+    # BatchNorm's step counter is optional (torch's own load_state_dict accepts it missing).
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or wrong:
@@ -58,5 +59,5 @@ def load_pretrained(model: nn.Module, path: str | Path, sha256: str) -> nn.Modul
                  for label, keys in (("missing", missing), ("unexpected", unexpected),
                                      ("shape differs", wrong)) if keys]
         raise ConfigError(f"{KEY}.path {str(path)!r} does not fit the model ({'; '.join(parts)})")
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)  # every other key was checked above
     return model

@@ -67,7 +67,7 @@ def resolve_factory(spec: str, key: str = "model.factory") -> Callable[..., nn.M
     if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
         raise ConfigError(f"{key} must look like 'package.module:function', got {spec!r}")
     module_name, attr = spec.split(":")
-    from prunebench.plugins import project_importable
+    from prunebench.project import project_importable
 
     project_importable()
     try:
@@ -91,7 +91,8 @@ def resolve_factory(spec: str, key: str = "model.factory") -> Callable[..., nn.M
 def _factory_call(fn: Callable[..., nn.Module], kwargs: Mapping[str, Any], num_classes: int,
                   input_shape: tuple[int, ...]) -> dict[str, Any]:
     """A factory's arguments: the study's kwargs, plus num_classes and input_shape where its
-    signature takes them and the kwargs do not set them."""
+    signature names them and the kwargs do not set them (num_classes also where it takes
+    **kwargs, as torchvision's and timm's factories do)."""
     call = dict(kwargs)
     try:
         params = inspect.signature(fn).parameters
@@ -100,6 +101,9 @@ def _factory_call(fn: Callable[..., nn.Module], kwargs: Mapping[str, Any], num_c
     for name, value in (("num_classes", num_classes), ("input_shape", tuple(input_shape))):
         if name in params and name not in call:
             call[name] = value
+    # torchvision's and timm's factories take num_classes through **kwargs.
+    if "num_classes" not in call and any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        call["num_classes"] = num_classes
     return call
 
 

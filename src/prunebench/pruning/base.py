@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from prunebench.errors import ConfigError
 from prunebench.options import Option, non_default, resolve_options
 from prunebench.pruning.mask import Mask
-from prunebench.pruning.scope import Scope
+from prunebench.pruning.scope import PRUNABLE_TYPES, Scope
 from prunebench.registry import Registry
 
 # When a method runs relative to training:
@@ -31,6 +31,8 @@ from prunebench.registry import Registry
 #   "iterative": its own prune/train loop (lottery ticket);
 #   "during_training": masks change inside one training run (gradual pruning).
 When = Literal["trained", "init", "iterative", "during_training"]
+# Layers whose weights no method prunes and whose presence is fine: normalisation.
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 Batches = Callable[[], Iterable[tuple[Tensor, Tensor]]]
 
 
@@ -156,6 +158,12 @@ class PruningMethod:
         `check_model` hook (slimming needs BatchNorm). Run when a study is parsed."""
         if not scope.params(model):
             return "it has no Conv2d or Linear weight in the pruning scope"
+        others = sorted({type(m).__name__ for m in model.modules()
+                         if not isinstance(m, (*PRUNABLE_TYPES, *NORM_TYPES))
+                         and any(True for _ in m.parameters(recurse=False))})
+        if others:
+            return (f"it has weights in layers of type {', '.join(others)}, which prunebench's "
+                    "methods do not prune (they prune Conv2d and Linear weights)")
         if self.structured:
             from prunebench.structured import channel_groups
 

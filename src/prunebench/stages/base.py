@@ -139,16 +139,15 @@ def user_code(ctx: StudyContext) -> dict[str, Any]:
 
 
 def factory_identity(spec: str) -> dict[str, str]:
-    """A model factory's identity: the SHA-256 of its module's source where that is inside
-    the project (the user's own file), else the version of the package it comes from."""
+    """A model factory's identity: the SHA-256 of its module's source and of the project
+    modules it uses, where it is inside the project (the user's own file), else the version
+    of the installed package it comes from."""
     import importlib
     import importlib.metadata
-    from pathlib import Path
 
     module = importlib.import_module(spec.split(":")[0])
-    sources = plugins.module_sources(module)
-    root = Path.cwd().resolve()
-    if sources and all(root in Path(f).resolve().parents for f in sources):
+    sources = plugins.project_sources(module)
+    if sources:  # the user's own file, and the project modules it uses
         return {"sha256": plugins.source_hash(sources)}
     top = module.__name__.split(".")[0]
     try:
