@@ -6,6 +6,8 @@ complete, which is what lets Snakemake, DVC and the run-directory cache trust it
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import os
 import tempfile
@@ -59,6 +61,15 @@ def load_tensors(path: str | Path) -> Any:
         raise ConfigError(f"{str(path)!r} cannot be loaded ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else 'damaged'}); delete the "
                           f"run directory to redo it") from None
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_json(path: str | Path) -> Any:

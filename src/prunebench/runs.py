@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import shutil
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from prunebench.config import canonical, config_hash
-from prunebench.io import atomic_write_json, load_tensors, read_json
+from prunebench.io import atomic_write_json, file_sha256, load_tensors, read_json
 from prunebench.models import get_model
 
 if TYPE_CHECKING:
@@ -90,7 +89,7 @@ class Run:
     def complete(self, metrics: Mapping[str, Any]) -> None:
         """Record the checksums of the run's files, then `metrics.json`, which marks the run
         done (so a crash in between leaves it unfinished, never unverifiable)."""
-        sums = {name: _sha256(self.path / name) for name in _result_files(self.path)}
+        sums = {name: file_sha256(self.path / name) for name in _result_files(self.path)}
         atomic_write_json(self.path / CHECKSUMS, sums)
         atomic_write_json(self.path / "metrics.json", metrics)
 
@@ -102,7 +101,7 @@ class Run:
             return None  # made before checksums were recorded
         for name, digest in read_json(sums_file).items():
             path = self.path / name
-            if not path.is_file() or _sha256(path) != digest:
+            if not path.is_file() or file_sha256(path) != digest:
                 return name
         return None
 
@@ -141,14 +140,6 @@ def _result_files(run_dir: Path) -> list[str]:
     """The files a finished run is made of: not its log, metrics or training checkpoints."""
     return sorted(p.name for p in run_dir.iterdir() if p.is_file() and p.name not in _UNCHECKED
                   and not p.name.startswith("."))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from prunebench.errors import DataError
+from prunebench.io import file_sha256
 
 
 class Arrays(NamedTuple):
@@ -91,14 +92,6 @@ def content_digest(files: Mapping[str, Path]) -> str:
     digest = hashlib.sha256()
     for rel in sorted(files):
         digest.update(f"{rel}\0{file_sha256(files[rel])}\n".encode())
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -9,7 +9,6 @@ shape.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,16 +16,9 @@ import torch
 from torch import nn
 
 from prunebench.errors import ConfigError
+from prunebench.io import file_sha256
 
 KEY = "model.checkpoint"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_pretrained(model: nn.Module, path: str | Path, sha256: str) -> nn.Module:
