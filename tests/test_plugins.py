@@ -96,6 +96,30 @@ def plan(cwd: Path) -> dict[tuple[str, str], list[dict]]:
     return jobs
 
 
+PARSE_ALL = """
+import json, sys
+from prunebench.errors import ConfigError
+from prunebench.study import validate_params
+out = []
+for raw in json.loads(sys.stdin.read()):
+    try:
+        validate_params(raw)
+        out.append(None)
+    except ConfigError as err:
+        out.append(str(err))
+print(json.dumps(out))
+"""
+
+
+def parse_errors(cwd: Path, raws: list[dict]) -> list[str | None]:
+    """What parsing each params mapping says (None: accepted), in one process from `cwd`,
+    as `prunebench plan` would parse it (each refusal is the error's one line)."""
+    out = subprocess.run([sys.executable, "-c", PARSE_ALL], cwd=cwd, input=json.dumps(raws),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
 def params(**study_over) -> dict:
     return {"plugins": ["plugins/mine.py"], "studies": {"s": study(**study_over)}}
 
@@ -138,22 +162,28 @@ def test_plugin_runs_end_to_end_and_the_model_takes_its_kwargs(tmp_path):
     assert (state["1.weight"] == 0).float().mean() > 0.4  # the plugin's method pruned it
 
 
-@pytest.mark.parametrize("plugins, message", [
+REFUSED_PLUGINS = [
     (["plugins/missing.py"], "plugins[0]: plugin file 'plugins/missing.py' not found"),
     (["no_such_module_xyz"], "plugins[0]: cannot import plugin 'no_such_module_xyz'"),
     (["plugins/mine.py", "plugins/broken.py"],
      "plugins[1]: plugin 'plugins/broken.py' failed on import: ZeroDivisionError"),
     ("plugins/mine.py", "plugins must be a list"),
-])
-def test_a_missing_or_failing_plugin_is_refused_in_one_line(tmp_path, plugins, message):
-    work = project(tmp_path, {**params(), "plugins": plugins})
+    ([{"file": "plugins/mine.py"}], "plugins[0] must be a module name or a .py file"),
+]
+
+
+def test_a_missing_or_failing_plugin_is_refused_in_one_line(tmp_path):
+    work = project(tmp_path, {**params(), "plugins": REFUSED_PLUGINS[2][0]})
     (work / "plugins" / "broken.py").write_text("x = 1 / 0\n")
-    for args in (["plan"], ["train", "--no-progress"]):
+    for args in (["plan"], ["train", "--no-progress"]):  # the CLI: exit 2, one line, no files
         out = cli(work, *args)
         assert out.returncode == 2, out.stderr
         lines = out.stderr.strip().splitlines()
-        assert len(lines) == 1 and message in lines[0], out.stderr
+        assert len(lines) == 1 and REFUSED_PLUGINS[2][1] in lines[0], out.stderr
     assert not (work / "results").exists()
+    said = parse_errors(work, [{**params(), "plugins": p} for p, _ in REFUSED_PLUGINS])
+    for (plugins, message), error in zip(REFUSED_PLUGINS, said):
+        assert error is not None and message in error and "\n" not in error, (plugins, error)
 
 
 def test_a_study_names_its_own_plugins(tmp_path):
@@ -189,16 +219,16 @@ def test_model_kwargs_a_factory_and_their_errors(tmp_path):
     assert config["code"]["factory"]["sha256"] == hashlib.sha256(
         b"mymodels.py\0" + source + b"\0").hexdigest()
     assert torch.load(work / run["path"] / "model.pt", weights_only=True)["1.weight"].shape == (5, 64)
-    for model, message in [
+    refused = [
         ({"name": "tiny_mlp", "kwargs": {"depth": 3}}, "studies.s.model.kwargs: got an unexpected"),
         ({"factory": "mymodels:nope"}, "studies.s.model.factory 'mymodels:nope': module"),
         ({"factory": "timm_is_not_here:create_model"}, "cannot import 'timm_is_not_here'"),
         ({"factory": "mymodels.net"}, "must look like 'package.module:function'"),
         ({"name": "tiny_mlp", "factory": "mymodels:net"}, "give name (a registered model) or"),
-    ]:
-        (work / "params.yaml").write_text(yaml.safe_dump(params(model=model)))
-        out = cli(work, "plan")
-        assert out.returncode == 2 and message in out.stderr, (model, out.stderr)
+    ]
+    said = parse_errors(work, [params(model=model) for model, _ in refused])
+    for (model, message), error in zip(refused, said):
+        assert error is not None and message in error, (model, error)
 
 
 def test_a_pretrained_checkpoint_is_verified_loaded_and_names_the_dense_run(tmp_path):
@@ -324,11 +354,6 @@ def test_a_module_the_plugin_uses_is_part_of_its_identity(tmp_path):
     assert all([j["hash"] for j in jobs] != [j["hash"] for j in after[key]]
                for key, jobs in before.items())
 
-
-def test_a_plugins_entry_that_is_not_a_name_is_one_line(tmp_path):
-    work = project(tmp_path, {**params(), "plugins": [{"file": "plugins/mine.py"}]})
-    out = cli(work, "plan")
-    assert out.returncode == 2 and "plugins[0] must be a module name or a .py file" in out.stderr
 
 
 def test_evaluate_and_load_run_import_the_plugins_a_run_was_made_with(tmp_path):
