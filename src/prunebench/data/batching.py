@@ -55,6 +55,17 @@ def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
+def check_batching(x, y, augment: str | None) -> None:
+    """As many inputs as labels, and a known augmentation (or none)."""
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} inputs but {len(y)} labels")
+    if augment is not None and augment not in AUGMENTATIONS:
+        raise ConfigError(
+            f"unknown augmentation {augment!r} (key data.augment); "
+            f"allowed: {', '.join(AUGMENTATIONS)}"
+        )
+
+
 def iterate_batches(
     x: Tensor,
     y: Tensor,
@@ -70,13 +81,7 @@ def iterate_batches(
     shuffle draws the epoch's permutation from `generator` at call time; augment names an
     entry of AUGMENTATIONS applied to each image batch with the same generator.
     """
-    if len(x) != len(y):
-        raise ValueError(f"{len(x)} inputs but {len(y)} labels")
-    if augment is not None and augment not in AUGMENTATIONS:
-        raise ConfigError(
-            f"unknown augmentation {augment!r} (key data.augment); "
-            f"allowed: {', '.join(AUGMENTATIONS)}"
-        )
+    check_batching(x, y, augment)
     count = num_batches(len(x), batch_size, drop_last)
     order = torch.randperm(len(x), generator=generator).to(x.device) if shuffle else None
     return _batches(x, y, batch_size, count, order, augment, generator)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from prunebench.data.batching import AUGMENTATIONS, num_batches
+from prunebench.data.batching import AUGMENTATIONS, check_batching, num_batches
 from prunebench.data.source import float_copy, normalise
 from prunebench.errors import ConfigError
 
@@ -100,13 +100,7 @@ def stream_batches(
     """`iterate_batches` with the inputs read by `num_workers` DataLoader worker processes
     (0: in this process): the same batches, in the same order, with the same augmentation,
     for a given generator state. Workers draw no random numbers."""
-    if len(x) != len(y):
-        raise ValueError(f"{len(x)} inputs but {len(y)} labels")
-    if augment is not None and augment not in AUGMENTATIONS:
-        raise ConfigError(
-            f"unknown augmentation {augment!r} (key data.augment); "
-            f"allowed: {', '.join(AUGMENTATIONS)}"
-        )
+    check_batching(x, y, augment)
     count = num_batches(len(x), batch_size, drop_last)
     order = torch.randperm(len(x), generator=generator) if shuffle else torch.arange(len(x))
     batches = [order[start:start + batch_size] for start in range(0, count * batch_size,
