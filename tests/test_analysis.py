@@ -19,6 +19,7 @@ from prunebench.analysis.aggregate import (
     ID_COLUMNS,
     LEADING_COLUMNS,
     SORT_KEYS,
+    TRAILING_COLUMNS,
     collect_runs,
     hardware_table,
     headline_metrics,
@@ -356,7 +357,7 @@ def test_pretrain_and_prune_runs_are_excluded(manifests, runs):
 
 
 def test_benchmark_headlines_join_the_measured_runs(runs):
-    extra = runs.columns[len(LEADING_COLUMNS):-2].tolist()
+    extra = runs.columns[len(LEADING_COLUMNS):-len(TRAILING_COLUMNS)].tolist()
     assert extra == sorted(extra)
     assert {"macs_effective", "latency_dense_b128_ms", "throughput_sparse_csr_b1",
             "energy_unavailable_reason", "device", "train_time_s"} <= set(extra)

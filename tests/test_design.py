@@ -160,7 +160,8 @@ def test_the_package_has_no_import_circle():
 # What plans and executes sits above the stages; what a run is, and the libraries of pruning,
 # training, data, models and metrics, sit below them and never import upward.
 ABOVE_STAGES = ("prunebench.stages", "prunebench.executor", "prunebench.plan", "prunebench.cli",
-                "prunebench.launcher", "prunebench.analysis")
+                "prunebench.launcher", "prunebench.analysis", "prunebench.sources",
+                "prunebench.status")
 
 
 def test_nothing_below_the_stages_imports_them_or_the_executor():

@@ -68,6 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--params", default="params.yaml")
     pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a top-level key, e.g. --set scale=all")
+    for name, text in (("status", "which planned runs are ok, stale (made by older source), "
+                                  "damaged, missing, or made from one of those"),
+                       ("rerun", "redo the stale, damaged and missing runs and what is made "
+                                 "from them, then run Snakemake (its options after `--`)")):
+        st = sub.add_parser(name, help=text)
+        st.add_argument("--params", default="params.yaml")
+        st.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a top-level key, e.g. --set "
+                        "scale=all or --set only=mnist_lenet300 (passed on to Snakemake's "
+                        "--config by `rerun`)")
+        st.add_argument("--unrecorded", action="store_true",
+                        help="also redo runs made before runs recorded their source")
+        if name == "status":
+            st.add_argument("--json", action="store_true", help="one JSON line per run")
+            st.add_argument("--check", action="store_true",
+                            help="exit 1 when a run is stale, damaged or missing")
+        else:
+            st.add_argument("--dry-run", action="store_true",
+                            help="list what would be redone; remove and run nothing")
+            st.add_argument("snakemake_args", nargs=argparse.REMAINDER,
+                            help="Snakemake's options, after `--` (default: --cores all)")
     from prunebench.analysis.cli import add_subcommands
 
     add_subcommands(sub)
@@ -145,7 +166,30 @@ def _summary(run) -> dict:
     return {"kind": run.kind, "path": str(run.path), **meta, **headline}
 
 
-def run_command(args) -> None:
+def _status_command(args) -> int:
+    from prunebench import status
+    from prunebench.config import apply_overrides, read_params
+
+    raw = apply_overrides(read_params(args.params), args.overrides)
+    if args.command == "rerun":
+        extra = list(args.snakemake_args)
+        if extra[:1] == ["--"]:
+            extra = extra[1:]
+        selection = [o for o in args.overrides if o.split("=", 1)[0] in ("scale", "only")]
+        if selection:
+            extra = [*(extra or ["--cores", "all"]), "--config", *selection]
+        return status.rerun(raw, extra, unrecorded=args.unrecorded, dry_run=args.dry_run)
+    states = status.survey(raw)
+    if args.json:
+        for line in status.as_json(states):
+            print(line)
+    else:
+        print(status.format_report(states, args.unrecorded))
+    bad = any(s.state in status.REDO for s in states)
+    return 1 if args.check and bad else 0
+
+
+def run_command(args) -> int | None:
     from prunebench.stages import STAGES
 
     if args.command == "schema":
@@ -161,11 +205,12 @@ def run_command(args) -> None:
             print(json.dumps({**job.wildcards, "manifest": job.manifest, "inputs": job.inputs,
                               "runs": job.runs}))
         return
+    if args.command in ("status", "rerun"):
+        return _status_command(args)
     from prunebench.analysis.cli import COMMANDS, run_analysis
 
     if args.command in COMMANDS:
-        run_analysis(args)
-        return
+        return run_analysis(args)  # compare exits 1 when a study is not reproduced
     if args.command == "evaluate":
         from prunebench.executor import evaluate_run_dir
 
@@ -214,11 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stderr)
     try:
-        run_command(args)
+        status = run_command(args)
     except ConfigError as err:
         print(f"prunebench: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from prunebench.metrics import count_macs, size_counts, sparsity_counts
 from prunebench.pruning import Mask, Scope, masked_nonzero, save_mask, sparsity_report
 from prunebench.pruning.base import Batches
 from prunebench.runs import Arch, Run, load_run_model, load_run_plugins, reusable
+from prunebench.sources import record as source_record
 from prunebench.stages import STAGES
 from prunebench.training import evaluate_splits, train
 from prunebench.training.loop import early_stopping
@@ -149,6 +150,7 @@ class Executor:
         for parent in run.parents:
             self.ensure(parent)
         with _cleanup_on_failure([run]), run.logging():
+            attach_sources(run)
             STAGES[run.stage].execute(self, run)
         return run
 
@@ -172,6 +174,8 @@ class Executor:
             with _cleanup_on_failure(todo), contextlib.ExitStack() as logs:
                 for run in todo:
                     logs.enter_context(run.logging())
+                for run in todo:
+                    attach_sources(run)
                 log.info("training %d runs as one stack: %s", len(todo),
                          " ".join(r.hash for r in todo))
                 STAGES[todo[0].stage].execute_stack(self, todo)
@@ -210,6 +214,7 @@ class Executor:
         unpruned architecture (zeros count as removed parameters, but a masked weight still
         costs its MAC on dense kernels).
         """
+        attach_sources(run)  # a lottery level made inside its chain's job comes here first
         counts = size_counts(model)
         macs = count_macs(model, arch.input_shape)
         dense = self.ctx.dense_costs
@@ -238,6 +243,13 @@ class Executor:
         run.complete(metrics)
         log.info("%s %s done: top1 %.4f", run.kind, run.hash, metrics["top1"])
         return metrics
+
+
+def attach_sources(run: Run) -> None:
+    """Give `run` the record of the source that decides its result (once), which its
+    `metrics.json` will hold (`prunebench.sources`)."""
+    if run.sources is None:
+        run.sources = source_record(run)
 
 
 @contextlib.contextmanager

@@ -45,8 +45,13 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda fh: fh.write(text))
 
 
+def json_text(obj: Any) -> str:
+    """The JSON text every output file of prunebench has (sorted keys, indented)."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n"
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    return atomic_write_text(path, json_text(obj))
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import shutil
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,14 @@ import torch
 from torch import nn
 
 from prunebench.config import canonical, config_hash
-from prunebench.io import atomic_write_json, file_sha256, load_tensors, read_json
+from prunebench.io import (
+    atomic_write_json,
+    atomic_write_text,
+    file_sha256,
+    json_text,
+    load_tensors,
+    read_json,
+)
 from prunebench.models import get_model
 
 if TYPE_CHECKING:
@@ -58,6 +66,9 @@ class Run:
     stage: str = ""
     label: str = "dense"
     spec: RunSpec | None = None
+    # What `prunebench.sources.record` gives for this run, set by the executor before it
+    # makes the run; `complete` records it in the run's provenance.
+    sources: Mapping[str, Any] | None = field(default=None, repr=False)
 
     @property
     def parents(self) -> tuple[Run, ...]:
@@ -87,23 +98,23 @@ class Run:
         return read_json(self.path / "metrics.json")
 
     def complete(self, metrics: Mapping[str, Any]) -> None:
-        """Record the checksums of the run's files, then `metrics.json`, which marks the run
-        done (so a crash in between leaves it unfinished, never unverifiable)."""
+        """Add the run's provenance (`prunebench.provenance`) to `metrics`, record the
+        checksums of every file of the run (`metrics.json` included, by the bytes about to be
+        written), then write `metrics.json`, which marks the run done (so a crash in between
+        leaves it unfinished, never unverifiable)."""
+        from prunebench.provenance import run_record
+
+        metrics = {**metrics, "provenance": run_record(self.sources)}
+        text = json_text(metrics)
         sums = {name: file_sha256(self.path / name) for name in _result_files(self.path)}
+        sums["metrics.json"] = hashlib.sha256(text.encode()).hexdigest()
         atomic_write_json(self.path / CHECKSUMS, sums)
-        atomic_write_json(self.path / "metrics.json", metrics)
+        atomic_write_text(self.path / "metrics.json", text)
 
     def damaged(self) -> str | None:
         """The first of a finished run's files whose checksum no longer matches (or that is
         gone), else None."""
-        sums_file = self.path / CHECKSUMS
-        if not sums_file.is_file():
-            return None  # made before checksums were recorded
-        for name, digest in read_json(sums_file).items():
-            path = self.path / name
-            if not path.is_file() or file_sha256(path) != digest:
-                return name
-        return None
+        return damaged_file(self.path)
 
     def write_config(self) -> None:
         """`config.json`: the run's metadata, its description, and the plugins this process
@@ -133,11 +144,32 @@ class Run:
 
 
 CHECKSUMS = "checksums.json"
+# A run's log is appended to after it is done (and says nothing the results depend on);
+# `checksums.json` is the record itself. Every other file is checked, `metrics.json` too.
 _UNCHECKED = {"log.txt", "metrics.json", CHECKSUMS}
 
 
+def damaged_file(run_dir: str | Path) -> str | None:
+    """The first file of a finished run whose checksum no longer matches (or that is gone),
+    else None (also for a run made before checksums were recorded)."""
+    run_dir = Path(run_dir)
+    sums_file = run_dir / CHECKSUMS
+    if not sums_file.is_file():
+        return None  # made before checksums were recorded
+    try:
+        sums = read_json(sums_file)
+    except ValueError:
+        return CHECKSUMS
+    for name, digest in sums.items():
+        path = run_dir / name
+        if not path.is_file() or file_sha256(path) != digest:
+            return name
+    return None
+
+
 def _result_files(run_dir: Path) -> list[str]:
-    """The files a finished run is made of: not its log, metrics or training checkpoints."""
+    """The files a finished run is made of besides its metrics: not its log or training
+    checkpoints (a directory)."""
     return sorted(p.name for p in run_dir.iterdir() if p.is_file() and p.name not in _UNCHECKED
                   and not p.name.startswith("."))
 
@@ -236,4 +268,4 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-__all__ = ["Arch", "Run", "load_run_model", "reusable", "seeded"]
+__all__ = ["Arch", "Run", "damaged_file", "load_run_model", "reusable", "seeded"]

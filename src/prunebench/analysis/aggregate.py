@@ -35,6 +35,9 @@ from prunebench.analysis.names import (
 )
 from prunebench.errors import ConfigError
 from prunebench.io import atomic_write_json, atomic_write_text
+from prunebench.provenance import COLUMNS as PROVENANCE_COLUMNS
+from prunebench.provenance import columns as provenance_columns
+from prunebench.runs import damaged_file
 
 RESULT_KINDS = ("train", "recover", "lottery", "lottery_reinit")
 
@@ -50,13 +53,14 @@ LEADING_COLUMNS = [
     "val_loss", "params_total", "params_nonzero", "params_remaining_frac", "param_reduction",
     "macs", "macs_reduction", "threads",
 ]
-TRAILING_COLUMNS = ["run_dir", "hash"]
+# What made each run (`prunebench.provenance`): empty for runs made before it was recorded.
+TRAILING_COLUMNS = [*PROVENANCE_COLUMNS, "run_dir", "hash"]
 # `series` is a function of `label`, `recovery` and `control`: it splits no group, and leads
 # so that groups sort by the name they are shown under.
 GROUP_KEYS = ["study", "dataset", "model", "series", "label", "method", "target_sparsity",
               "channel_sparsity", "recovery", "control"]
 SORT_KEYS = ["study", "series", "target_sparsity", "channel_sparsity", "seed"]
-NOT_SUMMARISED = {"seed"}
+NOT_SUMMARISED = {"seed", *PROVENANCE_COLUMNS}
 BENCHMARK_PREFIX = "benchmark_"  # for a benchmark key that the run's metrics already have
 # The benchmark's text columns: how its numbers were measured, kept in the summary (as the
 # group's distinct values) so the tables can say it without the runs table.
@@ -137,7 +141,9 @@ def read_run(run_dir: Path, benchmark: Mapping[str, Any] | None = None) -> dict 
     config = normalise_legacy_record(_read_json_object(run_dir / "config.json"))
     if not is_result(config):
         return None
-    metrics = _scalars(_read_json_object(run_dir / "metrics.json"))
+    check_run_files(run_dir)
+    raw_metrics = _read_json_object(run_dir / "metrics.json")
+    metrics = _scalars(raw_metrics)
     for key, value in _scalars(benchmark or {}).items():
         metrics[BENCHMARK_PREFIX + key if key in metrics else key] = value
     row = {key: config.get(key) for key in META_COLUMNS}
@@ -150,9 +156,22 @@ def read_run(run_dir: Path, benchmark: Mapping[str, Any] | None = None) -> dict 
     row.update({k: v for k, v in metrics.items() if k not in row and k not in TRAILING_COLUMNS})
     total, nonzero = metrics.get("params_total"), metrics.get("params_nonzero")
     row["params_remaining_frac"] = nonzero / total if total and nonzero is not None else math.nan
+    row.update(provenance_columns(raw_metrics.get("provenance")))
     row["run_dir"] = str(run_dir)
     row["hash"] = config.get("hash", run_dir.name)
     return row
+
+
+def check_run_files(run_dir: Path) -> None:
+    """Refuse a run whose files no longer match the checksums recorded when it finished (an
+    edited `metrics.json`, a damaged model, a deleted file): its numbers would enter the
+    tables unchecked."""
+    damaged = damaged_file(run_dir)
+    if damaged is not None:
+        raise ConfigError(
+            f"run {str(run_dir)!r}: {damaged} does not match the checksum recorded when the run "
+            "finished (edited or damaged since); `prunebench status` lists such runs and "
+            "`prunebench rerun` redoes them")
 
 
 def _benchmarks(manifests: Iterable[Path]) -> dict[str, dict]:
@@ -165,6 +184,7 @@ def _benchmarks(manifests: Iterable[Path]) -> dict[str, dict]:
         for entry in manifest["runs"]:
             bench_dir = _run_dir(entry, manifest_path)
             measured = _run_dir({"path": entry["of"]}, manifest_path)
+            check_run_files(bench_dir)
             out[os.path.realpath(measured)] = _read_json_object(bench_dir / "metrics.json")
     return out
 

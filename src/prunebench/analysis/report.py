@@ -111,6 +111,42 @@ def _threads_line(runs) -> str:
     return f"Torch threads per run: {shown}.\n"
 
 
+def provenance_lines(runs) -> str:
+    """The environments and code versions that made a study's runs (`prunebench.provenance`),
+    with a warning when there are several: their numbers then come from different
+    computations (a run name says what was computed, not on which code path)."""
+    if "env_id" not in runs or runs["env_id"].isna().all():
+        return "Made by: not recorded (runs made before provenance was recorded).\n"
+    fields = ["env_id", "cpu_model", "cpu_capability", "determinism_knobs", "torch_version",
+              "gpu"]
+    envs = runs[fields].astype(object).where(runs[fields].notna(), None)
+    counts = envs.value_counts(dropna=False)
+    lines = ["Made by (environment: runs):\n"]
+    for key, n in counts.items():
+        env = {f: v if isinstance(v, str) else None for f, v in zip(fields, key)}
+        where = env["gpu"] or f"{env['cpu_model']} ({env['cpu_capability']})"
+        lines.append(f"- `{env['env_id']}`: {where}, torch {env['torch_version']}, "
+                     f"{env['determinism_knobs'] or 'native'}: {n} runs")
+    unrecorded = int(runs["env_id"].isna().sum())
+    if unrecorded:
+        lines.append(f"- not recorded: {unrecorded} runs")
+    codes = runs["code_commit"].astype(object).where(runs["code_commit"].notna(), None)
+    dirty = runs["code_dirty"].astype(object).where(runs["code_dirty"].notna(), None)
+    versions = sorted({f"{c}{'+dirty' if d else ''}" for c, d in zip(codes, dirty)
+                       if c is not None})
+    lines.append(f"\nCode: {', '.join(f'`{v}`' for v in versions) or 'not recorded'}.\n")
+    warnings = []
+    if len(counts) + (1 if unrecorded else 0) > 1:
+        warnings.append(f"this study's runs come from {len(counts) + (1 if unrecorded else 0)} "
+                        "environments; numbers from different CPU code paths differ (`prunebench "
+                        "compare` says by how much)")
+    if len(versions) > 1 or (versions and unrecorded):
+        warnings.append(f"this study's runs come from {len(versions) + (1 if unrecorded else 0)}"
+                        " code versions (`prunebench status` lists runs made by older source)")
+    lines += [f"> **Warning:** {w}.\n" for w in warnings]
+    return "\n".join(lines) + "\n"
+
+
 def render_report(tables_dir: Path, plots_dir: Path, out_path: Path) -> str:
     """The report text; figure links are relative to `out_path`'s directory, and only figures
     that exist are linked."""
@@ -129,6 +165,7 @@ def render_report(tables_dir: Path, plots_dir: Path, out_path: Path) -> str:
     for study in studies(summary):
         parts.append(f"## {study}\n")
         parts.append(_threads_line(runs[runs["study"] == study]))
+        parts.append(provenance_lines(runs[runs["study"] == study]))
         parts += study_markdown(summary, study)
         for name in PLOTS:
             plot = Path(plots_dir) / plot_filename(study, name)

@@ -133,6 +133,12 @@ class PruningMethod:
     - `iterative`: the level schedule, rewind point and control of an iterative method;
     - `check_model(model, input_shape, options)`: why the method cannot prune a model (None:
       it can), checked when a study with a model of the user's own is parsed.
+
+    `version` is the method's semantics: bump it when a change to the method's code changes
+    what its runs compute (a fixed bug, a new tie-break). It enters the name of every run of
+    the method (and so of the runs that depend on them) once it is above 1, so old runs are
+    never reused as if new; a refactor that computes the same thing keeps it (those runs are
+    then only reported as made by older source, `prunebench status`).
     """
 
     name: str
@@ -150,6 +156,7 @@ class PruningMethod:
     training_callback: Callable[[CallbackContext], TrainingCallback] | None = None
     iterative: Iterative | None = None
     check_model: Callable[[nn.Module, tuple[int, ...], Mapping[str, Any]], str | None] | None = None
+    version: int = 1
 
     def model_refusal(self, model: nn.Module, input_shape: tuple[int, ...],
                       options: Mapping[str, Any], scope: Scope) -> str | None:
@@ -233,12 +240,16 @@ def register_method(
     training_callback: Callable[[CallbackContext], TrainingCallback] | None = None,
     iterative: Iterative | None = None,
     check_model: Callable[[nn.Module, tuple[int, ...], Mapping[str, Any]], str | None] | None = None,
+    version: int = 1,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register `fn` as method `name` with its declared `options`.
 
     `validate(options, key)` raises ConfigError for bad combinations of option values; it
     runs when a study is parsed, so bad options stop the run before anything is written.
+    `version` (an int >= 1): see `PruningMethod`.
     """
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"method {name!r}: version must be an int >= 1, got {version!r}")
 
     if when == "during_training" and training_callback is None:
         raise ValueError(f"method {name!r} prunes during training: it needs a training_callback")
@@ -249,7 +260,7 @@ def register_method(
         METHODS.register(name, PruningMethod(
             name, fn, when, dict(options or {}), produces, needs_data, validate,
             fixed_sparsity, sensitivity_sweep, pretrain, check_grid, rounds, training_callback,
-            iterative, check_model,
+            iterative, check_model, version,
         ))
         return fn
 

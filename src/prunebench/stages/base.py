@@ -177,6 +177,8 @@ def pretrained_run(ctx: StudyContext, entry: MethodEntry, seed: int) -> Run:
     if method_of(entry).pretrain is None:
         return dense_run(ctx, seed)
     desc = dense_description(ctx, pretrain_recipe(ctx, entry), seed)
+    if method_of(entry).version != 1:  # its own training is part of the method's semantics
+        desc["method"] = {"name": entry.method, "version": method_of(entry).version}
     meta = {**base_meta(ctx, seed), "method": entry.method, "label": f"{entry.label}_pretrain",
             "result": False}
     return Run(ctx.root, "train", desc, meta, stage="train", label=entry.label,
@@ -186,7 +188,10 @@ def pretrained_run(ctx: StudyContext, entry: MethodEntry, seed: int) -> Run:
 def method_description(entry: MethodEntry) -> dict[str, Any]:
     """A method as a run's description names it: options equal to their defaults are left
     out, so adding an option with a default keeps old run names valid."""
-    desc = {"method": entry.method, "options": method_of(entry).hashed_options(entry.options)}
+    method = method_of(entry)
+    desc = {"method": entry.method, "options": method.hashed_options(entry.options)}
+    if method.version != 1:  # a declared change of semantics renames the method's runs
+        desc["version"] = method.version
     plugin = plugins.identity(METHODS.origin(entry.method))
     if plugin:  # a method from a plugin: its source names the runs
         desc["plugin"] = plugin

@@ -1,0 +1,206 @@
+"""`prunebench status` and `prunebench rerun`: which planned runs can be trusted, and redoing
+the others.
+
+Snakemake decides what to run from its job manifests, and a run directory is reused when its
+`metrics.json` exists: neither notices a run whose source has changed since it was made, a
+run directory deleted after its job finished, or a file edited after the fact. `survey`
+looks at every run the params plan (the same plan the workflow runs) and says of each:
+
+- `ok`: finished, every file matches its checksum, made by today's source;
+- `stale`: finished, but the source that decides its result (`prunebench.sources`) has
+  changed since (the files are named);
+- `damaged`: a file no longer matches its checksum, or is gone (named);
+- `missing`: not finished although the job that makes it has finished (its manifest is
+  there): the run directory was deleted or emptied afterwards;
+- `downstream`: itself in order, but made from a stale, damaged or missing run;
+- `unrecorded`: finished before runs recorded their source (cannot be checked; redone with
+  `--unrecorded`);
+- `pending`: not made yet (the workflow will make it).
+
+`rerun` removes the stale, damaged and missing runs and everything downstream of them (run
+directories and the manifests of their jobs), then runs Snakemake, which remakes exactly
+those jobs and the tables, figures and reports that read them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prunebench.context import StudyContext
+from prunebench.plan import group_runs, manifest_path
+from prunebench.runs import Run, damaged_file
+from prunebench.sources import changed_files, record
+from prunebench.stages import STAGES
+from prunebench.study import selected_studies
+
+JOBS_ROOT = "results/jobs"
+STATES = ("ok", "stale", "damaged", "missing", "downstream", "unrecorded", "pending")
+REDO = ("stale", "damaged", "missing")  # what `rerun` redoes, with what is downstream of them
+
+
+@dataclass
+class RunState:
+    run: Run
+    study: str
+    manifest: str  # the job that makes the run
+    state: str = "pending"
+    detail: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.run.meta.get("label", self.run.label)
+
+
+def survey(raw_params: Mapping[str, Any], jobs_root: str | Path = JOBS_ROOT) -> list[RunState]:
+    """The state of every run the params plan, parents before children."""
+    runs_root = Path(raw_params.get("runs_root", "results/runs"))
+    states: dict[Path, RunState] = {}
+    for study in selected_studies(raw_params).values():
+        ctx = StudyContext(study, runs_root)
+        for stage in STAGES.values():
+            for point, h, members in group_runs(stage, stage.runs(ctx)):
+                manifest = manifest_path(jobs_root, stage.name, study.name, members[0].label,
+                                         point, h)
+                for run in members:
+                    _add(run, study.name, manifest, states)
+    for item in states.values():  # parents first (dict order): their state is known
+        item.state, item.detail = _own_state(item)
+        if item.state in ("ok", "unrecorded", "stale"):
+            bad = [states[p.path] for p in item.run.parents
+                   if states[p.path].state in (*REDO, "downstream")]
+            if bad and item.state != "stale":
+                item.state, item.detail = "downstream", f"made from {bad[0].run.path}"
+    return list(states.values())
+
+
+def _add(run: Run, study: str, manifest: str, states: dict[Path, RunState]) -> None:
+    """Add `run` after its parents; a parent no job lists (an intermediate lottery level) is
+    made by the job of the run that reads it."""
+    if run.path in states:
+        return
+    for parent in run.parents:
+        _add(parent, study, manifest, states)
+    states[run.path] = RunState(run, study, manifest)
+
+
+def _own_state(item: RunState) -> tuple[str, str]:
+    run = item.run
+    if not run.done:
+        if Path(item.manifest).is_file():
+            return "missing", f"its job finished ({item.manifest}) but the run is not there"
+        return "pending", ""
+    damaged = damaged_file(run.path)
+    if damaged is not None:
+        return "damaged", f"{damaged} does not match its checksum"
+    try:
+        recorded = (run.metrics().get("provenance") or {}).get("source")
+    except ValueError:
+        return "damaged", "metrics.json is not JSON"
+    if not recorded:
+        return "unrecorded", ""
+    current = record(run)
+    if recorded.get("hash") != current["hash"]:
+        return "stale", ", ".join(changed_files(recorded, current))
+    return "ok", ""
+
+
+def to_redo(states: Sequence[RunState], unrecorded: bool = False) -> list[RunState]:
+    """The runs `rerun` removes: stale, damaged, missing (and unrecorded if asked), and every
+    run made from one of them."""
+    redo_states = set(REDO) | ({"unrecorded"} if unrecorded else set())
+    chosen: set[Path] = set()
+    for item in states:  # parents first
+        if item.state in redo_states or any(p.path in chosen for p in item.run.parents):
+            chosen.add(item.run.path)
+    return [s for s in states if s.run.path in chosen and s.state != "pending"]
+
+
+def summary_table(states: Sequence[RunState]) -> list[dict[str, Any]]:
+    """Counts per study, stage and method label (rows with anything to report)."""
+    counts: dict[tuple[str, str, str], Counter] = {}
+    for s in states:
+        counts.setdefault((s.study, s.run.stage, s.name), Counter())[s.state] += 1
+    return [{"study": k[0], "stage": k[1], "method": k[2], **{st: c[st] for st in STATES}}
+            for k, c in counts.items()]
+
+
+def format_report(states: Sequence[RunState], unrecorded: bool = False) -> str:
+    total = Counter(s.state for s in states)
+    lines = [f"{len(states)} planned runs: "
+             + ", ".join(f"{total[st]} {st}" for st in STATES if total[st])]
+    rows = summary_table(states)
+    widths = {"study": 14, "stage": 11, "method": 22}
+    header = "".join(f"{k:<{w}}" for k, w in widths.items()) + "".join(f"{st:>11}" for st in STATES)
+    lines += ["", header]
+    for row in rows:
+        lines.append("".join(f"{row[k]:<{w}}" for k, w in widths.items())
+                     + "".join(f"{row[st] or '.':>11}" for st in STATES))
+    changed = Counter(s.detail for s in states if s.state == "stale")
+    if changed:
+        lines += ["", "stale runs, by the source that changed:"]
+        lines += [f"  {n:5d}  {files}" for files, n in changed.most_common()]
+    for s in states:
+        if s.state in ("damaged", "missing"):
+            lines.append(f"{s.state}: {s.run.path}: {s.detail}")
+    redo = to_redo(states, unrecorded)
+    if redo:
+        lines += ["", f"{len(redo)} runs to redo (stale, damaged, missing and what is made "
+                      "from them): `prunebench rerun` (add Snakemake's options after `--`)"]
+    elif total["unrecorded"]:
+        lines += ["", f"{total['unrecorded']} runs predate source records: "
+                      "`prunebench rerun --unrecorded` redoes them"]
+    return "\n".join(lines)
+
+
+def remove(states: Iterable[RunState]) -> tuple[int, int]:
+    """Delete the run directories of `states` and the manifests of their jobs, so that
+    Snakemake remakes them; (runs, manifests) removed."""
+    runs = manifests = 0
+    for s in states:
+        if s.run.path.exists():
+            shutil.rmtree(s.run.path)
+            runs += 1
+        if Path(s.manifest).is_file():
+            Path(s.manifest).unlink()
+            manifests += 1
+    return runs, manifests
+
+
+def rerun(raw_params: Mapping[str, Any], snakemake_args: Sequence[str], *,
+          unrecorded: bool = False, dry_run: bool = False) -> int:
+    """`prunebench rerun`: remove what must be redone, then run Snakemake; its exit status."""
+    states = survey(raw_params)
+    redo = to_redo(states, unrecorded)
+    counts = Counter(s.state for s in redo)
+    print(f"to redo: {len(redo)} runs ("
+          + ", ".join(f"{n} {st}" for st, n in counts.most_common()) + ")" if redo
+          else "nothing to redo: every finished run matches its checksums and today's source")
+    if dry_run:
+        for s in redo:
+            print(f"  {s.state:<11} {s.run.path}  {s.detail}")
+        return 0
+    if redo:
+        runs, manifests = remove(redo)
+        print(f"removed {runs} run directories and {manifests} job manifests")
+    args = list(snakemake_args) or ["--cores", "all"]
+    snakemake = shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")
+    print("running: snakemake " + " ".join(args), flush=True)
+    return subprocess.run([snakemake, *args]).returncode
+
+
+def as_json(states: Sequence[RunState]) -> Iterable[str]:
+    for s in states:
+        yield json.dumps({"study": s.study, "stage": s.run.stage, "method": s.name,
+                          "state": s.state, "run": str(s.run.path), "job": s.manifest,
+                          "detail": s.detail})
+
+
+__all__ = ["STATES", "RunState", "format_report", "remove", "rerun", "survey", "to_redo"]
