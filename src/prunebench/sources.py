@@ -10,9 +10,10 @@ is declared by bumping the method's `version` (`prunebench.pruning.base.PruningM
 The files, per run (`files`), and why:
 - its stage's module (`prunebench/stages/<stage>.py`): what the run does with its parents
   (how a pruned model recovers, how a lottery level rewinds, what a benchmark measures);
-- its method's module (the file of the function registered as the method) and the mask
-  code every masked method goes through (`pruning/mask.py`), or for a structured method
-  the channel surgery (`structured/`): what is pruned;
+- for a run that calls its method (pruning, pruning during training, a method's own
+  pretraining, lottery levels: `METHOD_STAGES`), the method's module (the file of the
+  function registered as the method) and the mask code every masked method goes through
+  (`pruning/mask.py`), or for a structured method the channel surgery (`structured/`);
 - the evaluation code (`training/evaluate.py`) for every run, and the training package
   (`training/`: loop, engine, schedule, distillation, stacked training) for every run that
   trains: all but sensitivity sweeps, one-step pruning and benchmarks, whose numbers come
@@ -46,6 +47,10 @@ from typing import Any
 from prunebench.runs import Run
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# The stages whose runs call their method's code (pruning, pruning during training or a
+# method's own pretraining, lottery levels); recovery, sensitivity and benchmark runs only
+# read what a pruned parent made, so a change there reaches them as their parent's.
+METHOD_STAGES = ("prune", "train", "lottery")
 _SKIPPED = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
 
 
@@ -72,7 +77,7 @@ def files(run: Run) -> list[Path]:
     if run.stage in STAGES:
         found.add(_module_file(type(STAGES[run.stage])))
     method = run.meta.get("method")
-    if method in METHODS:
+    if method in METHODS and run.stage in METHOD_STAGES:
         entry = METHODS.get(method)
         found.add(_module_file(entry.fn))
         found.update(_package_files("structured") if entry.structured

@@ -109,7 +109,8 @@ def _run_dir(entry: Mapping[str, Any], manifest: Path) -> Path:
             return candidate
     raise ConfigError(
         f"run {str(as_written)!r} listed in manifest {str(manifest)!r} is not a finished run "
-        "directory (needs config.json and metrics.json)"
+        "directory (needs config.json and metrics.json); `prunebench status` lists such runs "
+        "and `prunebench rerun` remakes them"
     )
 
 
