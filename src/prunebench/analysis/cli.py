@@ -1,4 +1,4 @@
-"""CLI subcommands of the analysis stage (aggregate, plot, report).
+"""CLI subcommands of the analysis stage (aggregate, plot, report, headline, compare).
 
 This module is imported to build the `prunebench` parser for every command, so pandas and
 matplotlib are imported only when an analysis command actually runs.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prunebench.errors import ConfigError
 
-COMMANDS: tuple[str, ...] = ("aggregate", "plot", "report", "headline")
+COMMANDS: tuple[str, ...] = ("aggregate", "plot", "report", "headline", "compare")
 
 
 def add_subcommands(sub) -> None:
@@ -37,9 +37,33 @@ def add_subcommands(sub) -> None:
     hl.add_argument("metrics", nargs="+", type=Path, metavar="FILE",
                     help="the study's metrics.json written by `aggregate --metrics`")
     hl.add_argument("--out", type=Path, required=True, metavar="DIR")
+    cp = sub.add_parser("compare", help="did a rerun reproduce a result set? per grid point, "
+                        "in seed standard deviations")
+    sets = ("a runs.csv, a study tables dir, a results dir (studies/<study>/runs.csv), or "
+            "git:REV[:PATH] (the committed results at REV)")
+    cp.add_argument("set_a", metavar="A", help=f"the reference: {sets}")
+    cp.add_argument("set_b", metavar="B", nargs="?",
+                    help="the rerun, as A (default: the working tree's results/)")
+    cp.add_argument("--sigma", type=float, default=2.0, metavar="K",
+                    help="a grid point is outside when its top-1 differs by more than K seed "
+                         "stds (default 2)")
+    cp.add_argument("--max-outside", type=int, metavar="N",
+                    help="exit 1 when more than N grid points of a study are outside "
+                         "(default: as many as a faithful rerun with fresh seeds exceeds "
+                         "only 1%% of the time); a study whose top-1 differences lean one "
+                         "way (sign test p < 0.001) also exits 1")
+    cp.add_argument("--study", action="append", metavar="NAME",
+                    help="compare only this study (repeatable; default: all in both sets)")
+    cp.add_argument("--rows", type=int, default=10, metavar="N",
+                    help="grid points shown per study, largest |diff|/sigma first, besides "
+                         "all outside (0: all; default 10)")
+    cp.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
 
 
-def run_analysis(args: argparse.Namespace) -> None:
+def run_analysis(args: argparse.Namespace) -> int:
+    """Run an analysis command; its exit status (compare: 1 when a study is not reproduced)."""
+    if args.command == "compare":
+        return _compare(args)
     if args.command == "aggregate":
         _aggregate(args)
     elif args.command == "plot":
@@ -60,6 +84,20 @@ def run_analysis(args: argparse.Namespace) -> None:
             print(path)
     else:
         raise ValueError(f"not an analysis command: {args.command!r}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from prunebench.analysis.compare import compare, read_result_sets, render, write_json
+
+    if args.rows < 0:
+        raise ConfigError(f"--rows must be >= 0, got {args.rows}")
+    set_a, set_b = read_result_sets(args.set_a, args.set_b)
+    result = compare(set_a, set_b, args.sigma, args.max_outside, args.study)
+    if args.json is not None:
+        write_json(result, args.json)
+    print(render(result, args.rows), end="")
+    return 0 if result["reproduced"] else 1
 
 
 def _aggregate(args: argparse.Namespace) -> None:
