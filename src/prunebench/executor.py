@@ -240,7 +240,7 @@ class Executor:
         atomic_torch_save(model.state_dict(), run.path / "model.pt")
         atomic_write_json(run.path / "arch.json", arch.to_json())
         run.write_config()
-        run.complete(metrics)
+        metrics = run.complete(metrics)
         log.info("%s %s done: top1 %.4f", run.kind, run.hash, metrics["top1"])
         return metrics
 
@@ -275,7 +275,7 @@ def _cleanup_on_failure(runs: Sequence[Run]) -> Iterator[None]:
         yield
     except BaseException:
         for run in fresh:
-            if not (run.path / "checkpoints").is_dir():
+            if not (run.path / "checkpoints" / "last.pt").is_file():  # nothing to resume
                 shutil.rmtree(run.path, ignore_errors=True)
         raise
 

@@ -97,11 +97,11 @@ class Run:
     def metrics(self) -> dict:
         return read_json(self.path / "metrics.json")
 
-    def complete(self, metrics: Mapping[str, Any]) -> None:
+    def complete(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """Add the run's provenance (`prunebench.provenance`) to `metrics`, record the
         checksums of every file of the run (`metrics.json` included, by the bytes about to be
         written), then write `metrics.json`, which marks the run done (so a crash in between
-        leaves it unfinished, never unverifiable)."""
+        leaves it unfinished, never unverifiable); the metrics as written."""
         from prunebench.provenance import run_record
 
         metrics = {**metrics, "provenance": run_record(self.sources)}
@@ -110,6 +110,7 @@ class Run:
         sums["metrics.json"] = hashlib.sha256(text.encode()).hexdigest()
         atomic_write_json(self.path / CHECKSUMS, sums)
         atomic_write_text(self.path / "metrics.json", text)
+        return metrics
 
     def damaged(self) -> str | None:
         """The first of a finished run's files whose checksum no longer matches (or that is
