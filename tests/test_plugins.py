@@ -1,8 +1,9 @@
 """Bring your own model, method and checkpoint (issue #22): plugins named in the params file
-or installed as entry points, `model.kwargs`, `model.factory`, `model.checkpoint`. Every
-check runs the real CLI in a project directory the test makes (plugins are imported once per
-process, as in every job), so what a plugin registers, and the run names it gives, are those
-a user's processes see."""
+or installed as entry points, `model.kwargs`, `model.factory`, `model.checkpoint`. The checks
+run the real CLI in a project directory the test makes, each run or plan a fresh process
+(plugins are imported once per process, as in every job), so what a plugin registers, and the
+run names it gives, are those a user's processes see. Refusals at parse time are planned by
+the CLI's own `main` in one process (`refusals`), the subprocess path checked once."""
 
 from __future__ import annotations
 
@@ -57,6 +58,12 @@ def net(num_classes, width=8):
     return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, num_classes))
 '''
 
+WIDE = '''
+
+def wide(*, weights=None, **kwargs):  # torchvision's style: num_classes only by keyword
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 1000))
+'''
+
 
 def study(**over) -> dict:
     s = {
@@ -87,71 +94,246 @@ def cli(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedP
                           text=True, timeout=600, env={**os.environ, **(env or {})})
 
 
-def plan(cwd: Path) -> dict[tuple[str, str], list[dict]]:
+def plan(cwd: Path) -> dict[tuple[str, str, str], list[dict]]:
+    """The jobs `prunebench plan` lists, by (study, stage, label)."""
     out = cli(cwd, "plan")
     assert out.returncode == 0, out.stderr
-    jobs: dict[tuple[str, str], list[dict]] = {}
+    jobs: dict[tuple[str, str, str], list[dict]] = {}
     for job in map(json.loads, out.stdout.splitlines()):
-        jobs.setdefault((job["stage"], job["label"]), []).append(job)
+        jobs.setdefault((job["study"], job["stage"], job["label"]), []).append(job)
     return jobs
-
-
-PARSE_ALL = """
-import json, sys
-from prunebench.errors import ConfigError
-from prunebench.study import validate_params
-out = []
-for raw in json.loads(sys.stdin.read()):
-    try:
-        validate_params(raw)
-        out.append(None)
-    except ConfigError as err:
-        out.append(str(err))
-print(json.dumps(out))
-"""
-
-
-def parse_errors(cwd: Path, raws: list[dict]) -> list[str | None]:
-    """What parsing each params mapping says (None: accepted), in one process from `cwd`,
-    as `prunebench plan` would parse it (each refusal is the error's one line)."""
-    out = subprocess.run([sys.executable, "-c", PARSE_ALL], cwd=cwd, input=json.dumps(raws),
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.splitlines()[-1])
 
 
 def params(**study_over) -> dict:
     return {"plugins": ["plugins/mine.py"], "studies": {"s": study(**study_over)}}
 
 
-def test_a_plugin_registers_a_model_and_a_method_and_names_their_runs(tmp_path):
-    work = project(tmp_path, params())
-    before = plan(work)
-    assert ("prune", "squared_magnitude") in before and ("train", "dense") in before
+def make_tiles(root: Path) -> None:
+    """An image folder of 8x8 grey tiles, two classes: data/tiles/{train,test}/{dark,light}."""
+    from PIL import Image
+
+    for split, count in (("train", 12), ("test", 4)):
+        for k, cls in enumerate(("dark", "light")):
+            folder = root / "data" / "tiles" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("L", (8, 8), color=40 + 160 * k + i).save(folder / f"{i}.png")
+
+
+TILES = {"name": "tiles", "format": "image_folder", "path": "data/tiles", "val_size": 0.25,
+         "options": {"mean": 0.5, "std": 0.25}}
+
+# ---------------------------------------------------------------- renames: one project
+
+HELPER = "def width():\n    return 12\n"
+HELPED_PLUGIN = "from helpers import width\n" + PLUGIN
+
+
+@pytest.fixture(scope="module")
+def renames(tmp_path_factory) -> list[dict]:
+    """One project planned three times, each by a fresh `prunebench plan`: as written, after
+    a comment is added to the plugin, then after one is added to a project module that the
+    plugin imports (`helpers.py`). Its two studies name the plugin themselves (there is no
+    top-level `plugins:`): `s` runs the plugin's model, `b` a built-in one; both prune with
+    the plugin's method and a built-in one."""
+    work = tmp_path_factory.mktemp("renames")
+    own = {"plugins": ["plugins/mine.py"]}
+    raw = {"studies": {"s": {**study(), **own},
+                       "b": {**study(model={"name": "mlp_digits"}), **own}}}
+    project(work, raw, plugin=HELPED_PLUGIN)
+    (work / "helpers.py").write_text(HELPER)
+    plans = [plan(work)]
+    (work / "plugins" / "mine.py").write_text(HELPED_PLUGIN + "\n# edited\n")
+    plans.append(plan(work))
+    (work / "helpers.py").write_text(HELPER + "# edited\n")
+    plans.append(plan(work))
+    for later in plans[1:]:
+        assert set(later) == set(plans[0])
+    return plans
+
+
+def renamed(before: dict, after: dict, study_name: str) -> dict[tuple[str, str], bool]:
+    """Per (stage, label) of one study: whether its jobs' hashes changed."""
+    return {key[1:]: [j["hash"] for j in jobs] != [j["hash"] for j in after[key]]
+            for key, jobs in before.items() if key[0] == study_name}
+
+
+def test_a_study_names_its_own_plugins(renames):
+    before = renames[0]
+    for name in ("s", "b"):  # planned, with the plugin's model and method
+        assert (name, "prune", "squared_magnitude") in before and (name, "train", "dense") in before
+
+
+def test_a_plugin_registers_a_model_and_a_method_and_names_their_runs(renames):
     # Editing the plugin reruns what uses what it registers: the model is the plugin's, so
     # every run changes name; a comment is an edit too (the source is the identity).
-    (work / "plugins" / "mine.py").write_text(PLUGIN + "\n# edited\n")
-    after = plan(work)
-    for key, jobs in before.items():
-        assert [j["hash"] for j in jobs] != [j["hash"] for j in after[key]], key
+    changed = renamed(renames[0], renames[1], "s")
+    assert ("prune", "squared_magnitude") in changed and ("train", "dense") in changed
+    assert all(changed.values()), changed
 
 
-def test_a_plugin_method_on_a_builtin_model_renames_only_its_own_runs(tmp_path):
-    work = project(tmp_path, params(model={"name": "mlp_digits"}))
-    before = plan(work)
-    (work / "plugins" / "mine.py").write_text(PLUGIN + "\n# edited\n")
-    after = plan(work)
-    for key, jobs in before.items():
-        changed = [j["hash"] for j in jobs] != [j["hash"] for j in after[key]]
-        # The plugin method's runs (and their benchmarks) change; the rest keep their names.
-        assert changed == (key[1] == "squared_magnitude"), key
+def test_a_plugin_method_on_a_builtin_model_renames_only_its_own_runs(renames):
+    changed = renamed(renames[0], renames[1], "b")
+    # The plugin method's runs (and their benchmarks) change; the rest keep their names.
+    assert changed and all(c == (key[1] == "squared_magnitude") for key, c in changed.items()), \
+        changed
 
 
-def test_plugin_runs_end_to_end_and_the_model_takes_its_kwargs(tmp_path):
-    work = project(tmp_path, params())
+def test_a_module_the_plugin_uses_is_part_of_its_identity(renames):
+    """The plugin imports a helper module of the project: editing the helper renames the
+    runs too (the plugin's file alone would not change)."""
+    changed = renamed(renames[1], renames[2], "s")
+    assert changed and all(changed.values()), changed
+    changed = renamed(renames[1], renames[2], "b")
+    assert all(c == (key[1] == "squared_magnitude") for key, c in changed.items()), changed
+
+
+# ---------------------------------------------------------- refusals: one process, many plans
+
+PLAN_EACH = """
+import contextlib, io, json, sys, traceback
+from prunebench.cli import main
+
+
+class Current(io.TextIOBase):
+    # main() binds its logging handler to sys.stderr once: send it to each plan's buffer.
+    buf = io.StringIO()
+
+    def write(self, text):
+        return self.buf.write(text)
+
+
+err = Current()
+said = []
+for path in sys.argv[1:]:
+    out, err.buf = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(["plan", "--params", path])
+        except SystemExit as exit:
+            code = exit.code
+        except Exception:  # what the console command would die of: a traceback, status 1
+            traceback.print_exc()
+            code = 1
+    said.append({"code": code, "stdout": out.getvalue(), "stderr": err.buf.getvalue()})
+print(json.dumps(said))
+"""
+
+REFUSED_PLUGINS = [
+    (["plugins/missing.py"], "plugins[0]: plugin file 'plugins/missing.py' not found"),
+    (["no_such_module_xyz"], "plugins[0]: cannot import plugin 'no_such_module_xyz'"),
+    (["plugins/mine.py", "plugins/broken.py"],
+     "plugins[1]: plugin 'plugins/broken.py' failed on import: ZeroDivisionError"),
+    ("plugins/mine.py", "plugins must be a list"),
+    ([{"file": "plugins/mine.py"}], "plugins[0] must be a module name or a .py file"),
+]
+REFUSED_MODELS = [
+    ({"name": "tiny_mlp", "kwargs": {"depth": 3}}, "studies.s.model.kwargs: got an unexpected"),
+    ({"factory": "mymodels:nope"}, "studies.s.model.factory 'mymodels:nope': module"),
+    ({"factory": "timm_is_not_here:create_model"}, "cannot import 'timm_is_not_here'"),
+    ({"factory": "mymodels.net"}, "must look like 'package.module:function'"),
+    ({"name": "tiny_mlp", "factory": "mymodels:net"}, "give name (a registered model) or"),
+]
+UNPRUNABLE = [
+    ("tiny_mlp", "slimming", "ranks channels by their BatchNorm scales, and it has none"),
+    ("ln_net", "l1_filter", "its channel graph cannot be built"),
+]
+UNRUNNABLE = [
+    ({"factory": "mymodels:net", "kwargs": {"width": "8"}}, "cannot be built or run"),
+    ({"factory": "mymodels:wide"}, "gives outputs of shape (2, 1000)"),
+]
+KEEP = {"optimizer": "sgd", "lr": 0.05, "epochs": 0, "batch_size": 64}  # pretrained, kept
+
+
+def refused_params() -> dict[str, dict]:
+    """Params files that `prunebench plan` must refuse, by name, in the order planned."""
+    cases = {
+        # First, while no plugin is imported: tiny_mlp is nobody's without one.
+        "no plugin": {"studies": {"s": study()}},
+        **{f"plugins {i}": {**params(), "plugins": p} for i, (p, _) in enumerate(REFUSED_PLUGINS)},
+        **{f"model {i}": params(model=m) for i, (m, _) in enumerate(REFUSED_MODELS)},
+        **{f"unprunable {model}": params(model={"name": model},
+                                         methods={"global_magnitude": {}, method: {}})
+           for model, method, _ in UNPRUNABLE},
+        **{f"unrunnable {i}": params(model=m) for i, (m, _) in enumerate(UNRUNNABLE)},
+        "epochs 0": params(train=KEEP),  # with no checkpoint to keep
+    }
+    data = {**TILES, "options": {"colour": "RGB"}}
+    cases["data option"] = {"studies": {"s": study(data=data, model={"name": "mlp_digits"},
+                                                   methods={"global_magnitude": {}})}}
+    return cases
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory) -> dict[str, dict]:
+    """What `prunebench plan` says of each of `refused_params()` (exit status, stdout,
+    stderr), planned by the CLI's `main` in one fresh process, from one project: the plugin
+    and a broken one, the factory module with a model of the wrong width, an image folder."""
+    work = project(tmp_path_factory.mktemp("refusals"), params())
+    (work / "plugins" / "broken.py").write_text("x = 1 / 0\n")
+    (work / "mymodels.py").write_text(FACTORY + WIDE)
+    make_tiles(work)
+    cases = refused_params()
+    files = []
+    for i, raw in enumerate(cases.values()):
+        files.append(f"params-{i}.yaml")
+        (work / files[-1]).write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = subprocess.run([sys.executable, "-c", PLAN_EACH, *files], cwd=work,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return dict(zip(cases, json.loads(out.stdout.splitlines()[-1])))
+
+
+def one_line(said: dict, *parts: str) -> str:
+    """The refusal's line, checked: exit status 2, nothing planned, one line naming `parts`."""
+    lines = said["stderr"].strip().splitlines()
+    assert said["code"] == 2 and not said["stdout"], said
+    assert len(lines) == 1 and all(p in lines[0] for p in parts), said["stderr"]
+    return lines[0]
+
+
+def test_a_missing_or_failing_plugin_is_refused_in_one_line(tmp_path, refusals):
+    work = project(tmp_path, {**params(), "plugins": REFUSED_PLUGINS[2][0]})
+    (work / "plugins" / "broken.py").write_text("x = 1 / 0\n")
+    out = cli(work, "train", "--no-progress")  # the console command: exit 2, one line, no files
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and REFUSED_PLUGINS[2][1] in lines[0], out.stderr
+    assert not (work / "results").exists()
+    for i, (_, message) in enumerate(REFUSED_PLUGINS):
+        one_line(refusals[f"plugins {i}"], message)
+
+
+def test_an_installed_package_registers_through_its_entry_point(tmp_path, refusals):
+    """A distribution on the path that declares `prunebench.plugins` is imported by every
+    process, with no `plugins:` key at all."""
+    site = tmp_path / "site"
+    (site / "byo_pkg").mkdir(parents=True)
+    (site / "byo_pkg" / "__init__.py").write_text(PLUGIN)
+    info = site / "byo_pkg-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: byo_pkg\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[prunebench.plugins]\nbyo = byo_pkg\n")
+    work = project(tmp_path / "work", refused_params()["no plugin"])
+    one_line(refusals["no plugin"], "tiny_mlp")  # nobody's without the package
+    out = cli(work, "plan", env={"PYTHONPATH": str(site)})
+    assert out.returncode == 0, out.stderr
+
+
+# ------------------------------------------------------------------ runs: one process each
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory) -> tuple[Path, dict]:
+    """`prunebench finetune` of the plugin's method on the plugin's model (dense training,
+    pruning, fine-tuning): the project and the fine-tuned run's summary line."""
+    work = project(tmp_path_factory.mktemp("finetuned"), params())
     out = cli(work, "finetune", "--method", "squared_magnitude", "--no-progress")
     assert out.returncode == 0, out.stderr
-    run = json.loads(out.stdout.splitlines()[-1])
+    return work, json.loads(out.stdout.splitlines()[-1])
+
+
+def test_plugin_runs_end_to_end_and_the_model_takes_its_kwargs(finetuned):
+    work, run = finetuned
     config = json.loads((work / run["path"] / "config.json").read_text())
     assert config["config"]["parent"]["plugin"]["plugins/mine.py"] == hashlib.sha256(
         b"mine.py\0" + PLUGIN.encode() + b"\0").hexdigest()
@@ -162,53 +344,21 @@ def test_plugin_runs_end_to_end_and_the_model_takes_its_kwargs(tmp_path):
     assert (state["1.weight"] == 0).float().mean() > 0.4  # the plugin's method pruned it
 
 
-REFUSED_PLUGINS = [
-    (["plugins/missing.py"], "plugins[0]: plugin file 'plugins/missing.py' not found"),
-    (["no_such_module_xyz"], "plugins[0]: cannot import plugin 'no_such_module_xyz'"),
-    (["plugins/mine.py", "plugins/broken.py"],
-     "plugins[1]: plugin 'plugins/broken.py' failed on import: ZeroDivisionError"),
-    ("plugins/mine.py", "plugins must be a list"),
-    ([{"file": "plugins/mine.py"}], "plugins[0] must be a module name or a .py file"),
-]
+def test_evaluate_and_load_run_import_the_plugins_a_run_was_made_with(finetuned):
+    work, run = finetuned
+    assert json.loads((work / run["path"] / "config.json").read_text())["plugins"] == [
+        "plugins/mine.py"]
+    ev = cli(work, "evaluate", run["path"])  # a fresh process: nothing registered tiny_mlp
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["top1"] == pytest.approx(run["top1"])
+    script = ("import sys, prunebench; m = prunebench.load_run(sys.argv[1]); "
+              "print(type(m).__name__, m[1].out_features)")
+    out = subprocess.run([sys.executable, "-c", script, run["path"]], cwd=work,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["Sequential", "12"], out.stderr
 
 
-def test_a_missing_or_failing_plugin_is_refused_in_one_line(tmp_path):
-    work = project(tmp_path, {**params(), "plugins": REFUSED_PLUGINS[2][0]})
-    (work / "plugins" / "broken.py").write_text("x = 1 / 0\n")
-    for args in (["plan"], ["train", "--no-progress"]):  # the CLI: exit 2, one line, no files
-        out = cli(work, *args)
-        assert out.returncode == 2, out.stderr
-        lines = out.stderr.strip().splitlines()
-        assert len(lines) == 1 and REFUSED_PLUGINS[2][1] in lines[0], out.stderr
-    assert not (work / "results").exists()
-    said = parse_errors(work, [{**params(), "plugins": p} for p, _ in REFUSED_PLUGINS])
-    for (plugins, message), error in zip(REFUSED_PLUGINS, said):
-        assert error is not None and message in error and "\n" not in error, (plugins, error)
-
-
-def test_a_study_names_its_own_plugins(tmp_path):
-    raw = {"studies": {"s": {**study(), "plugins": ["plugins/mine.py"]}}}
-    out = cli(project(tmp_path, raw), "plan")
-    assert out.returncode == 0, out.stderr
-
-
-def test_an_installed_package_registers_through_its_entry_point(tmp_path):
-    """A distribution on the path that declares `prunebench.plugins` is imported by every
-    process, with no `plugins:` key at all."""
-    site = tmp_path / "site"
-    (site / "byo_pkg").mkdir(parents=True)
-    (site / "byo_pkg" / "__init__.py").write_text(PLUGIN)
-    info = site / "byo_pkg-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: byo_pkg\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[prunebench.plugins]\nbyo = byo_pkg\n")
-    work = project(tmp_path / "work", {"studies": {"s": study()}})
-    assert cli(work, "plan").returncode == 2  # tiny_mlp is nobody's without the package
-    out = cli(work, "plan", env={"PYTHONPATH": str(site)})
-    assert out.returncode == 0, out.stderr
-
-
-def test_model_kwargs_a_factory_and_their_errors(tmp_path):
+def test_model_kwargs_a_factory_and_their_errors(tmp_path, refusals):
     work = project(tmp_path, params(model={"factory": "mymodels:net", "kwargs": {"width": 5}}))
     out = cli(work, "train", "--no-progress")
     assert out.returncode == 0, out.stderr
@@ -219,19 +369,12 @@ def test_model_kwargs_a_factory_and_their_errors(tmp_path):
     assert config["code"]["factory"]["sha256"] == hashlib.sha256(
         b"mymodels.py\0" + source + b"\0").hexdigest()
     assert torch.load(work / run["path"] / "model.pt", weights_only=True)["1.weight"].shape == (5, 64)
-    refused = [
-        ({"name": "tiny_mlp", "kwargs": {"depth": 3}}, "studies.s.model.kwargs: got an unexpected"),
-        ({"factory": "mymodels:nope"}, "studies.s.model.factory 'mymodels:nope': module"),
-        ({"factory": "timm_is_not_here:create_model"}, "cannot import 'timm_is_not_here'"),
-        ({"factory": "mymodels.net"}, "must look like 'package.module:function'"),
-        ({"name": "tiny_mlp", "factory": "mymodels:net"}, "give name (a registered model) or"),
-    ]
-    said = parse_errors(work, [params(model=model) for model, _ in refused])
-    for (model, message), error in zip(refused, said):
-        assert error is not None and message in error, (model, error)
+    for i, (_, message) in enumerate(REFUSED_MODELS):
+        one_line(refusals[f"model {i}"], message)
 
 
-def test_a_pretrained_checkpoint_is_verified_loaded_and_names_the_dense_run(tmp_path):
+def test_a_pretrained_checkpoint_is_verified_loaded_and_names_the_dense_run(tmp_path,
+                                                                           refusals):
     from prunebench.models import get_model
 
     torch.manual_seed(123)
@@ -240,9 +383,8 @@ def test_a_pretrained_checkpoint_is_verified_loaded_and_names_the_dense_run(tmp_
     path = tmp_path / "weights" / "pre.pt"
     torch.save({"state_dict": model.state_dict()}, path)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    keep = {"optimizer": "sgd", "lr": 0.05, "epochs": 0, "batch_size": 64}
     ckpt = {"name": "mlp_digits", "checkpoint": {"path": "weights/pre.pt", "sha256": sha}}
-    work = project(tmp_path, params(model=ckpt, train=keep))
+    work = project(tmp_path, params(model=ckpt, train=KEEP))
     out = cli(work, "train", "--no-progress")
     assert out.returncode == 0, out.stderr
     run = json.loads(out.stdout.splitlines()[-1])
@@ -256,24 +398,19 @@ def test_a_pretrained_checkpoint_is_verified_loaded_and_names_the_dense_run(tmp_
     torch.save(get_model("mlp_digits", 10, (1, 8, 8)).state_dict(), path)
     out = cli(work, "train", "--no-progress", "--seed", "1")
     assert out.returncode == 2 and f"model.checkpoint.sha256 is {sha}" in out.stderr
-    # epochs 0 needs a checkpoint.
-    (work / "params.yaml").write_text(yaml.safe_dump(params(train=keep)))
-    out = cli(work, "plan")
-    assert out.returncode == 2 and "studies.s.train.epochs" in out.stderr
+    one_line(refusals["epochs 0"], "studies.s.train.epochs")  # epochs 0 needs a checkpoint
 
 
-@pytest.mark.parametrize("model, method, reason", [
-    ("tiny_mlp", "slimming", "ranks channels by their BatchNorm scales, and it has none"),
-    ("ln_net", "l1_filter", "its channel graph cannot be built"),
-])
+@pytest.mark.parametrize("model, method, reason", UNPRUNABLE)
 def test_a_method_that_cannot_prune_the_users_model_says_so_at_parse_time(
-        tmp_path, model, method, reason):
-    raw = params(model={"name": model}, methods={"global_magnitude": {}, method: {}})
-    out = cli(project(tmp_path, raw), "plan")
-    assert out.returncode == 2, out.stderr
-    line = out.stderr.strip().splitlines()
-    assert len(line) == 1 and f"method {method!r} (key studies.s.methods.{method}) cannot " \
-        f"prune model {model!r}" in line[0] and reason in line[0], out.stderr
+        refusals, model, method, reason):
+    one_line(refusals[f"unprunable {model}"], reason,
+             f"method {method!r} (key studies.s.methods.{method}) cannot prune model {model!r}")
+
+
+@pytest.mark.parametrize("case", range(len(UNRUNNABLE)))
+def test_a_user_model_that_cannot_run_or_has_the_wrong_head_is_refused(refusals, case):
+    one_line(refusals[f"unrunnable {case}"], UNRUNNABLE[case][1])
 
 
 def test_a_sequence_dataset_of_rank_one_goes_through_every_stage(tmp_path):
@@ -287,11 +424,11 @@ def test_a_sequence_dataset_of_rank_one_goes_through_every_stage(tmp_path):
     (tmp_path / "data").mkdir()
     np.savez(tmp_path / "data" / "seq.npz", x_train=x[:240], y_train=y[:240], x_test=x[240:],
              y_test=y[240:])
-    plugin = PLUGIN + '''
+    plugin = PLUGIN + """
 from prunebench.data import numpy_arrays, register_dataset
 
 register_dataset(numpy_arrays("seq", "data/seq.npz"))
-'''
+"""
     raw = params(data={"name": "seq", "val_size": 0.1}, methods={"squared_magnitude": {}},
                  train={"optimizer": "adam", "lr": 0.01, "epochs": 30, "batch_size": 32},
                  finetune={"epochs": 5, "lr": 0.003})
@@ -341,69 +478,11 @@ print(json.dumps({"snip": METHODS.origin("snip") is None, "digits": DATASETS.ori
     assert "broken after one registration" in result["failed"] and not result["half"]
 
 
-def test_a_module_the_plugin_uses_is_part_of_its_identity(tmp_path):
-    """The plugin imports a helper module of the project: editing the helper renames the
-    runs too (the plugin's file alone would not change)."""
-    helper = "def width():\n    return 12\n"
-    plugin = "from helpers import width\n" + PLUGIN
-    work = project(tmp_path, params(), plugin=plugin)
-    (work / "helpers.py").write_text(helper)
-    before = plan(work)
-    (work / "helpers.py").write_text(helper + "# edited\n")
-    after = plan(work)
-    assert all([j["hash"] for j in jobs] != [j["hash"] for j in after[key]]
-               for key, jobs in before.items())
-
-
-
-def test_evaluate_and_load_run_import_the_plugins_a_run_was_made_with(tmp_path):
-    work = project(tmp_path, params())
-    out = cli(work, "prune", "--method", "squared_magnitude", "--no-progress")
-    assert out.returncode == 0, out.stderr
-    run = json.loads(out.stdout.splitlines()[-1])
-    assert json.loads((work / run["path"] / "config.json").read_text())["plugins"] == [
-        "plugins/mine.py"]
-    ev = cli(work, "evaluate", run["path"])  # a fresh process: nothing registered tiny_mlp
-    assert ev.returncode == 0, ev.stderr
-    assert json.loads(ev.stdout)["top1"] == pytest.approx(run["top1"])
-    script = ("import sys, prunebench; m = prunebench.load_run(sys.argv[1]); "
-              "print(type(m).__name__, m[1].out_features)")
-    out = subprocess.run([sys.executable, "-c", script, run["path"]], cwd=work,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.split() == ["Sequential", "12"], out.stderr
-
-
-@pytest.mark.parametrize("model, message", [
-    ({"factory": "mymodels:net", "kwargs": {"width": "8"}}, "cannot be built or run"),
-    ({"factory": "mymodels:wide"}, "gives outputs of shape (2, 1000)"),
-])
-def test_a_user_model_that_cannot_run_or_has_the_wrong_head_is_refused(tmp_path, model,
-                                                                       message):
-    work = project(tmp_path, params(model=model))
-    (work / "mymodels.py").write_text(FACTORY + '''
-
-def wide(*, weights=None, **kwargs):  # torchvision's style: num_classes only by keyword
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 1000))
-''')
-    out = cli(work, "plan")
-    assert out.returncode == 2 and message in out.stderr, out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1
-
-
-def test_a_file_dataset_described_in_the_params_file(tmp_path):
+def test_a_file_dataset_described_in_the_params_file(tmp_path, refusals):
     """`data: {name, format, path, options}`: an image folder with given statistics, no
     plugin; a bad option is one line naming the key."""
-    from PIL import Image
-
-    for split, count in (("train", 12), ("test", 4)):
-        for k, cls in enumerate(("dark", "light")):
-            folder = tmp_path / "data" / "tiles" / split / cls
-            folder.mkdir(parents=True)
-            for i in range(count):
-                Image.new("L", (8, 8), color=40 + 160 * k + i).save(folder / f"{i}.png")
-    data = {"name": "tiles", "format": "image_folder", "path": "data/tiles", "val_size": 0.25,
-            "options": {"mean": 0.5, "std": 0.25}}
-    raw = {"studies": {"s": study(data=data, model={"name": "mlp_digits"},
+    make_tiles(tmp_path)
+    raw = {"studies": {"s": study(data=TILES, model={"name": "mlp_digits"},
                                   methods={"global_magnitude": {}})}}
     work = project(tmp_path, raw)
     out = cli(work, "train", "--no-progress")
@@ -412,8 +491,4 @@ def test_a_file_dataset_described_in_the_params_file(tmp_path):
     assert run["dataset"] == "tiles"
     config = json.loads((work / run["path"] / "config.json").read_text())["config"]
     assert "path" not in config["data"] and len(config["code"]["data"]) == 16  # fingerprint
-    raw["studies"]["s"]["data"]["options"] = {"colour": "RGB"}
-    (work / "params.yaml").write_text(yaml.safe_dump(raw))
-    out = cli(work, "plan")
-    assert out.returncode == 2 and "studies.s.data" in out.stderr and "colour" in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1
+    one_line(refusals["data option"], "studies.s.data", "colour")

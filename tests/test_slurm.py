@@ -65,6 +65,10 @@ STUDY = {
 # is built alike, and test_workflow runs the whole DAG).
 UNTIL = ["--until", "finetune"]
 SLURM_JOBS = {"train": 1, "prune": 1, "finetune": 1}
+# The bring-your-own run stops after prune: train uses the user's model file and the plugin's
+# dataset, prune the plugin's method; both are SLURM jobs that must import the plugin.
+BYO_UNTIL = ["--until", "prune"]
+BYO_SLURM_JOBS = {"train": 1, "prune": 1}
 # Of the executor plugin's options, those for a cluster without slurmdbd (`sacct` has no
 # data: job states come from squeue, which keeps finished jobs for MinJobAge = 900 s) and a
 # short first status check (the default 40 s would double the test's time).
@@ -143,8 +147,8 @@ def copy_workflow(dest: Path, study: dict = STUDY) -> Path:
 
 def byo_study() -> dict:
     """The bring-your-own example (examples/byo: the user's model file, an image folder and
-    the plugin's own method), cut to one job per stage: its plugin must be imported by the
-    SLURM jobs themselves, on the compute side."""
+    the plugin's own method), cut to one job per stage (run until prune): its plugin must be
+    imported by the SLURM jobs themselves, on the compute side."""
     params = yaml.safe_load((ROOT / "examples/byo/params.yaml").read_text())
     study = params["studies"]["byo"]
     study.update(methods={"taylor": {}}, sparsities=[0.5], seeds=[0], threads=THREADS,
@@ -231,7 +235,7 @@ def runs(cluster, tmp_path_factory):
                    *UNTIL], local),
         "slurm": ([*profile, *UNTIL, "--verbose"], slurm),
         "failing": ([*profile, *UNTIL, "--config", "runs_root=blocked"], failing),
-        "byo": ([*profile, *UNTIL], byo),
+        "byo": ([*profile, *BYO_UNTIL], byo),
     }
     with ThreadPoolExecutor(len(commands)) as pool:
         futures = {name: pool.submit(_run, cmd, cwd, env) for name, (cmd, cwd) in commands.items()}
@@ -279,10 +283,12 @@ def test_jobs_went_through_sbatch(runs):
 def _results(work: Path) -> dict[str, dict]:
     """Per run directory: the checksums of its files (weights, masks, configs) and its
     metrics, less what holds wall times (history.csv has each epoch's duration; the
-    metrics' *_time_s)."""
+    metrics' *_time_s, and so metrics.json's own checksum; the metrics are compared
+    without them, provenance included: the same code and environment)."""
     runs = {}
     for p in sorted((work / "results/runs").rglob("checksums.json")):
-        files = {k: v for k, v in json.loads(p.read_text()).items() if k != "history.csv"}
+        files = {k: v for k, v in json.loads(p.read_text()).items()
+                 if k not in ("history.csv", "metrics.json")}
         metrics = {k: v for k, v in json.loads((p.parent / "metrics.json").read_text()).items()
                    if not k.endswith("_time_s")}
         runs[str(p.parent.relative_to(work / "results/runs"))] = {"files": files,
@@ -325,11 +331,11 @@ def test_slurm_jobs_import_the_plugins_of_the_params(runs):
     run = runs["byo"]
     assert run["rc"] == 0, _tail(run)
     jobs = submitted(run["out"])
-    assert {rule: len(ids) for rule, ids in jobs.items()} == SLURM_JOBS, _tail(run)
+    assert {rule: len(ids) for rule, ids in jobs.items()} == BYO_SLURM_JOBS, _tail(run)
     assert all(job["state"] == "COMPLETED" for job in run["squeue"].values()), run["squeue"]
-    recovered = list((run["cwd"] / "results/runs/recover").glob("*/config.json"))
-    assert len(recovered) == 1
-    config = json.loads(recovered[0].read_text())
+    pruned = list((run["cwd"] / "results/runs/prune").glob("*/config.json"))
+    assert len(pruned) == 1
+    config = json.loads(pruned[0].read_text())
     assert config["method"] == "taylor" and config["dataset"] == "byo_shapes"
-    assert set(config["config"]["parent"]["plugin"]) == {"examples/byo/plugin.py"}
+    assert set(config["config"]["plugin"]) == {"examples/byo/plugin.py"}
     assert config["model"] == "examples.byo.model:small_resnet"
