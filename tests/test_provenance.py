@@ -75,7 +75,8 @@ def test_every_run_records_the_code_environment_and_source_that_made_it(made):
         files = record["source"]["files"]
         assert "prunebench/training/evaluate.py" in files
         assert "prunebench/models/digits.py" in files and "prunebench/data/batching.py" in files
-        assert ("prunebench/pruning/snip.py" in files) == (kind != "train")
+        # Only pruning calls the method; recovery reads what it made (its parent's record).
+        assert ("prunebench/pruning/snip.py" in files) == (kind == "prune")
         # One-shot pruning trains nothing: the training loop does not decide its result.
         assert ("prunebench/training/loop.py" in files) == (kind != "prune")
 
@@ -173,7 +174,7 @@ def _table(**envs) -> pd.DataFrame:
     rows = []
     for env, (n, commit, knobs) in envs.items():
         rows += [{"env_id": env, "cpu_model": "CPU " + env, "cpu_capability": "AVX2",
-                  "determinism_knobs": knobs, "torch_version": "2.13.0", "gpu": None,
+                  "determinism": knobs, "torch_version": "2.13.0", "gpu": None,
                   "code_commit": commit, "code_dirty": False}] * n
     return pd.DataFrame(rows)
 

@@ -105,6 +105,9 @@ def _context(args):
     if args.threads is not None:
         overrides.append(f"threads={args.threads}")
     study = load_study(args.params, args.study, overrides)
+    from prunebench.determinism import ensure
+
+    ensure(study.determinism, f"studies.{study.name}.determinism")  # before any torch op
     import torch
 
     torch.set_num_threads(study.threads)
@@ -254,6 +257,8 @@ def run_command(args) -> int | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from prunebench.errors import StorageFullError
+
     args = build_parser().parse_args(argv)  # imports the stages, and so torch
     args.started = time.perf_counter()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
@@ -263,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"prunebench: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StorageFullError as err:  # disk, quota or file size limit: nothing half-written
+        print(f"prunebench: error: {err}", file=sys.stderr)
+        return 1
     return status or 0
 
 

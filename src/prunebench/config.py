@@ -153,6 +153,8 @@ class Study:
     # Torch CPU threads of every job: float reductions, and so results, depend on it.
     threads: int = 1
     stack: StackConfig = StackConfig()
+    # CPU code path of every job (prunebench.determinism): native or portable.
+    determinism: str = "native"
 
     def method(self, label: str) -> MethodEntry:
         for entry in self.methods:

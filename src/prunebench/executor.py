@@ -24,6 +24,7 @@ from torch import nn
 from prunebench.config import DataConfig, Study, TrainConfig
 from prunebench.context import StudyContext
 from prunebench.data import DataSplits, iterate_batches, load_dataset
+from prunebench.determinism import NATIVE, ensure
 from prunebench.devices import resolve_device
 from prunebench.errors import ConfigError
 from prunebench.io import atomic_torch_save, atomic_write_json, read_json
@@ -280,6 +281,18 @@ def _cleanup_on_failure(runs: Sequence[Run]) -> Iterator[None]:
         raise
 
 
+def _recorded_mode(description: Any) -> str:
+    """The `determinism` a run's description names (its dense ancestor's), else native."""
+    if isinstance(description, dict):
+        if isinstance(description.get("determinism"), str):
+            return description["determinism"]
+        for value in description.values():
+            found = _recorded_mode(value)
+            if found != NATIVE:
+                return found
+    return NATIVE
+
+
 def evaluate_run_dir(path: str | Path, device: str = "auto") -> dict:
     """Re-evaluate a finished run's `model.pt` on its dataset's test and validation splits."""
     path = Path(path)
@@ -288,6 +301,8 @@ def evaluate_run_dir(path: str | Path, device: str = "auto") -> dict:
         raise ConfigError(f"{str(path)!r} is not a finished run directory (needs "
                           f"{', '.join(needed)})")
     meta = read_json(path / "config.json")
+    # A portable run is re-scored on its own code path (before any torch operation here).
+    ensure(_recorded_mode(meta.get("config")), f"{path / 'config.json'} determinism")
     load_run_plugins(path)  # its dataset may be a plugin's
     dev = resolve_device(device)
     data = load_data(DataConfig(**meta["data"]), dev, augment=False)

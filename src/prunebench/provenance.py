@@ -9,7 +9,8 @@ every run's `metrics.json` holds a `provenance` record (`run_record`):
 - `code`: the prunebench version, the git commit of the source that ran and whether that
   source (`src/` and `workflow/` of the checkout) had uncommitted changes;
 - `env`: the versions of torch, CUDA, cuDNN, MKL and oneDNN, the CPU model, the CPU
-  capability ATen dispatches to, the determinism knobs in effect (`prunebench.determinism`),
+  capability ATen dispatches to, the variables that pin a code path and what is in effect
+  (`prunebench.determinism`: the mode, MKL's branch, torch's oneDNN and NNPACK switches),
   the thread count, and the GPU's name and driver when the run used one;
 - `env_id`: a short hash of the fields of `env` that decide the numbers (everything but the
   free-text platform string), so tables can group runs by environment;
@@ -34,15 +35,13 @@ from typing import Any
 
 import torch
 
+from prunebench.determinism import KNOBS, describe
 from prunebench.metrics.environment import _nvml_driver_version, cpu_model
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# Environment variables that pin a CPU code path (prunebench.determinism sets them in
-# portable mode); recorded whatever set them.
-KNOBS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
 # The fields of `env` that make up `env_id`.
 ENV_ID_FIELDS = ("torch", "cuda", "cudnn", "mkl", "onednn", "cpu_model", "cpu_capability",
-                 "knobs", "threads", "gpu", "gpu_driver")
+                 "knobs", "determinism", "threads", "gpu", "gpu_driver")
 
 
 def _library_version(pattern: str) -> str | None:
@@ -70,7 +69,10 @@ def environment() -> dict[str, Any]:
     """The numerical environment of this process now."""
     env = dict(_static_env())
     env["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    # The variables that pin a CPU code path, whatever set them, and what is in effect.
     env["knobs"] = {k: os.environ[k] for k in KNOBS if k in os.environ}
+    code_path = describe()
+    env["determinism"] = {k: code_path[k] for k in ("mode", "mkl_branch", "mkldnn", "nnpack")}
     env["threads"] = torch.get_num_threads()
     env["gpu"] = env["gpu_driver"] = None
     # A run used a GPU if this process created a CUDA context (it never does on CPU runs).
@@ -121,7 +123,8 @@ def run_record(source: Mapping[str, Any] | None) -> dict[str, Any]:
 
 # The flat columns of runs.csv (and `prunebench compare`'s header) taken from a record.
 COLUMNS = ("env_id", "code_commit", "code_dirty", "prunebench_version", "torch_version",
-           "cpu_model", "cpu_capability", "determinism_knobs", "gpu", "source_hash")
+           "cpu_model", "cpu_capability", "determinism", "determinism_knobs", "gpu",
+           "source_hash")
 
 
 def columns(record: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -139,10 +142,11 @@ def columns(record: Mapping[str, Any] | None) -> dict[str, Any]:
         "torch_version": env.get("torch"),
         "cpu_model": env.get("cpu_model"),
         "cpu_capability": env.get("cpu_capability"),
-        "determinism_knobs": " ".join(f"{k}={v}" for k, v in sorted(knobs.items())) or "native",
+        "determinism": (env.get("determinism") or {}).get("mode"),
+        "determinism_knobs": " ".join(f"{k}={v}" for k, v in sorted(knobs.items())) or None,
         "gpu": env.get("gpu"),
         "source_hash": (record.get("source") or {}).get("hash"),
     }
 
 
-__all__ = ["COLUMNS", "KNOBS", "code_version", "columns", "env_id", "environment", "run_record"]
+__all__ = ["COLUMNS", "code_version", "columns", "env_id", "environment", "run_record"]

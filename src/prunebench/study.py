@@ -31,16 +31,17 @@ from prunebench.config import (
     from_dict,
     read_params,
 )
+from prunebench.determinism import OPTION as DETERMINISM
 from prunebench.errors import ConfigError
 from prunebench.options import options_schema
 
 STUDY_KEYS = (
     "data", "model", "train", "finetune", "scope", "methods", "sparsities", "seeds", "scale",
     "calibration_batches", "eval_batch_size", "channel_sparsities", "recover", "distill",
-    "benchmark", "threads", "stack", "plugins",
+    "benchmark", "threads", "stack", "plugins", "determinism",
 )
 MAX_STACK = 64
-SCALES = ("default", "paper", "smoke")
+SCALES = ("default", "paper", "smoke", "reference")
 TOP_KEYS = ("scale", "only", "runs_root", "gpus_per_job", "plugins", "studies")
 MAX_GPUS_PER_JOB = 8
 RECOVERY_VARIANTS = ("finetune", "distill")
@@ -215,6 +216,8 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
             if not isinstance(raw[k], int) or isinstance(raw[k], bool) or raw[k] <= 0:
                 raise ConfigError(f"{key}.{k} must be a positive integer, got {raw[k]!r}")
             extra[k] = raw[k]
+    if "determinism" in raw:
+        extra["determinism"] = DETERMINISM.check(raw["determinism"], f"{key}.determinism")
     return Study(name, data, model, train, finetune, scope, methods, sparsities, tuple(seeds),
                  scale, channel_sparsities=channel, recover=tuple(recover), distill=distill,
                  benchmark=benchmark, stack=stack, **extra)
@@ -456,6 +459,7 @@ def json_schema() -> dict:
             "threads": {"type": "integer", "minimum": 1, "default": 1,
                         "description": "torch CPU threads of every job; results depend on it, "
                                        "so it is part of every run's name (when not 1)"},
+            "determinism": DETERMINISM.schema(),
         },
     }
     return {
@@ -467,7 +471,8 @@ def json_schema() -> dict:
         "properties": {
             "scale": {"enum": [*SCALES, "all"], "default": "default",
                       "description": "which studies run: default (offline digits), paper, "
-                                     "smoke (a one-minute check), or all"},
+                                     "smoke (a one-minute check), reference (the default study on "
+                                     "a pinned CPU code path), or all"},
             "only": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
                                {"type": "null"}], "default": None,
                      "description": "run only these studies, whatever their scale"},

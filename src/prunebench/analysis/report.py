@@ -117,8 +117,8 @@ def provenance_lines(runs) -> str:
     computations (a run name says what was computed, not on which code path)."""
     if "env_id" not in runs or runs["env_id"].isna().all():
         return "Made by: not recorded (runs made before provenance was recorded).\n"
-    fields = ["env_id", "cpu_model", "cpu_capability", "determinism_knobs", "torch_version",
-              "gpu"]
+    fields = ["env_id", "cpu_model", "cpu_capability", "determinism", "torch_version", "gpu"]
+    runs = runs.reindex(columns=sorted({*runs.columns, *fields, "code_commit", "code_dirty"}))
     envs = runs[fields].astype(object).where(runs[fields].notna(), None)
     counts = envs.value_counts(dropna=False)
     lines = ["Made by (environment: runs):\n"]
@@ -126,7 +126,7 @@ def provenance_lines(runs) -> str:
         env = {f: v if isinstance(v, str) else None for f, v in zip(fields, key)}
         where = env["gpu"] or f"{env['cpu_model']} ({env['cpu_capability']})"
         lines.append(f"- `{env['env_id']}`: {where}, torch {env['torch_version']}, "
-                     f"{env['determinism_knobs'] or 'native'}: {n} runs")
+                     f"{env['determinism'] or 'native'}: {n} runs")
     unrecorded = int(runs["env_id"].isna().sum())
     if unrecorded:
         lines.append(f"- not recorded: {unrecorded} runs")

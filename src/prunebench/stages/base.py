@@ -101,13 +101,15 @@ def base_meta(ctx: StudyContext, seed: int) -> dict[str, Any]:
 
 
 def dense_description(ctx: StudyContext, recipe: TrainConfig, seed: int) -> dict[str, Any]:
-    """What names a dense training run. Every other run nests it, so the thread count (which
-    changes float reduction order, and so results) names them all; 1, the default, is left
-    out so that names made before it was recorded stay valid."""
+    """What names a dense training run. Every other run nests it, so the thread count and the
+    CPU code path (`determinism`), which change float results, name them all; their defaults
+    (1, native) are left out so that names made before they were recorded stay valid."""
     s = ctx.study
     desc = {"data": s.data, "model": s.model, "train": recipe, "seed": seed}
     if s.threads != 1:
         desc["threads"] = s.threads
+    if s.determinism != "native":
+        desc["determinism"] = s.determinism
     code = user_code(ctx)
     if code:  # the user's own model or data code names the runs (none: the package's own)
         desc["code"] = code
