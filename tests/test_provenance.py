@@ -186,3 +186,23 @@ def test_the_report_lists_environments_and_warns_when_a_study_mixes_them():
     assert "2 environments" in mixed and "2 code versions" in mixed
     legacy = pd.DataFrame({"env_id": [None, None]})
     assert "not recorded" in provenance_lines(legacy)
+
+
+def test_a_run_on_a_gpu_records_its_name_and_driver(monkeypatch):
+    """No GPU here: the CUDA calls are faked (a process that used a GPU has a CUDA context);
+    without NVML the driver is None, not an error."""
+    from prunebench import provenance
+
+    cpu = provenance.environment()
+    assert cpu["gpu"] is None and cpu["gpu_driver"] is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"NVIDIA H100 80GB HBM3 #{i}")
+    monkeypatch.setattr(provenance, "_nvml_driver_version", lambda: "550.54.15")
+    gpu = provenance.environment()
+    assert gpu["gpu"] == "NVIDIA H100 80GB HBM3 #0" and gpu["gpu_driver"] == "550.54.15"
+    assert provenance.env_id(gpu) != provenance.env_id(cpu)  # another environment
+    assert columns({"env": gpu, "env_id": "x"})["gpu"] == "NVIDIA H100 80GB HBM3 #0"
+    monkeypatch.setattr(provenance, "_nvml_driver_version", lambda: None)  # no NVML
+    assert provenance.environment()["gpu_driver"] is None
