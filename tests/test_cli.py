@@ -142,7 +142,7 @@ def test_repository_params_are_valid_and_every_study_plans():
 
     raw = read_params(Path(__file__).parents[1] / "params.yaml")
     studies = validate_params(raw)
-    assert {s.scale for s in studies.values()} == {"default", "paper", "smoke"}
+    assert {s.scale for s in studies.values()} == {"default", "paper", "smoke", "reference"}
     jobs = plan(apply_overrides(raw, ["scale=all"]))
     assert {j.study for j in jobs} == set(studies)
     default = plan(raw)

@@ -60,6 +60,9 @@ def at(frame: pd.DataFrame, series: str, target: float) -> pd.Series:
     return (frame["series"] == series) & (frame["target_sparsity"] == target)
 
 
+NO_WEIGHTS = "top-1 and loss; weights not recorded in both sets)"
+
+
 def compare(capsys, *argv) -> tuple[int, str]:
     code = main(["compare", *map(str, argv)])
     return code, capsys.readouterr().out
@@ -76,8 +79,22 @@ def test_identical_sets_are_bit_identical(tmp_path, capsys):
     b = write(runs_table(), tmp_path / "b" / "runs.csv")
     code, out = compare(capsys, a, b.parent, "--max-outside", 0)
     assert code == 0
-    assert verdicts(out) == ["toy: bit-identical (all 27 rows)"]
+    assert verdicts(out) == ["toy: bit-identical (all 27 rows: " + NO_WEIGHTS]
     assert "| Grid point" not in out  # nothing to tabulate
+
+
+def test_equal_numbers_from_other_weights_are_not_bit_identical(tmp_path, capsys):
+    """Where runs.csv records each model's digest, a row is bit-identical only if its
+    weights are: equal top-1 and loss can come from weights that differ in the last bit."""
+    a = runs_table()
+    a["weights_sha256"] = [f"{i:064x}" for i in range(len(a))]
+    b = a.copy()
+    code, out = compare(capsys, write(a, tmp_path / "a.csv"), write(b, tmp_path / "b.csv"))
+    assert code == 0
+    assert verdicts(out) == ["toy: bit-identical (all 27 rows: top-1, loss and weights)"]
+    b.loc[3, "weights_sha256"] = "f" * 64
+    code, out = compare(capsys, write(a, tmp_path / "a.csv"), write(b, tmp_path / "b.csv"))
+    assert "toy: bit-identical" not in out and "26/27 rows bit-identical" in out
 
 
 def test_small_noise_is_reproduced_within_noise(tmp_path, capsys):
@@ -249,7 +266,7 @@ def test_an_older_table_compares_with_a_current_one(tmp_path, capsys):
     code, out = compare(capsys, write(_legacy(current), tmp_path / "old.csv"),
                         write(current[current["channel_sparsity"].isna()], tmp_path / "new.csv"))
     assert code == 0
-    assert verdicts(out) == ["toy: bit-identical (all 24 rows)"]
+    assert verdicts(out) == ["toy: bit-identical (all 24 rows: " + NO_WEIGHTS]
 
 
 def test_provenance_is_summarised_per_set(tmp_path, capsys):
@@ -278,7 +295,7 @@ def test_results_dirs_with_two_studies(tmp_path, capsys):
     assert verdicts(out) == [
         "other: NOT reproduced: 1/9 grid points outside 2σ (at most 0 outside allowed by "
         "--max-outside; 24/27 rows bit-identical): magnitude@s0.50 (-3.0σ)",
-        "toy: bit-identical (all 27 rows)"]
+        "toy: bit-identical (all 27 rows: " + NO_WEIGHTS]
     assert "Not compared (only in A): only_a" in out
     result = json.loads((tmp_path / "r.json").read_text())
     assert [s["study"] for s in result["studies"]] == ["other", "toy"]
@@ -286,7 +303,7 @@ def test_results_dirs_with_two_studies(tmp_path, capsys):
 
     code, out = compare(capsys, tmp_path / "a", tmp_path / "b", "--study", "toy",
                         "--max-outside", 0)
-    assert code == 0 and verdicts(out) == ["toy: bit-identical (all 27 rows)"]
+    assert code == 0 and verdicts(out) == ["toy: bit-identical (all 27 rows: " + NO_WEIGHTS]
 
 
 def _git(repo: Path, *args: str) -> None:
@@ -306,7 +323,7 @@ def test_git_mode_compares_committed_results_with_the_working_tree(tmp_path, cap
     monkeypatch.chdir(repo / "src")  # B defaults to the work tree's results/, from anywhere
 
     code, out = compare(capsys, "git:HEAD")
-    assert code == 0 and verdicts(out) == ["toy: bit-identical (all 27 rows)"]
+    assert code == 0 and verdicts(out) == ["toy: bit-identical (all 27 rows: " + NO_WEIGHTS]
     assert out.startswith("A: git:HEAD (") and f"B: {repo / 'results'}:" in out
 
     changed = runs_table()
@@ -318,7 +335,7 @@ def test_git_mode_compares_committed_results_with_the_working_tree(tmp_path, cap
     # The git side reads the other side's path as committed, or the path given.
     assert compare(capsys, "git:HEAD", tables.parent, "--max-outside", 0)[0] == 1
     code, out = compare(capsys, "git:HEAD:results/studies/toy/runs.csv", "git:HEAD")
-    assert code == 0 and verdicts(out) == ["toy: bit-identical (all 27 rows)"]
+    assert code == 0 and verdicts(out) == ["toy: bit-identical (all 27 rows: " + NO_WEIGHTS]
 
     code = main(["compare", "git:no-such-rev"])
     err = capsys.readouterr().err.strip()

@@ -1,11 +1,12 @@
 """`prunebench status` and `prunebench rerun` on a real Snakemake run (issue #23, items 2 and 5).
 
-A tiny study (dense, SNIP and global magnitude, fine-tuned, benchmarked) runs in a copy of
-the workflow whose package source is a copy too (PYTHONPATH), so the test can change the
+A tiny study (dense, SNIP and global magnitude, fine-tuned, benchmarked; two seeds, whose
+runs of one method train as one stack) runs in a copy of the workflow whose package source is a copy too (PYTHONPATH), so the test can change the
 code the way a developer would. Then, at once:
 - a line of code is added to SNIP's module (the method's runs are stale; what is made from
   them is downstream), and a comment to magnitude's (nothing changes);
-- a fine-tuned run's `metrics.json` is hand-edited (damaged: `aggregate` refuses it);
+- a fine-tuned run's `metrics.json` is hand-edited (damaged: `aggregate` refuses it; its
+  stack-mate is redone with it, so that the stack's bits stay the same);
 - the dense model's benchmark run directory is deleted after its job finished (missing:
   Snakemake alone says "Nothing to be done").
 `prunebench status` must report exactly that, and `prunebench rerun` must redo exactly those
@@ -40,7 +41,7 @@ STUDY = {
     "sparsities": [0.5],
     "recover": ["finetune"],
     "benchmark": {"batch_sizes": [1], "min_time_s": 0.01, "modes": ["dense"]},
-    "seeds": [0],
+    "seeds": [0, 1],  # two seeds: the runs of one method train as one stack
 }
 
 
@@ -54,12 +55,12 @@ def sh(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess
     return out
 
 
-def states(cwd: Path, check: int) -> dict[tuple[str, str], dict]:
-    """Every run's state by (stage, method), checking `status --check`'s exit status."""
+def states(cwd: Path, check: int) -> dict[tuple[str, str, int], dict]:
+    """Every run's state by (stage, method, seed), checking `status --check`'s exit status."""
     out = sh(cwd, "prunebench", "status", "--json", "--check", check=False)
     assert out.returncode == check, out.stdout[-3000:]
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    return {(r["stage"], r["method"]): r for r in rows}
+    return {(r["stage"], r["method"], r["seed"]): r for r in rows}
 
 
 def run_files(cwd: Path) -> dict[str, tuple[str, int]]:
@@ -96,11 +97,13 @@ def test_status_finds_stale_damaged_and_missing_runs_and_rerun_redoes_exactly_th
     snip.write_text(snip.read_text() + "\n_REVISION = 2  # a change that computes the same\n")
     magnitude = project / "src/prunebench/pruning/magnitude.py"
     magnitude.write_text("# a reworded comment\n" + magnitude.read_text())
-    edited = Path(project / clean[("finetune", "global_magnitude")]["run"])
+    mate = project / clean[("finetune", "global_magnitude", 1)]["run"]
+    assert json.loads((mate / "metrics.json").read_text())["stack_members"] == 2
+    edited = Path(project / clean[("finetune", "global_magnitude", 0)]["run"])
     metrics = json.loads((edited / "metrics.json").read_text())
     (edited / "metrics.json").write_text(json.dumps({**metrics, "top1": 0.999}, indent=2,
                                                     sort_keys=True) + "\n")
-    deleted = project / clean[("benchmark", "dense")]["run"]
+    deleted = project / clean[("benchmark", "dense", 0)]["run"]
     shutil.rmtree(deleted)
 
     # What a user sees without status: Snakemake finds nothing to do, aggregate refuses.
@@ -116,25 +119,30 @@ def test_status_finds_stale_damaged_and_missing_runs_and_rerun_redoes_exactly_th
     now = states(project, check=1)
     got = {key: r["state"] for key, r in now.items()}
     assert got == {
-        ("train", "dense"): "ok",
-        ("prune", "global_magnitude"): "ok",  # a comment is not a change
-        ("prune", "snip"): "stale",
-        ("finetune", "snip"): "downstream",  # it only reads what SNIP made
-        ("benchmark", "snip"): "downstream",
-        ("finetune", "global_magnitude"): "damaged",
-        ("benchmark", "global_magnitude"): "downstream",
-        ("benchmark", "dense"): "missing",
+        ("train", "dense", 0): "ok", ("train", "dense", 1): "ok",
+        # a comment is not a change
+        ("prune", "global_magnitude", 0): "ok", ("prune", "global_magnitude", 1): "ok",
+        ("prune", "snip", 0): "stale", ("prune", "snip", 1): "stale",
+        # they only read what SNIP made
+        ("finetune", "snip", 0): "downstream", ("finetune", "snip", 1): "downstream",
+        ("benchmark", "snip", 0): "downstream", ("benchmark", "snip", 1): "downstream",
+        ("finetune", "global_magnitude", 0): "damaged",
+        ("finetune", "global_magnitude", 1): "ok",  # its stack-mate: redone with it
+        ("benchmark", "global_magnitude", 0): "downstream",
+        ("benchmark", "global_magnitude", 1): "ok",  # made from the stack-mate: redone
+        ("benchmark", "dense", 0): "missing", ("benchmark", "dense", 1): "ok",
     }, now
-    assert "snip.py" in now[("prune", "snip")]["detail"]
-    assert "metrics.json" in now[("finetune", "global_magnitude")]["detail"]
+    assert "snip.py" in now[("prune", "snip", 0)]["detail"]
+    assert "metrics.json" in now[("finetune", "global_magnitude", 0)]["detail"]
     report = sh(project, "prunebench", "status").stdout
-    assert "prunebench/pruning/snip.py" in report and "6 runs to redo" in report
+    assert "prunebench/pruning/snip.py" in report and "11 runs to redo" in report
 
     out = sh(project, "prunebench", "rerun", "--", "--cores", "2")
-    assert "to redo: 6 runs" in out.stdout
+    assert "to redo: 11 runs" in out.stdout and "1 stack-mate" in out.stdout
     after = run_files(project)
     assert {r["state"] for r in states(project, check=0).values()} == {"ok"}
-    redone = {key for key, r in now.items() if r["state"] != "ok"}
+    redone = {key for key, r in now.items() if r["state"] != "ok"} | {
+        ("finetune", "global_magnitude", 1), ("benchmark", "global_magnitude", 1)}
     for key, row in now.items():
         files = {p: v for p, v in after.items() if p.startswith(row["run"] + "/")}
         assert files, key
@@ -144,7 +152,8 @@ def test_status_finds_stale_damaged_and_missing_runs_and_rerun_redoes_exactly_th
                 assert mtime != old[path][1], (key, path)  # made again
             else:
                 assert (digest, mtime) == old[path], (key, path)  # untouched
-        # The same code computes the same bits: every model is the uninterrupted run's.
+        # The same code computes the same bits: every model is the uninterrupted run's (a
+        # stack retrained whole; a member retrained alone would round differently).
         for path in files:
             if path.endswith(("model.pt", "mask.pt")):
                 assert files[path][0] == old[path][0], path

@@ -23,6 +23,16 @@ from prunebench.errors import ConfigError
 from prunebench.io import atomic_write_json
 
 EXIT_BAD_INPUT = 2
+STATES_HELP = """states of a run (prunebench.status):
+  ok          finished, every file matches its checksum, made by today's source
+  stale       finished, but the source that decides its result has changed since
+  damaged     a file no longer matches its checksum, or is gone
+  missing     its job finished, but the run directory is gone
+  downstream  in order itself, but made from a stale, damaged or missing run
+  unrecorded  made before runs recorded their source (cannot be checked)
+  pending     not made yet
+`rerun` redoes stale, damaged and missing runs, what is made from them, and the runs they
+train with as one stack (a stack is retrained whole, so its bits stay the same)."""
 
 
 def _common(p: argparse.ArgumentParser, grid: bool = True) -> None:
@@ -72,14 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
                                   "damaged, missing, or made from one of those"),
                        ("rerun", "redo the stale, damaged and missing runs and what is made "
                                  "from them, then run Snakemake (its options after `--`)")):
-        st = sub.add_parser(name, help=text)
+        st = sub.add_parser(name, help=text, description=text, epilog=STATES_HELP,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
         st.add_argument("--params", default="params.yaml")
         st.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a top-level key, e.g. --set "
-                        "scale=all or --set only=mnist_lenet300 (passed on to Snakemake's "
-                        "--config by `rerun`)")
+                        "scale=all or --set only=mnist_lenet300 (`rerun` passes scale, only, "
+                        "runs_root and gpus_per_job on to Snakemake's --config)")
         st.add_argument("--unrecorded", action="store_true",
-                        help="also redo runs made before runs recorded their source")
+                        help="count runs made before runs recorded their source among those "
+                        "to redo")
         if name == "status":
             st.add_argument("--json", action="store_true", help="one JSON line per run")
             st.add_argument("--check", action="store_true",
@@ -178,7 +190,8 @@ def _status_command(args) -> int:
         extra = list(args.snakemake_args)
         if extra[:1] == ["--"]:
             extra = extra[1:]
-        selection = [o for o in args.overrides if o.split("=", 1)[0] in ("scale", "only")]
+        selection = [o for o in args.overrides
+                     if o.split("=", 1)[0] in ("scale", "only", "runs_root", "gpus_per_job")]
         if selection:
             extra = [*(extra or ["--cores", "all"]), "--config", *selection]
         return status.rerun(raw, extra, unrecorded=args.unrecorded, dry_run=args.dry_run)

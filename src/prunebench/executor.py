@@ -32,6 +32,7 @@ from prunebench.metrics import count_macs, size_counts, sparsity_counts
 from prunebench.pruning import Mask, Scope, masked_nonzero, save_mask, sparsity_report
 from prunebench.pruning.base import Batches
 from prunebench.runs import Arch, Run, load_run_model, load_run_plugins, reusable
+from prunebench.sources import changed_files
 from prunebench.sources import record as source_record
 from prunebench.stages import STAGES
 from prunebench.training import evaluate_splits, train
@@ -147,6 +148,7 @@ class Executor:
         """Make `run` (its parents first) unless it is already done and undamaged; a finished
         run whose files no longer match their checksums is redone."""
         if reusable(run):
+            _warn_if_stale(run)
             return run
         for parent in run.parents:
             self.ensure(parent)
@@ -160,6 +162,8 @@ class Executor:
         parents first; each run's log gets the stack's lines. A single unfinished run is
         made alone, as `ensure` makes it."""
         if all(reusable(run) for run in runs):
+            for run in runs:
+                _warn_if_stale(run)
             return
         with _locked(self.ctx.root / ".stacks" / f"{runs[0].hash}.lock"):
             # Jobs of one stack may run at once (after an edit adds runs to a stack whose
@@ -244,6 +248,20 @@ class Executor:
         metrics = run.complete(metrics)
         log.info("%s %s done: top1 %.4f", run.kind, run.hash, metrics["top1"])
         return metrics
+
+
+def _warn_if_stale(run: Run) -> None:
+    """Say so when a finished run that is reused was made by other source than today's
+    (it is reused all the same: `prunebench status` lists such runs, `prunebench rerun`
+    redoes them)."""
+    try:
+        recorded = (run.metrics().get("provenance") or {}).get("source") or {}
+    except (ValueError, AttributeError):
+        return
+    if recorded.get("hash") and recorded["hash"] != source_record(run)["hash"]:
+        log.warning("reusing run %s, made by older source (changed since: %s); "
+                    "`prunebench status` lists such runs, `prunebench rerun` redoes them",
+                    run.path, ", ".join(changed_files(recorded, source_record(run))))
 
 
 def attach_sources(run: Run) -> None:

@@ -6,9 +6,12 @@ oneDNN's code paths), so the same commit gives other weights on an AVX-512 Xeon 
 AVX2 EPYC; and a fixed bug in a method's module changes what its runs would be today. So
 every run's `metrics.json` holds a `provenance` record (`run_record`):
 
-- `code`: the prunebench version, the git commit of the source that ran and whether that
-  source (`src/` and `workflow/` of the checkout) had uncommitted changes;
-- `env`: the versions of torch, CUDA, cuDNN, MKL and oneDNN, the CPU model, the CPU
+- `code`: the prunebench version, the git commit of the prunebench source that ran and
+  whether that source (`src/` and `workflow/` of its checkout) had uncommitted changes (of
+  prunebench's checkout, not of a user's own project: a user's model, data and plugin code
+  is in the run's name and in its source record);
+- `env`: the versions of torch, CUDA, cuDNN, MKL, oneDNN, numpy, scipy, scikit-learn and
+  Torch-Pruning, the CPU model, the CPU
   capability ATen dispatches to, the variables that pin a code path and what is in effect
   (`prunebench.determinism`: the mode, MKL's branch, torch's oneDNN and NNPACK switches),
   the thread count, and the GPU's name and driver when the run used one;
@@ -40,13 +43,30 @@ from prunebench.metrics.environment import _nvml_driver_version, cpu_model
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The fields of `env` that make up `env_id`.
-ENV_ID_FIELDS = ("torch", "cuda", "cudnn", "mkl", "onednn", "cpu_model", "cpu_capability",
-                 "knobs", "determinism", "threads", "gpu", "gpu_driver")
+ENV_ID_FIELDS = ("torch", "cuda", "cudnn", "mkl", "onednn", "libraries", "cpu_model",
+                 "cpu_capability", "knobs", "determinism", "threads", "gpu", "gpu_driver")
 
 
 def _library_version(pattern: str) -> str | None:
     match = re.search(pattern, torch.__config__.show())
     return match.group(1) if match else None
+
+
+# Other libraries whose numbers a run can depend on (the regression method's LASSO, the
+# channel surgery, the data pipeline).
+LIBRARIES = ("numpy", "scipy", "scikit-learn", "torch-pruning")
+
+
+def _library_versions() -> dict[str, str | None]:
+    import importlib.metadata
+
+    out: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 @functools.cache
@@ -60,6 +80,7 @@ def _static_env() -> dict[str, Any]:
         "mkl": _library_version(r"Math Kernel Library Version ([\w.\-]+)"),
         "onednn": _library_version(r"MKL-DNN (v[\w.\-]+)"),
         "cpu_model": cpu_model(),
+        "libraries": _library_versions(),
         "python": platform.python_version(),
         "platform": platform.platform(),
     }

@@ -11,18 +11,23 @@ The files, per run (`files`), and why:
 - its stage's module (`prunebench/stages/<stage>.py`): what the run does with its parents
   (how a pruned model recovers, how a lottery level rewinds, what a benchmark measures);
 - for a run that calls its method (pruning, pruning during training, a method's own
-  pretraining, lottery levels: `METHOD_STAGES`), the method's module (the file of the
-  function registered as the method) and the mask code every masked method goes through
-  (`pruning/mask.py`), or for a structured method the channel surgery (`structured/`);
-- the evaluation code (`training/evaluate.py`) for every run, and the training package
-  (`training/`: loop, engine, schedule, distillation, stacked training) for every run that
-  trains: all but sensitivity sweeps, one-step pruning and benchmarks, whose numbers come
-  from the `metrics/` package;
+  pretraining, lottery levels, sensitivity sweeps: `METHOD_STAGES`), the method's module
+  (the file of the function registered as the method) and the mask code every masked method
+  goes through (`pruning/mask.py`), or for a structured method the channel surgery
+  (`structured/`);
+- the executor, evaluation and the parameter and MAC counts (`ALWAYS`): every run's
+  numbers go through them;
+- the training package (`training/`: loop, engine, schedule, distillation, stacked
+  training) for every run that trains: all but sensitivity sweeps, one-step pruning and
+  benchmarks, whose numbers come from the `metrics/` package;
 - the model's module (the registry factory's file, or the user's factory file) and the
   weight initialisation (`models/init.py`);
 - the dataset's code: the module of its entry (built-in datasets, or the file-dataset
-  loaders) and of its raw loader (a plugin's file for a plugin's dataset), and batching (`data/batching.py`,
-  `data/streaming.py`: the order of the training batches).
+  loaders) and of its raw loader (a plugin's file for a plugin's dataset), and batching
+  (`data/batching.py`, `data/streaming.py`: the order of the training batches);
+- and the package modules that the stage, method, model and dataset modules import
+  themselves (lottery's magnitude scores, ERK's layer budgets, the scope of prunable
+  layers, ...), except bookkeeping modules that decide no number (`BOOKKEEPING`).
 Parent runs are not hashed here: a run whose parent is stale is reported as depending on it.
 
 The hash of a file is of its Python tokens without comments, blank lines and docstrings
@@ -33,6 +38,7 @@ silently reused, and `prunebench rerun` redoes it on request).
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import inspect
@@ -50,7 +56,15 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # The stages whose runs call their method's code (pruning, pruning during training or a
 # method's own pretraining, lottery levels); recovery, sensitivity and benchmark runs only
 # read what a pruned parent made, so a change there reaches them as their parent's.
-METHOD_STAGES = ("prune", "train", "lottery")
+METHOD_STAGES = ("prune", "train", "lottery", "sensitivity")
+# Modules every run's numbers go through: the executor (how a run is trained, measured and
+# saved), evaluation and the counts every metrics.json holds.
+ALWAYS = ("executor.py", "training/evaluate.py", "metrics/size.py", "metrics/macs.py")
+# Package modules that only name, read, write or validate things: a root module importing
+# them does not make them part of what decides its numbers.
+BOOKKEEPING = {"__init__.py", "registry.py", "errors.py", "options.py", "config.py", "io.py",
+               "runs.py", "specs.py", "context.py", "labels.py", "plugins.py", "project.py",
+               "devices.py"}
 _SKIPPED = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
 
 
@@ -73,16 +87,16 @@ def files(run: Run) -> list[Path]:
     from prunebench.pruning import METHODS
     from prunebench.stages import STAGES
 
-    found: set[Path | None] = set()
+    roots: set[Path | None] = set()  # their direct package imports count too
     if run.stage in STAGES:
-        found.add(_module_file(type(STAGES[run.stage])))
+        roots.add(_module_file(type(STAGES[run.stage])))
     method = run.meta.get("method")
+    found: set[Path | None] = {PACKAGE_DIR / name for name in ALWAYS}
     if method in METHODS and run.stage in METHOD_STAGES:
         entry = METHODS.get(method)
-        found.add(_module_file(entry.fn))
+        roots.add(_module_file(entry.fn))
         found.update(_package_files("structured") if entry.structured
                      else [PACKAGE_DIR / "pruning" / "mask.py"])
-    found.add(PACKAGE_DIR / "training" / "evaluate.py")
     if run.stage == "benchmark":
         found.update(_package_files("metrics"))
     elif _trains(run):
@@ -92,19 +106,69 @@ def files(run: Run) -> list[Path]:
         get = model.get if isinstance(model, Mapping) else lambda k: getattr(model, k, None)
         factory, name = get("factory"), get("name")
         if factory:
-            found.add(_module_file(resolve_factory(factory)))
+            roots.add(_module_file(resolve_factory(factory)))
         elif name in MODELS:
-            found.add(_module_file(MODELS.get(name)))
+            roots.add(_module_file(MODELS.get(name)))
         found.add(PACKAGE_DIR / "models" / "init.py")
     data = run.meta.get("data") or {}
     if data.get("name") in DATASETS:
         entry = DATASETS.get(data["name"])
-        found.add(_module_file(type(entry)))
+        roots.add(_module_file(type(entry)))
         loader = getattr(entry, "load_raw", None)
         if loader is not None:
-            found.add(_module_file(inspect.unwrap(loader)))
+            roots.add(_module_file(inspect.unwrap(loader)))
         found.update(PACKAGE_DIR / "data" / name for name in ("batching.py", "streaming.py"))
+    roots.discard(None)
+    found |= roots
+    for root in roots:
+        found |= _direct_imports(root)
     return sorted(p for p in found if p is not None and p.is_file())
+
+
+def _direct_imports(path: Path) -> frozenset[Path]:
+    """The package modules `path` imports itself (at module level or in a function; not
+    for type checking only), other than packages' `__init__` and the bookkeeping modules
+    that decide no number (`BOOKKEEPING`)."""
+    stat = os.stat(path)
+    return _direct_imports_cached(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _direct_imports_cached(path: str, size: int, mtime_ns: int) -> frozenset[Path]:
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return frozenset()
+    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+               and "TYPE_CHECKING" in ast.unparse(node.test) for stmt in node.body
+               for n in ast.walk(stmt)}
+    here = Path(path).resolve()
+    package = here.parent if here.is_relative_to(PACKAGE_DIR) else None
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level and package is not None:
+                base = package
+                for _ in range(node.level - 1):
+                    base = base.parent
+                rel = ".".join(base.relative_to(PACKAGE_DIR.parent).parts)
+                module = f"{rel}.{node.module}" if node.module else rel
+            else:
+                module = node.module or ""
+            names = [module, *(f"{module}.{a.name}" for a in node.names)]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] != "prunebench" or len(parts) < 2:
+                continue
+            candidate = PACKAGE_DIR.joinpath(*parts[1:]).with_suffix(".py")
+            if candidate.is_file() and candidate.name not in BOOKKEEPING:
+                found.add(candidate.resolve())
+    return frozenset(found)
 
 
 def _trains(run: Run) -> bool:
@@ -140,15 +204,17 @@ def display_name(path: Path) -> str:
 
 
 def file_hash(path: Path) -> str:
-    """The hash of a Python file's code (comments, blank lines and docstrings left out);
-    cached per path, size and modification time."""
-    stat = os.stat(path)
-    return _file_hash(str(path), stat.st_size, stat.st_mtime_ns)
+    """The hash of a Python file's code (comments, blank lines and docstrings left out).
+    A file of the package is hashed as it was when this process (or the job server it was
+    forked from) imported this module: the code that runs, even if the file is edited
+    during a long workflow; other files (the user's) as they are now."""
+    path = Path(path).resolve()
+    data = _AT_IMPORT.get(str(path))
+    return _code_hash(data if data is not None else path.read_bytes())
 
 
 @functools.lru_cache(maxsize=4096)
-def _file_hash(path: str, size: int, mtime_ns: int) -> str:
-    data = Path(path).read_bytes()
+def _code_hash(data: bytes) -> str:
     digest = hashlib.sha256()
     try:
         tokens = list(tokenize.tokenize(io.BytesIO(data).readline))
@@ -186,3 +252,9 @@ def changed_files(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> li
 
 
 __all__ = ["changed_files", "display_name", "file_hash", "files", "record"]
+
+
+# The package's source as imported (see file_hash): its bytes, read once (~1 MB), hashed
+# when asked.
+_AT_IMPORT: dict[str, bytes] = {str(p.resolve()): p.read_bytes()
+                                for p in PACKAGE_DIR.rglob("*.py")}

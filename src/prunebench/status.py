@@ -35,9 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from prunebench.context import StudyContext
+from prunebench.errors import ConfigError
 from prunebench.plan import group_runs, manifest_path
 from prunebench.runs import Run, damaged_file
 from prunebench.sources import changed_files, record
+from prunebench.stacking import stacks
 from prunebench.stages import STAGES
 from prunebench.study import selected_studies
 
@@ -53,6 +55,7 @@ class RunState:
     manifest: str  # the job that makes the run
     state: str = "pending"
     detail: str = ""
+    stack: tuple[Path, ...] = ()  # the runs it trains with as one stack (itself included)
 
     @property
     def name(self) -> str:
@@ -66,11 +69,14 @@ def survey(raw_params: Mapping[str, Any], jobs_root: str | Path = JOBS_ROOT) -> 
     for study in selected_studies(raw_params).values():
         ctx = StudyContext(study, runs_root)
         for stage in STAGES.values():
-            for point, h, members in group_runs(stage, stage.runs(ctx)):
+            runs = stage.runs(ctx)
+            for point, h, members in group_runs(stage, runs):
                 manifest = manifest_path(jobs_root, stage.name, study.name, members[0].label,
                                          point, h)
                 for run in members:
                     _add(run, study.name, manifest, states)
+            for path, stack in stacks(stage, ctx, runs).items():
+                states[path].stack = tuple(r.path for r in stack)
     for item in states.values():  # parents first (dict order): their state is known
         item.state, item.detail = _own_state(item)
         if item.state in ("ok", "unrecorded", "stale"):
@@ -94,17 +100,19 @@ def _add(run: Run, study: str, manifest: str, states: dict[Path, RunState]) -> N
 def _own_state(item: RunState) -> tuple[str, str]:
     run = item.run
     if not run.done:
-        if Path(item.manifest).is_file():
+        if _listed(item.manifest, run):
             return "missing", f"its job finished ({item.manifest}) but the run is not there"
         return "pending", ""
     damaged = damaged_file(run.path)
     if damaged is not None:
         return "damaged", f"{damaged} does not match its checksum"
     try:
-        recorded = (run.metrics().get("provenance") or {}).get("source")
+        metrics = run.metrics()
     except ValueError:
         return "damaged", "metrics.json is not JSON"
-    if not recorded:
+    provenance = metrics.get("provenance") if isinstance(metrics, dict) else None
+    recorded = provenance.get("source") if isinstance(provenance, dict) else None
+    if not isinstance(recorded, dict) or "hash" not in recorded:
         return "unrecorded", ""
     current = record(run)
     if recorded.get("hash") != current["hash"]:
@@ -112,15 +120,35 @@ def _own_state(item: RunState) -> tuple[str, str]:
     return "ok", ""
 
 
+def _listed(manifest: str, run: Run) -> bool:
+    """Whether the job manifest exists and lists `run` (the same run directory: a manifest
+    written for another runs root names other directories)."""
+    try:
+        listed = json.loads(Path(manifest).read_text()).get("runs", [])
+    except (OSError, ValueError, AttributeError):
+        return False
+    return any(isinstance(e, dict) and Path(str(e.get("path", ""))) == run.path for e in listed)
+
+
 def to_redo(states: Sequence[RunState], unrecorded: bool = False) -> list[RunState]:
     """The runs `rerun` removes: stale, damaged, missing (and unrecorded if asked), and every
     run made from one of them."""
     redo_states = set(REDO) | ({"unrecorded"} if unrecorded else set())
+    by_path = {s.run.path: s for s in states}
     chosen: set[Path] = set()
-    for item in states:  # parents first
-        if item.state in redo_states or any(p.path in chosen for p in item.run.parents):
-            chosen.add(item.run.path)
-    return [s for s in states if s.run.path in chosen and s.state != "pending"]
+    changed = True
+    while changed:  # until stacks and descendants add nothing more
+        changed = False
+        for item in states:  # parents first
+            if item.run.path in chosen:
+                continue
+            if (item.state in redo_states or any(p.path in chosen for p in item.run.parents)
+                    or any(m in chosen for m in item.stack)):
+                # A stack's runs are redone together: one retrained alone would round
+                # differently from its stack-mates (prunebench.stacking).
+                chosen.add(item.run.path)
+                changed = True
+    return [by_path[p] for p in by_path if p in chosen and by_path[p].state != "pending"]
 
 
 def summary_table(states: Sequence[RunState]) -> list[dict[str, Any]]:
@@ -137,7 +165,8 @@ def format_report(states: Sequence[RunState], unrecorded: bool = False) -> str:
     lines = [f"{len(states)} planned runs: "
              + ", ".join(f"{total[st]} {st}" for st in STATES if total[st])]
     rows = summary_table(states)
-    widths = {"study": 14, "stage": 11, "method": 22}
+    widths = {k: max([len(k), *(len(str(r[k])) for r in rows)]) + 2
+              for k in ("study", "stage", "method")}
     header = "".join(f"{k:<{w}}" for k, w in widths.items()) + "".join(f"{st:>11}" for st in STATES)
     lines += ["", header]
     for row in rows:
@@ -154,10 +183,18 @@ def format_report(states: Sequence[RunState], unrecorded: bool = False) -> str:
     if redo:
         lines += ["", f"{len(redo)} runs to redo (stale, damaged, missing and what is made "
                       "from them): `prunebench rerun` (add Snakemake's options after `--`)"]
-    elif total["unrecorded"]:
-        lines += ["", f"{total['unrecorded']} runs predate source records: "
-                      "`prunebench rerun --unrecorded` redoes them"]
+    if total["unrecorded"]:
+        lines += ["", f"{total['unrecorded']} runs predate source records (their source "
+                      "cannot be checked): `prunebench rerun --unrecorded` redoes them too"]
     return "\n".join(lines)
+
+
+def _redo_reason(item: RunState) -> str:
+    """Why `rerun` redoes a run: its own state, or (for a run in order) "downstream" of
+    one it is made from, or "stack-mate" of one it trains with."""
+    if item.state not in ("ok", "downstream"):
+        return item.state
+    return "downstream" if item.state == "downstream" or not item.stack else "stack-mate"
 
 
 def remove(states: Iterable[RunState]) -> tuple[int, int]:
@@ -179,14 +216,19 @@ def rerun(raw_params: Mapping[str, Any], snakemake_args: Sequence[str], *,
     """`prunebench rerun`: remove what must be redone, then run Snakemake; its exit status."""
     states = survey(raw_params)
     redo = to_redo(states, unrecorded)
-    counts = Counter(s.state for s in redo)
+    counts = Counter(_redo_reason(s) for s in redo)
     print(f"to redo: {len(redo)} runs ("
           + ", ".join(f"{n} {st}" for st, n in counts.most_common()) + ")" if redo
           else "nothing to redo: every finished run matches its checksums and today's source")
     if dry_run:
         for s in redo:
-            print(f"  {s.state:<11} {s.run.path}  {s.detail}")
+            print(f"  {_redo_reason(s):<11} {s.run.path}  {s.detail}")
         return 0
+    locks = Path(".snakemake/locks")
+    if locks.is_dir() and any(locks.iterdir()):
+        raise ConfigError(".snakemake/locks is not empty: a workflow may be running in this "
+                          "project, and rerun would delete runs under it; wait for it, or "
+                          "run `snakemake --unlock` if none is")
     if redo:
         runs, manifests = remove(redo)
         print(f"removed {runs} run directories and {manifests} job manifests")
@@ -199,8 +241,9 @@ def rerun(raw_params: Mapping[str, Any], snakemake_args: Sequence[str], *,
 def as_json(states: Sequence[RunState]) -> Iterable[str]:
     for s in states:
         yield json.dumps({"study": s.study, "stage": s.run.stage, "method": s.name,
-                          "state": s.state, "run": str(s.run.path), "job": s.manifest,
-                          "detail": s.detail})
+                          "seed": s.run.meta.get("seed"), "state": s.state,
+                          "run": str(s.run.path), "job": s.manifest, "detail": s.detail,
+                          "stack": [str(p) for p in s.stack]})
 
 
 __all__ = ["STATES", "RunState", "format_report", "remove", "rerun", "survey", "to_redo"]

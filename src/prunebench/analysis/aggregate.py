@@ -54,13 +54,13 @@ LEADING_COLUMNS = [
     "macs", "macs_reduction", "threads",
 ]
 # What made each run (`prunebench.provenance`): empty for runs made before it was recorded.
-TRAILING_COLUMNS = [*PROVENANCE_COLUMNS, "run_dir", "hash"]
+TRAILING_COLUMNS = [*PROVENANCE_COLUMNS, "weights_sha256", "run_dir", "hash"]
 # `series` is a function of `label`, `recovery` and `control`: it splits no group, and leads
 # so that groups sort by the name they are shown under.
 GROUP_KEYS = ["study", "dataset", "model", "series", "label", "method", "target_sparsity",
               "channel_sparsity", "recovery", "control"]
 SORT_KEYS = ["study", "series", "target_sparsity", "channel_sparsity", "seed"]
-NOT_SUMMARISED = {"seed", *PROVENANCE_COLUMNS}
+NOT_SUMMARISED = {"seed", *PROVENANCE_COLUMNS, "weights_sha256"}
 BENCHMARK_PREFIX = "benchmark_"  # for a benchmark key that the run's metrics already have
 # The benchmark's text columns: how its numbers were measured, kept in the summary (as the
 # group's distinct values) so the tables can say it without the runs table.
@@ -158,9 +158,20 @@ def read_run(run_dir: Path, benchmark: Mapping[str, Any] | None = None) -> dict 
     total, nonzero = metrics.get("params_total"), metrics.get("params_nonzero")
     row["params_remaining_frac"] = nonzero / total if total and nonzero is not None else math.nan
     row.update(provenance_columns(raw_metrics.get("provenance")))
+    row["weights_sha256"] = _model_digest(run_dir)
     row["run_dir"] = str(run_dir)
     row["hash"] = config.get("hash", run_dir.name)
     return row
+
+
+def _model_digest(run_dir: Path) -> str | None:
+    """The SHA-256 of the run's model.pt as its checksums.json records it (None for a run
+    made before checksums): two rows with equal digests have bit-identical weights."""
+    sums = run_dir / "checksums.json"
+    if not sums.is_file():
+        return None
+    digest = _read_json_object(sums).get("model.pt")
+    return digest if isinstance(digest, str) else None
 
 
 def check_run_files(run_dir: Path) -> None:

@@ -267,6 +267,12 @@ class _Row:
     point: tuple
     seed: Any
     values: dict[str, float]
+    weights: str | None = None  # the model's SHA-256, where runs.csv records it
+
+
+# runs.csv's digest of a run's model.pt (from its checksums.json): a row is bit-identical
+# only if its weights are too, where both sets record them.
+WEIGHTS = "weights_sha256"
 
 
 def _rows(frame: pd.DataFrame) -> list[_Row]:
@@ -275,9 +281,11 @@ def _rows(frame: pd.DataFrame) -> list[_Row]:
     seeds = [int(s) if isinstance(s, float) and s.is_integer() else s
              for s in map(_value, frame["seed"])]
     metrics = {m: [_value(v) for v in frame[m]] for m in METRICS}
+    weights = ([w if isinstance(w, str) else None for w in map(_value, frame[WEIGHTS])]
+               if WEIGHTS in frame else [None] * len(frame))
     return [_Row(tuple(k[i] for k in keys), seeds[i],
                  {m: math.nan if metrics[m][i] is None or isinstance(metrics[m][i], str)
-                  else metrics[m][i] for m in METRICS})
+                  else metrics[m][i] for m in METRICS}, weights[i])
             for i in range(len(frame))]
 
 
@@ -333,9 +341,15 @@ def _paired(a: Sequence[_Row], b: Sequence[_Row]) -> tuple[int, int, list, list]
 
     ka, kb = keyed(a), keyed(b)
     both = [k for k in ka if k in kb]
-    equal = sum(all(_same(ka[k].values[m], kb[k].values[m]) for m in METRICS) for k in both)
+    equal = sum(all(_same(ka[k].values[m], kb[k].values[m]) for m in METRICS)
+                and _same_weights(ka[k].weights, kb[k].weights) for k in both)
     return (len(both), equal, [k[0] for k in ka if k not in kb],
             [k[0] for k in kb if k not in ka])
+
+
+def _same_weights(x: str | None, y: str | None) -> bool:
+    """Equal model digests, or one side does not record them (then the metrics decide)."""
+    return x is None or y is None or x == y
 
 
 def _z(diff: float, sigma: float) -> float:
@@ -388,6 +402,7 @@ def compare_study(study: str, a: pd.DataFrame, b: pd.DataFrame, sigma_k: float,
         "rows_a": len(rows_a), "rows_b": len(rows_b),
         "rows_paired": sum(p["rows_paired"] for p in points),
         "rows_equal": sum(p["rows_equal"] for p in points),
+        "rows_weights": _weights_compared(points_a, points_b),
         "fallback_sigma": fallback,
         "fallback_points": [p["point"] for p in points
                             if any(p[m]["sigma_is_fallback"] for m in METRICS)],
@@ -396,6 +411,13 @@ def compare_study(study: str, a: pd.DataFrame, b: pd.DataFrame, sigma_k: float,
     }
     result["status"], result["verdict"] = _verdict(result, outside)
     return result
+
+
+def _weights_compared(points_a: Mapping, points_b: Mapping) -> int:
+    """How many rows have a model digest on both sides."""
+    a = {(r.point, r.seed) for rows in points_a.values() for r in rows if r.weights}
+    b = {(r.point, r.seed) for rows in points_b.values() for r in rows if r.weights}
+    return len(a & b)
 
 
 def t_two_sided(t: float, df: int) -> float:
@@ -472,7 +494,9 @@ def _verdict(result: Mapping, outside: Sequence[dict]) -> tuple[str, str]:
                       f"in {side}: {_names(result[key])}"
                       for key, side in (("only_in_a", "A"), ("only_in_b", "B")) if result[key])
     if not missing and result["rows_equal"] == result["rows_a"] == result["rows_b"]:
-        return "bit-identical", f"{study}: bit-identical (all {result['rows_a']} rows)"
+        what = ("top-1, loss and weights" if result["rows_weights"] == result["rows_a"]
+                else "top-1 and loss; weights not recorded in both sets")
+        return "bit-identical", f"{study}: bit-identical (all {result['rows_a']} rows: {what})"
     if n == 0:
         return "not-reproduced", f"{study}: NOT reproduced: no grid point in both sets{missing}"
     listed = _names([f"{p['point']} ({_sigmas(p[VERDICT_METRIC]['z'])})" for p in outside])

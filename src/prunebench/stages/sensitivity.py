@@ -35,6 +35,8 @@ def sensitivity_run(ctx: StudyContext, entry, seed: int) -> Run:
     parent = dense_run(ctx, seed)
     sweep = list(method_of(entry).sensitivity_sweep(entry.options))
     desc = {"parent": parent.description, "scope": ctx.study.scope, "sweep": sweep}
+    if method_of(entry).version != 1:  # the method's declared semantics name its sweep too
+        desc["version"] = method_of(entry).version
     meta = {**parent.meta, "method": "sensitivity", "label": entry.label,
             "target_sparsity": None, "result": False}
     return Run(ctx.root, "sensitivity", desc, meta, stage="sensitivity", label=entry.label,
