@@ -43,7 +43,9 @@ from prunebench.stacking import stacks
 from prunebench.stages import STAGES
 from prunebench.study import selected_studies
 
-JOBS_ROOT = "results/jobs"
+JOBS_ROOT = "results/jobs"  # where the workflow writes job manifests (common.smk)
+STUDIES_ROOT = "results/studies"  # and each study's tables (common.smk's TABLES)
+TABLES = ("runs.csv", "summary.csv", "summary.md", "metrics.json")
 STATES = ("ok", "stale", "damaged", "missing", "downstream", "unrecorded", "pending")
 REDO = ("stale", "damaged", "missing")  # what `rerun` redoes, with what is downstream of them
 
@@ -198,16 +200,23 @@ def _redo_reason(item: RunState) -> str:
 
 
 def remove(states: Iterable[RunState]) -> tuple[int, int]:
-    """Delete the run directories of `states` and the manifests of their jobs, so that
-    Snakemake remakes them; (runs, manifests) removed."""
+    """Delete the run directories of `states`, the manifests of their jobs and their studies'
+    tables, so that Snakemake remakes them, whatever target it is given (a missing
+    intermediate file alone is not remade when the files made from it are there; a missing
+    table is, with everything it reads); (runs, manifests) removed."""
     runs = manifests = 0
+    studies = set()
     for s in states:
+        studies.add(s.study)
         if s.run.path.exists():
             shutil.rmtree(s.run.path)
             runs += 1
         if Path(s.manifest).is_file():
             Path(s.manifest).unlink()
             manifests += 1
+    for study in studies:
+        for name in TABLES:
+            (Path(STUDIES_ROOT) / study / name).unlink(missing_ok=True)
     return runs, manifests
 
 
