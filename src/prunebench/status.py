@@ -37,7 +37,7 @@ from typing import Any
 from prunebench.context import StudyContext
 from prunebench.errors import ConfigError
 from prunebench.plan import group_runs, manifest_path
-from prunebench.runs import Run, damaged_file
+from prunebench.runs import CHECKSUMS, Run, damaged_file
 from prunebench.sources import changed_files, record
 from prunebench.stacking import stacks
 from prunebench.stages import STAGES
@@ -106,6 +106,8 @@ def _own_state(item: RunState) -> tuple[str, str]:
             return "missing", f"its job finished ({item.manifest}) but the run is not there"
         return "pending", ""
     damaged = damaged_file(run.path)
+    if damaged == CHECKSUMS:
+        return "damaged", f"{CHECKSUMS} cannot be read"
     if damaged is not None:
         return "damaged", f"{damaged} does not match its checksum"
     try:
