@@ -43,8 +43,11 @@ from prunebench.metrics.environment import _nvml_driver_version, cpu_model
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The fields of `env` that make up `env_id`.
-ENV_ID_FIELDS = ("torch", "cuda", "cudnn", "mkl", "onednn", "libraries", "cpu_model",
-                 "cpu_capability", "knobs", "determinism", "threads", "gpu", "gpu_driver")
+# torch and the libraries inside it, the CPU and the code path in effect: what picks the
+# kernels. (The versions of numpy, scipy, scikit-learn and Torch-Pruning are recorded beside
+# it, not in it, so that runs recorded before they were keep their id.)
+ENV_ID_FIELDS = ("torch", "cuda", "cudnn", "mkl", "onednn", "cpu_model", "cpu_capability",
+                 "knobs", "determinism", "threads", "gpu", "gpu_driver")
 
 
 def _library_version(pattern: str) -> str | None:
@@ -156,7 +159,8 @@ def columns(record: Mapping[str, Any] | None) -> dict[str, Any]:
     env, code = record.get("env") or {}, record.get("code") or {}
     knobs = env.get("knobs") or {}
     return {
-        "env_id": record.get("env_id"),
+        # Computed from the record (not read from it), so ids agree across record versions.
+        "env_id": env_id(env) if env else record.get("env_id"),
         "code_commit": (code.get("commit") or "")[:12] or None,
         "code_dirty": code.get("dirty"),
         "prunebench_version": code.get("version"),
