@@ -196,11 +196,15 @@ def _status_command(args) -> int:
             extra = [*(extra or ["--cores", "all"]), "--config", *selection]
         return status.rerun(raw, extra, unrecorded=args.unrecorded, dry_run=args.dry_run)
     states = status.survey(raw)
-    if args.json:
-        for line in status.as_json(states):
-            print(line)
-    else:
-        print(status.format_report(states, args.unrecorded))
+    try:
+        if args.json:
+            for line in status.as_json(states):
+                print(line)
+        else:
+            print(status.format_report(states, args.unrecorded))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `prunebench status | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     bad = any(s.state in status.REDO for s in states)
     return 1 if args.check and bad else 0
 
