@@ -32,8 +32,8 @@ from prunebench.metrics import count_macs, size_counts, sparsity_counts
 from prunebench.pruning import Mask, Scope, masked_nonzero, save_mask, sparsity_report
 from prunebench.pruning.base import Batches
 from prunebench.runs import Arch, Run, load_run_model, load_run_plugins, reusable
-from prunebench.sources import changed_files
 from prunebench.sources import record as source_record
+from prunebench.sources import recorded, stale_files
 from prunebench.stages import STAGES
 from prunebench.training import evaluate_splits, train
 from prunebench.training.loop import early_stopping
@@ -255,13 +255,14 @@ def _warn_if_stale(run: Run) -> None:
     (it is reused all the same: `prunebench status` lists such runs, `prunebench rerun`
     redoes them)."""
     try:
-        recorded = (run.metrics().get("provenance") or {}).get("source") or {}
-    except (ValueError, AttributeError):
+        source = recorded(run.metrics())
+    except ValueError:
         return
-    if recorded.get("hash") and recorded["hash"] != source_record(run)["hash"]:
+    changed = None if source is None else stale_files(run, source)
+    if changed is not None:
         log.warning("reusing run %s, made by older source (changed since: %s); "
                     "`prunebench status` lists such runs, `prunebench rerun` redoes them",
-                    run.path, ", ".join(changed_files(recorded, source_record(run))))
+                    run.path, ", ".join(changed))
 
 
 def attach_sources(run: Run) -> None:

@@ -245,13 +245,27 @@ def record(run: Run) -> dict[str, Any]:
     return {"hash": combined, "files": hashes}
 
 
+def recorded(metrics: Any) -> dict[str, Any] | None:
+    """The source record a run's metrics hold, or None (a run made before it was recorded)."""
+    provenance = metrics.get("provenance") if isinstance(metrics, dict) else None
+    source = provenance.get("source") if isinstance(provenance, dict) else None
+    return source if isinstance(source, dict) and "hash" in source else None
+
+
+def stale_files(run: Run, source: Mapping[str, Any]) -> list[str] | None:
+    """The files changed since `run` recorded `source` (None: its source is today's)."""
+    current = record(run)
+    return None if source["hash"] == current["hash"] else changed_files(source, current)
+
+
 def changed_files(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """The file names whose hash differs between two records (or that one of them lacks)."""
     old, new = recorded.get("files") or {}, current.get("files") or {}
     return sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
 
 
-__all__ = ["changed_files", "display_name", "file_hash", "files", "record"]
+__all__ = ["changed_files", "display_name", "file_hash", "files", "record", "recorded",
+           "stale_files"]
 
 
 # The package's source as imported (see file_hash): its bytes, read once (~1 MB), hashed

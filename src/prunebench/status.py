@@ -38,7 +38,7 @@ from prunebench.context import StudyContext
 from prunebench.errors import ConfigError
 from prunebench.plan import group_runs, manifest_path
 from prunebench.runs import CHECKSUMS, Run, damaged_file
-from prunebench.sources import changed_files, record
+from prunebench.sources import recorded, stale_files
 from prunebench.stacking import stacks
 from prunebench.stages import STAGES
 from prunebench.study import selected_studies
@@ -114,14 +114,11 @@ def _own_state(item: RunState) -> tuple[str, str]:
         metrics = run.metrics()
     except ValueError:
         return "damaged", "metrics.json is not JSON"
-    provenance = metrics.get("provenance") if isinstance(metrics, dict) else None
-    recorded = provenance.get("source") if isinstance(provenance, dict) else None
-    if not isinstance(recorded, dict) or "hash" not in recorded:
+    source = recorded(metrics)
+    if source is None:
         return "unrecorded", ""
-    current = record(run)
-    if recorded.get("hash") != current["hash"]:
-        return "stale", ", ".join(changed_files(recorded, current))
-    return "ok", ""
+    changed = stale_files(run, source)
+    return ("ok", "") if changed is None else ("stale", ", ".join(changed))
 
 
 def _listed(manifest: str, run: Run) -> bool:
