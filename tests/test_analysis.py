@@ -610,10 +610,12 @@ def test_series_names_are_composed_from_label_recovery_and_control():
 
 
 def test_runs_and_summary_have_recovery_and_control_columns(runs, summary):
-    assert ID_COLUMNS[-3:] == ["recovery", "control", "series"]
-    assert list(summary.columns[:10]) == ["study", "dataset", "model", "series", "label",
+    assert ID_COLUMNS[-6:] == ["recovery", "control", "budget_kind", "budget_value",
+                               "budget_batch_size", "series"]
+    assert list(summary.columns[:13]) == ["study", "dataset", "model", "series", "label",
                                           "method", "target_sparsity", "channel_sparsity",
-                                          "recovery", "control"]
+                                          "recovery", "control", "budget_kind", "budget_value",
+                                          "budget_batch_size"]
     assert set(zip(summary["series"], summary["label"], summary["recovery"].fillna("-"))) == {
         (DENSE, DENSE, "-"), ("mag", "mag", "finetune"), ("mag+distill", "mag", "distill"),
         ("rnd", "rnd", "finetune"), ("l1f", "l1f", "finetune"),
@@ -933,9 +935,13 @@ def test_write_plots_gives_nonblank_pngs(runs, tmp_path, keep):
 def test_the_plot_names_are_listed_once():
     """`names.PLOTS` is the one list: the figures written, the report's sections and the
     workflow's plot outputs (common.smk imports it) all follow it."""
-    assert set(FIGURES) == set(TITLES) == set(CAPTIONS) == set(PLOTS)
+    from prunebench.analysis.names import BUDGET_PLOTS
+
+    assert set(FIGURES) == set(PLOTS)  # drawn for every study; the budget figure apart
+    assert set(TITLES) == set(CAPTIONS) == set(PLOTS) | set(BUDGET_PLOTS)
     smk = (Path(__file__).parents[1] / "workflow" / "rules" / "common.smk").read_text()
-    assert re.search(r"^from prunebench\.analysis\.names import PLOTS$", smk, re.MULTILINE)
+    assert re.search(r"^from prunebench\.analysis\.names import BUDGET_PLOTS, PLOTS$", smk,
+                     re.MULTILINE)
     assert not re.search(r"^PLOTS\s*=", smk, re.MULTILINE)
 
 

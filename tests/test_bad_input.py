@@ -75,6 +75,15 @@ def rename_study(name: str):
 
 # (id, edit of BASE, text the error line must contain: the key, or the label/name at fault)
 EDITS = [
+    # Budgets: checked at parse time, or (a budget the scope cannot reach) when planned
+    ("budget-kind", study("budgets", [{"kind": "flops", "values": [0.5]}]),
+     "studies.tiny.budgets[0].kind"),
+    ("budget-compression-nan", study("budgets", [{"kind": "compression", "values": [NAN]}]),
+     "studies.tiny.budgets[0].values"),
+    ("budget-latency-of-masks", study("budgets", [{"kind": "latency", "values": [2],
+                                                   "batch_size": 1}]), "studies.tiny.budgets"),
+    ("budget-out-of-reach", study("budgets", [{"kind": "params", "values": [0.9999]}]),
+     "studies.tiny.budgets (global_magnitude)"),
     # Not a finite number
     ("lr-nan", study("train.lr", NAN), "studies.tiny.train.lr"),
     ("lr-inf", study("train.lr", INF), "studies.tiny.train.lr"),

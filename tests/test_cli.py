@@ -325,7 +325,7 @@ def test_sparsity_selects_one_grid_point_in_every_stage(tmp_path):
     from prunebench.stages import STAGES
     from prunebench.study import load_study
 
-    study = load_study(Path(__file__).resolve().parents[1] / "params.yaml", "digits_cnn")
+    study = load_study(Path(__file__).resolve().parents[1] / "params.yaml", "digits_cnn_portable")  # 0.8 and distill
     ctx = StudyContext(study, tmp_path)
     for stage in ("prune", "finetune", "distill", "benchmark"):
         runs = select_runs(STAGES[stage], ctx, "global_magnitude", [0, 1], [0.8])

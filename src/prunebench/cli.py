@@ -1,5 +1,7 @@
 """Command-line interface: one verb per stage (`prunebench train | sensitivity | prune |
-finetune | distill | lottery`), plus `evaluate`, `data`, `plan`, `schema` and the analysis.
+finetune | distill | rewind | lottery`), plus `evaluate`, `data`, `plan`, `schema` and the
+analysis, and `export` (a finished run's model as one ONNX, TorchScript or torch.export
+file, `prunebench.export`).
 
 Every stage verb reads a study from the params file (plus `--set key=value` overrides),
 validates it and loads the data before writing anything, then makes the requested runs of
@@ -71,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a finished run's model on test and validation")
     ev.add_argument("run", type=Path, help="a run directory (holding config.json and model.pt)")
     ev.add_argument("--device", default="auto")
+    xp = sub.add_parser("export", help="write a finished run's model as one standalone file "
+                        "(ONNX, TorchScript or torch.export's program)")
+    xp.add_argument("run", type=Path,
+                    help="a finished run directory (results/runs/<kind>/<hash>)")
+    xp.add_argument("--format", default="onnx", metavar="FORMAT",
+                    help="onnx (default; needs the `export` extra), torchscript or "
+                         "exported_program (.pt2)")
+    xp.add_argument("--out", type=Path, help="the file to write (default: "
+                    "RUN/export/model.<onnx|pt|pt2>; a directory gets model.<ext> inside)")
     data = sub.add_parser("data", help="fetch/verify a study's dataset (mirror or download)")
     _common(data, grid=False)
     sub.add_parser("schema", help="print the JSON Schema of the params file")
@@ -231,6 +242,11 @@ def run_command(args) -> int | None:
 
     if args.command in COMMANDS:
         return run_analysis(args)  # compare exits 1 when a study is not reproduced
+    if args.command == "export":
+        from prunebench.export import export_run
+
+        print(json.dumps(export_run(args.run, args.format, args.out)))
+        return
     if args.command == "evaluate":
         from prunebench.executor import evaluate_run_dir
 

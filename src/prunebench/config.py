@@ -103,6 +103,16 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class RewindConfig:
+    """Rewinding as a recovery (`recover: [rewind]`; Frankle & Carbin 2019's one-shot
+    tickets): a pruned network's mask retrained with the full `train` recipe from the dense
+    run's weights at `iteration`."""
+
+    iteration: int = field(default=0, metadata={"help": "iteration of the dense run whose weights the mask's survivors rewind to (>= 0): 0 is its initialisation, k > 0 late rewinding (Frankle et al. 2020), trained from iteration k to the end of the train recipe"})
+    reinit_control: bool = field(default=False, metadata={"help": "also train every rewound mask from a fresh random initialisation (the control, `control` column 'reinit')"})
+
+
+@dataclass(frozen=True)
 class BenchmarkConfig:
     """What the benchmark stage measures for every result run (prunebench.metrics)."""
 
@@ -149,12 +159,15 @@ class Study:
     channel_sparsities: tuple[float, ...] = (0.25, 0.5, 0.75)
     recover: tuple[str, ...] = ("finetune",)
     distill: DistillConfig = DistillConfig()
+    rewind: RewindConfig = RewindConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     # Torch CPU threads of every job: float reductions, and so results, depend on it.
     threads: int = 1
     stack: StackConfig = StackConfig()
     # CPU code path of every job (prunebench.determinism): native or portable.
     determinism: str = "native"
+    # Cost targets every method is asked for besides its sparsities (prunebench.budgets).
+    budgets: tuple = ()
 
     def method(self, label: str) -> MethodEntry:
         for entry in self.methods:

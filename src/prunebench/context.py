@@ -52,6 +52,16 @@ class StudyContext:
                 "macs": count_macs(model, self.dense_arch.input_shape)}
 
     @cached_property
+    def scope_counts(self):
+        """All parameters of the unpruned architecture and the weights in the pruning scope:
+        what translates a parameter budget into a weight sparsity (`prunebench.budgets`)."""
+        from prunebench.budgets import ScopeCounts
+
+        model = self.dense_arch.build()
+        return ScopeCounts(params_total=sum(p.numel() for p in model.parameters()),
+                           scope_weights=sum(p.numel() for p in self.scope.params(model).values()))
+
+    @cached_property
     def memo(self) -> dict:
         """Runs the stages have already described for this context (the dense run of a seed
         is every other run's ancestor): described once, shared, since a run is its

@@ -6,15 +6,19 @@ columns). Imports nothing, so the planner and the analysis can both use it cheap
 from __future__ import annotations
 
 DISTILL_SUFFIX = "+distill"
+REWIND_SUFFIX = "+rewind"
 REINIT_SUFFIX = "_reinit"
 
 
 def series_name(label: str, recovery: str | None = None, control: str | None = None) -> str:
-    """`mag`, `mag+distill` (recovered by distillation), `lottery_reinit` (the random-
-    reinitialisation control of a lottery ticket)."""
+    """`mag`, `mag+distill` (recovered by distillation), `mag+rewind` (its mask rewound and
+    retrained), `lottery_reinit` and `mag+rewind_reinit` (the random-reinitialisation
+    controls of a lottery ticket and of a rewind run)."""
     name = str(label)
     if recovery == "distill":
         name += DISTILL_SUFFIX
+    elif recovery == "rewind":
+        name += REWIND_SUFFIX
     if control == "reinit":
         name += REINIT_SUFFIX
     return name

@@ -68,14 +68,17 @@ def manifest_path(jobs_root: str | Path, stage: str, study: str, label: str, poi
 
 
 def point_name(run: Run) -> str:
-    """`seed0`, `seed0-s0.80` (weight sparsity), `seed1-c0.50` (channel sparsity), with the
+    """`seed0`, `seed0-s0.80` (weight sparsity), `seed1-c0.50` (channel sparsity),
+    `seed0-macs0.5` (a budget), with the
     run's own name first where it is not the job's label (`lottery_reinit-seed0-s0.80`,
     `mag+distill-seed0-s0.80`, `slimming_pretrain-seed0`)."""
     meta = run.meta
     name = series_name(meta.get("label", run.label), meta.get("recovery"), meta.get("control"))
     parts = [] if name == run.label else [name]
     parts.append(f"seed{meta.get('seed', 0)}")
-    if meta.get("channel_sparsity") is not None:
+    if meta.get("budget_kind") is not None:  # `seed0-macs0.5`, `seed0-latency1.5`
+        parts.append(f"{meta['budget_kind']}{meta['budget_value']:.4g}")
+    elif meta.get("channel_sparsity") is not None:
         parts.append(f"c{meta['channel_sparsity']:.2f}")
     elif meta.get("target_sparsity"):
         parts.append(f"s{meta['target_sparsity']:.4g}")

@@ -9,7 +9,11 @@ is declared by bumping the method's `version` (`prunebench.pruning.base.PruningM
 
 The files, per run (`files`), and why:
 - its stage's module (`prunebench/stages/<stage>.py`): what the run does with its parents
-  (how a pruned model recovers, how a lottery level rewinds, what a benchmark measures);
+  (how a pruned model recovers, how a lottery level rewinds, what a benchmark measures); a
+  rewind run's is `stages/rewind.py`, whose imports bring in `stages/lottery.py` (the
+  rewinding it shares with lottery levels) and `stages/train.py` (the runs of pruning during
+  training, whose masks it rewinds) besides a fine-tuning run's modules
+  (`stages/recover.py` and its imports), whose record has none of those three;
 - for a run that calls its method (pruning, pruning during training, a method's own
   pretraining, lottery levels, sensitivity sweeps: `METHOD_STAGES`), the method's module
   (the file of the function registered as the method) and the mask code every masked method
@@ -19,7 +23,8 @@ The files, per run (`files`), and why:
   numbers go through them;
 - the training package (`training/`: loop, engine, schedule, distillation, stacked
   training) for every run that trains: all but sensitivity sweeps, one-step pruning and
-  benchmarks, whose numbers come from the `metrics/` package;
+  benchmarks, whose numbers come from the `metrics/` package (and `export.py`, the ONNX
+  export and ONNX Runtime session of the benchmark's onnxruntime mode);
 - the model's module (the registry factory's file, or the user's factory file) and the
   weight initialisation (`models/init.py`);
 - the dataset's code: the module of its entry (built-in datasets, or the file-dataset
@@ -99,6 +104,7 @@ def files(run: Run) -> list[Path]:
                      else [PACKAGE_DIR / "pruning" / "mask.py"])
     if run.stage == "benchmark":
         found.update(_package_files("metrics"))
+        found.add(PACKAGE_DIR / "export.py")  # the onnxruntime mode's exporter and session
     elif _trains(run):
         found.update(_package_files("training"))
     model = _find(run.description, "model")

@@ -4,8 +4,9 @@ A stage lists its runs (`Stage.runs`), each a `Run` whose `spec` says what kind 
 and what it needs: the method entry, the seed, the target, and the runs it reads, each by
 name (`RecoverSpec(pruned=..., teacher=...)`), never by position. A run's parents are the
 `Run` fields of its spec, in field order. Recovery (`finetune` / `distill`, a field of
-`RecoverSpec`) and control (`ticket` / `reinit`, a class attribute of `LevelSpec` and
-`ReinitSpec`) are written to the run's metadata (and so to the columns of `runs.csv`), never
+`RecoverSpec`; `rewind`, a class attribute of `RewindSpec` and `RewindReinitSpec`) and
+control (`ticket` / `reinit`, a class attribute of `LevelSpec`, `ReinitSpec` and the two
+rewind specs) are written to the run's metadata (and so to the columns of `runs.csv`), never
 into a label.
 
 Specs say what a run is; they are not hashed. Everything that changes a run's result is in
@@ -19,10 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from prunebench.budgets import Budget
 from prunebench.config import MethodEntry
 from prunebench.runs import Run
 
-Recovery = Literal["finetune", "distill"]
+Recovery = Literal["finetune", "distill", "rewind"]
 Control = Literal["ticket", "reinit"]
 
 
@@ -34,6 +36,9 @@ class RunSpec:
 
     seed: int
     target: float | None = None
+    # The cost it was asked for instead of a sparsity (`prunebench.budgets`); `target` is then
+    # the sparsity planning translated it into, or None where the prune stage searches.
+    budget: Budget | None = None
     # Which lottery run this is (a ticket, or the random-reinitialisation control); None for
     # every other kind.
     control: ClassVar[Control | None] = None
@@ -83,7 +88,7 @@ class PruneSpec(RunSpec):
     uses one."""
 
     entry: MethodEntry
-    target: float
+    target: float | None
     trained: Run
     sensitivity: Run | None = None
 
@@ -94,7 +99,7 @@ class RecoverSpec(RunSpec):
     or with the dense model of the same seed as `teacher` (`distill`)."""
 
     entry: MethodEntry
-    target: float
+    target: float | None
     recovery: Recovery
     pruned: Run
     teacher: Run | None = None
@@ -125,6 +130,34 @@ class ReinitSpec(RunSpec):
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
+class RewindSpec(RunSpec):
+    """Rewinding as a recovery (Frankle & Carbin 2019's one-shot ticket): the mask of
+    `pruned` (a one-shot pruning run, or a run that pruned during training) on the weights of
+    `dense` at `iteration` (0: its initialisation), retrained with the full train recipe from
+    that iteration on. A ticket, whose control is a `RewindReinitSpec`."""
+
+    control: ClassVar[Control] = "ticket"
+    recovery: ClassVar[Recovery] = "rewind"
+    entry: MethodEntry
+    target: float
+    iteration: int
+    pruned: Run
+    dense: Run
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class RewindReinitSpec(RunSpec):
+    """The random-reinitialisation control of a rewind run: the mask of `pruned` on a fresh
+    initialisation, trained with the full train recipe from iteration 0."""
+
+    control: ClassVar[Control] = "reinit"
+    recovery: ClassVar[Recovery] = "rewind"
+    entry: MethodEntry
+    target: float
+    pruned: Run
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
 class BenchmarkSpec(RunSpec):
     """Measuring the model of a `result` run against the `dense` model of its seed."""
 
@@ -133,5 +166,5 @@ class BenchmarkSpec(RunSpec):
 
 
 __all__ = ["BenchmarkSpec", "Control", "DenseSpec", "DuringTrainingSpec", "LevelSpec",
-           "PretrainSpec", "PruneSpec", "RecoverSpec", "Recovery", "ReinitSpec", "RunSpec",
-           "SensitivitySpec"]
+           "PretrainSpec", "PruneSpec", "RecoverSpec", "Recovery", "ReinitSpec",
+           "RewindReinitSpec", "RewindSpec", "RunSpec", "SensitivitySpec"]

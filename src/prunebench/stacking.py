@@ -8,7 +8,9 @@ study's `stack.memory_mb` would not hold them. Nothing here depends on what is a
 disk, so the same params always give the same stacks: a stack's members agree with runs
 trained alone only to float rounding (batched kernels sum in another order), and a fixed
 membership is what keeps a rerun bit-identical. Stacks never mix methods, so adding or
-editing one method neither reruns nor changes another method's runs.
+editing one method neither reruns nor changes another method's runs; nor do they mix a
+ticket with a control (`RunSpec.control`), so asking for a rewind run's control leaves its
+stack as it was.
 
 The workflow keeps one job per grid point. A stack's first run is its leader: the leader's
 job waits for every member's parents and trains the stack; each other member's job waits for
@@ -64,7 +66,7 @@ def stacks(stage, ctx: StudyContext, runs: Sequence[Run]) -> dict[Path, tuple[Ru
         recipe = stage.stack_recipe(ctx, run)
         if recipe is not None:
             # Runs that a stage makes in one job (`job_key`) stack only with each other.
-            key = (run.label, stage.job_key(run), config_hash(recipe))
+            key = (run.label, run.spec.control, stage.job_key(run), config_hash(recipe))
             groups.setdefault(key, (recipe, []))[1].append(run)
     arch = ctx.dense_arch
     out: dict[Path, tuple[Run, ...]] = {}

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from prunebench.budgets import KINDS as BUDGET_KINDS
+from prunebench.budgets import parse_budgets
 from prunebench.config import (
     BenchmarkConfig,
     CheckpointConfig,
@@ -22,6 +24,7 @@ from prunebench.config import (
     DistillConfig,
     MethodEntry,
     ModelConfig,
+    RewindConfig,
     ScopeConfig,
     StackConfig,
     Study,
@@ -37,14 +40,14 @@ from prunebench.options import options_schema
 
 STUDY_KEYS = (
     "data", "model", "train", "finetune", "scope", "methods", "sparsities", "seeds", "scale",
-    "calibration_batches", "eval_batch_size", "channel_sparsities", "recover", "distill",
-    "benchmark", "threads", "stack", "plugins", "determinism",
+    "calibration_batches", "eval_batch_size", "channel_sparsities", "recover", "distill", "rewind",
+    "benchmark", "threads", "stack", "plugins", "determinism", "budgets",
 )
 MAX_STACK = 64
 SCALES = ("default", "paper", "smoke", "reference")
 TOP_KEYS = ("scale", "only", "runs_root", "gpus_per_job", "plugins", "studies")
 MAX_GPUS_PER_JOB = 8
-RECOVERY_VARIANTS = ("finetune", "distill")
+RECOVERY_VARIANTS = ("finetune", "distill", "rewind")
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # study and method labels: safe in paths and shells
 MAX_SEED = 2**31 - 1
 
@@ -172,6 +175,8 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
     _positive(distill.temperature, f"{key}.distill.temperature")
     if not 0.0 <= distill.alpha <= 1.0:
         raise ConfigError(f"{key}.distill.alpha must be in [0, 1], got {distill.alpha!r}")
+    rewind = from_dict(RewindConfig, raw.get("rewind"), f"{key}.rewind")
+    _positive(rewind.iteration, f"{key}.rewind.iteration", allow_zero=True)
     benchmark = _benchmark(raw.get("benchmark"), f"{key}.benchmark")
     stack = from_dict(StackConfig, raw.get("stack"), f"{key}.stack")
     if not 1 <= stack.max_members <= MAX_STACK:
@@ -207,6 +212,9 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
             or any(r not in RECOVERY_VARIANTS for r in recover) or len(set(recover)) != len(recover)):
         raise ConfigError(f"{key}.recover must be a non-empty list of distinct values from "
                           f"{', '.join(RECOVERY_VARIANTS)}, got {recover!r}")
+    if "rewind" in recover and train.epochs == 0:
+        raise ConfigError(f"{key}.recover: rewind retrains with the study's train recipe, but "
+                          "train.epochs is 0")
     scale = raw.get("scale", "default")
     if scale not in SCALES:
         raise ConfigError(f"{key}.scale must be one of {', '.join(SCALES)}, got {scale!r}")
@@ -218,12 +226,32 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
             extra[k] = raw[k]
     if "determinism" in raw:
         extra["determinism"] = DETERMINISM.check(raw["determinism"], f"{key}.determinism")
+    budgets = parse_budgets(raw.get("budgets"), f"{key}.budgets",
+                            benchmark_batch_sizes=benchmark.batch_sizes)
+    if budgets:
+        _check_budgets_asked(budgets, methods, f"{key}.budgets")
+        extra["budgets"] = budgets
     return Study(name, data, model, train, finetune, scope, methods, sparsities, tuple(seeds),
                  scale, channel_sparsities=channel, recover=tuple(recover), distill=distill,
+                 rewind=rewind,
                  benchmark=benchmark, stack=stack, **extra)
 
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_budgets_asked(budgets, methods: Sequence[MethodEntry], key: str) -> None:
+    """Refuse a budget that no method of the study can be asked for (its table would be
+    empty), naming each method's reason."""
+    from prunebench.budgets import refusal
+    from prunebench.pruning import METHODS
+
+    for budget in budgets:
+        reasons = {e.label: refusal(METHODS.get(e.method), e.options, budget) for e in methods}
+        if all(reasons.values()):
+            why = "; ".join(f"{label}: {r}" for label, r in reasons.items())
+            raise ConfigError(f"{key}: no method of the study can be asked for "
+                              f"{budget.label()} ({why})")
 
 
 def _check_methods_fit_model(model: ModelConfig, data: DataConfig, scope: ScopeConfig,
@@ -318,6 +346,12 @@ def _benchmark(raw: Any, key: str) -> BenchmarkConfig:
         raise ConfigError(f"{key}.modes must be a non-empty list from {', '.join(MODES)}, "
                           f"got {list(cfg.modes)!r}")
     return cfg
+
+
+def _rewind_schema() -> dict:
+    schema = dataclass_schema(RewindConfig)
+    schema["properties"]["iteration"].update(minimum=0)
+    return schema
 
 
 def _stack_schema() -> dict:
@@ -437,6 +471,7 @@ def json_schema() -> dict:
             "finetune": {**train, "description": "overrides of `train` for retraining after pruning"},
             "scope": dataclass_schema(ScopeConfig),
             "distill": dataclass_schema(DistillConfig),
+            "rewind": _rewind_schema(),
             "benchmark": dataclass_schema(BenchmarkConfig),
             "stack": _stack_schema(),
             "methods": {
@@ -451,7 +486,8 @@ def json_schema() -> dict:
                                    "description": "fractions of channels structured methods remove"},
             "recover": {"type": "array", "items": {"enum": list(RECOVERY_VARIANTS)},
                         "default": list(Study.recover),
-                        "description": "how pruned networks recover: fine-tune and/or distill"},
+                        "description": "how pruned networks recover: fine-tune, distill and/or "
+                                       "rewind (see `rewind`)"},
             "seeds": {"type": "array", "items": {"type": "integer", "minimum": 0}, "default": [0]},
             "scale": {"enum": list(SCALES), "default": "default"},
             "calibration_batches": {"type": "integer", "minimum": 1, "default": 8},
@@ -460,6 +496,27 @@ def json_schema() -> dict:
                         "description": "torch CPU threads of every job; results depend on it, "
                                        "so it is part of every run's name (when not 1)"},
             "determinism": DETERMINISM.schema(),
+            "budgets": {
+                "type": "array", "default": [],
+                "description": "cost targets every method is asked for besides its "
+                               "sparsities: structured methods search their channel fraction, "
+                               "unstructured ones their sparsity (prunebench.budgets)",
+                "items": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["kind", "values"],
+                    "properties": {
+                        "kind": {"enum": list(BUDGET_KINDS),
+                                 "description": "; ".join(f"{k}: {v}"
+                                                          for k, v in BUDGET_KINDS.items())},
+                        "values": {"type": "array", "items": {"type": "number"}, "minItems": 1},
+                        "batch_size": {"type": "integer", "minimum": 1,
+                                       "description": "latency only: one of benchmark.batch_sizes"},
+                        "tolerance": {"type": "number", "exclusiveMinimum": 0, "maximum": 0.5,
+                                      "default": 0.05,
+                                      "description": "relative, on the share of the cost left"},
+                    },
+                },
+            },
         },
     }
     return {

@@ -43,16 +43,40 @@ rule plot:
     params:
         tables=lambda wildcards, input: Path(input.runs).parent,
         plots=lambda wildcards, output: Path(output[0]).parent,
+        figures=" ".join(PLOTS),
     shell:
-        "prunebench plot --tables {params.tables} --out {params.plots} > {log} 2>&1"
+        "prunebench plot --tables {params.tables} --out {params.plots}"
+        " --figures {params.figures} > {log} 2>&1"
+
+
+# Methods side by side at equal cost: only for a study with `budgets:` (the only figure a
+# study may or may not have, so a rule of its own with a fixed output).
+rule plot_budgets:
+    input:
+        runs=rules.aggregate.output.runs,
+        summary=rules.aggregate.output.summary,
+    output:
+        "results/plots/{study}_equal_cost.png",
+    log:
+        "results/logs/{study}/plot_budgets.log",
+    conda:
+        "../envs/prunebench.yaml"
+    params:
+        tables=lambda wildcards, input: Path(input.runs).parent,
+        plots=lambda wildcards, output: Path(output[0]).parent,
+    shell:
+        "prunebench plot --tables {params.tables} --out {params.plots}"
+        " --figures equal_cost > {log} 2>&1"
 
 
 rule report:
     input:
         tables=rules.aggregate.output,
         plots=rules.plot.output,
+        budget_plots=lambda wildcards: budget_plot_files(wildcards.study),
     output:
-        "results/studies/{study}/report.md",
+        report="results/studies/{study}/report.md",
+        checklist="results/studies/{study}/checklist.json",
     log:
         "results/logs/{study}/report.log",
     benchmark:
@@ -63,8 +87,8 @@ rule report:
         tables=lambda wildcards, input: Path(input.tables[0]).parent,
         plots=lambda wildcards, input: Path(input.plots[0]).parent,
     shell:
-        "prunebench report --tables {params.tables} --plots {params.plots} --out {output}"
-        " > {log} 2>&1"
+        "prunebench report --tables {params.tables} --plots {params.plots}"
+        " --out {output.report} --checklist {output.checklist} > {log} 2>&1"
 
 
 # The numbers a person reads first, one small file per method (DVC's metrics: `dvc metrics

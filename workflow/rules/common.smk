@@ -20,7 +20,7 @@ from prunebench.errors import ConfigError
 from prunebench.plan import final_jobs, plan
 from prunebench.stages import STAGES
 from prunebench import launcher
-from prunebench.analysis.names import PLOTS
+from prunebench.analysis.names import BUDGET_PLOTS, PLOTS
 
 # The jobs read their study from this file (the CLI's --params), so the grid must live
 # there: `--config` may pick `scale`, `only`, `runs_root` and `gpus_per_job`, not edit
@@ -158,7 +158,15 @@ def result_manifests(study):
 
 
 def plot_files(study):
+    """The figures every study has (the plot rule's outputs)."""
     return [f"results/plots/{study}_{plot}.png" for plot in PLOTS]
+
+
+def budget_plot_files(study):
+    """The equal-cost figure (rule plot_budgets), for a study that asks for budgets only."""
+    if not STUDIES[study].budgets:
+        return []
+    return [f"results/plots/{study}_{plot}.png" for plot in BUDGET_PLOTS]
 
 
 TABLES = ("runs.csv", "summary.csv", "summary.md", "metrics.json")
@@ -172,8 +180,9 @@ def study_outputs():
     files = []
     for study in SELECTED:
         files += [f"results/studies/{study}/{name}" for name in TABLES]
-        files += plot_files(study)
-        files += [f"results/studies/{study}/{name}" for name in ("report.md", "granularity.json")]
+        files += plot_files(study) + budget_plot_files(study)
+        files += [f"results/studies/{study}/{name}"
+                  for name in ("report.md", "checklist.json", "granularity.json")]
         files.append(f"results/headline/{study}")
     return files
 

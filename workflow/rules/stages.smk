@@ -1,5 +1,5 @@
 # One rule per stage of `prunebench.stages` (train, sensitivity, prune, finetune, distill,
-# lottery, benchmark), all of one shape: a job makes the runs of one grid point (a lottery
+# rewind, lottery, benchmark), all of one shape: a job makes the runs of one grid point (a lottery
 # job: one chain) by calling `prunebench <stage> --job <hash>`, and writes their manifest.
 # Which jobs exist, and their inputs, come from the plan (common.smk).
 #
@@ -15,6 +15,7 @@ RUNTIME = {
     "prune": 60,
     "finetune": 240,
     "distill": 240,
+    "rewind": 240,
     "lottery": 1440,
     "benchmark": 60,
 }

@@ -7,8 +7,9 @@ directories themselves (`config.json`, `metrics.json`, and the benchmark run's f
 adds to either `metrics.json` becomes a column without code changes here.
 
 What a run was is in columns: `label` (the study's method label), `recovery` ("finetune",
-"distill" or null) and `control` ("ticket", "reinit" or null); `series` is the name tables,
-figures and headline files show, composed from those three by
+"distill", "rewind" or null) and `control` ("ticket", "reinit" or null: lottery levels and
+rewind runs are tickets, each with its random-reinitialisation control); `series` is the
+name tables, figures and headline files show, composed from those three by
 `prunebench.labels.series_name`.
 """
 
@@ -28,11 +29,14 @@ from prunebench.analysis.names import (
     DENSE_LABEL,
     DISTILL,
     REINIT,
+    REWIND,
     TICKET,
     check_kind,
     normalise_legacy_record,
     series_name,
 )
+from prunebench.budgets import KINDS as BUDGET_KINDS
+from prunebench.budgets import Budget
 from prunebench.errors import ConfigError
 from prunebench.io import atomic_write_json, atomic_write_text
 from prunebench.provenance import COLUMNS as PROVENANCE_COLUMNS
@@ -45,20 +49,22 @@ RESULT_KINDS = ("train", "recover", "lottery", "lottery_reinit")
 # `target_sparsity` is null; an unstructured one's is the other way round. All but `series`
 # are the run's config keys; `series` is composed from `label`, `recovery` and `control`.
 META_COLUMNS = ["study", "dataset", "model", "method", "label", "target_sparsity",
-                "channel_sparsity", "recovery", "control"]
+                "channel_sparsity", "recovery", "control", "budget_kind", "budget_value",
+                "budget_batch_size"]
 ID_COLUMNS = [*META_COLUMNS, "series"]
 LEADING_COLUMNS = [
     *ID_COLUMNS, "weight_sparsity", "param_sparsity", "mask_sparsity", "seed", "top1", "top5",
     "loss", "val_top1", "val_top5",
     "val_loss", "params_total", "params_nonzero", "params_remaining_frac", "param_reduction",
-    "macs", "macs_reduction", "threads",
+    "macs", "macs_reduction", "compression_ratio", "theoretical_speedup", "threads",
 ]
 # What made each run (`prunebench.provenance`): empty for runs made before it was recorded.
 TRAILING_COLUMNS = [*PROVENANCE_COLUMNS, "weights_sha256", "run_dir", "hash"]
 # `series` is a function of `label`, `recovery` and `control`: it splits no group, and leads
 # so that groups sort by the name they are shown under.
 GROUP_KEYS = ["study", "dataset", "model", "series", "label", "method", "target_sparsity",
-              "channel_sparsity", "recovery", "control"]
+              "channel_sparsity", "recovery", "control", "budget_kind", "budget_value",
+              "budget_batch_size"]
 SORT_KEYS = ["study", "series", "target_sparsity", "channel_sparsity", "seed"]
 NOT_SUMMARISED = {"seed", *PROVENANCE_COLUMNS, "weights_sha256"}
 BENCHMARK_PREFIX = "benchmark_"  # for a benchmark key that the run's metrics already have
@@ -154,6 +160,8 @@ def read_run(run_dir: Path, benchmark: Mapping[str, Any] | None = None) -> dict 
         raise ConfigError(f"{str(run_dir / 'config.json')!r}: {err}") from None
     row["series"] = series_name(row["label"], row["recovery"], row["control"])
     row["seed"] = config.get("seed")
+    if isinstance(metrics.get("budget_met"), bool):  # averaged over seeds: the share met
+        metrics["budget_met"] = float(metrics["budget_met"])
     row.update({k: v for k, v in metrics.items() if k not in row and k not in TRAILING_COLUMNS})
     total, nonzero = metrics.get("params_total"), metrics.get("params_nonzero")
     row["params_remaining_frac"] = nonzero / total if total and nonzero is not None else math.nan
@@ -216,17 +224,23 @@ def collect_runs(manifests: Iterable[Path]) -> pd.DataFrame:
             if not is_result(entry):
                 continue
             run_dir = _run_dir(entry, manifest_path)
-            key = os.path.realpath(run_dir)
-            if key in seen:
+            path = os.path.realpath(run_dir)
+            # A run two studies ask for (the same description: a shared dense model) is
+            # made once, and its config names the study that made it first: it is a row of
+            # every study whose job lists it.
+            study = manifest.get("study")
+            if (study, path) in seen:
                 continue
-            seen.add(key)
-            row = read_run(run_dir, benchmarks.get(key))
+            seen.add((study, path))
+            row = read_run(run_dir, benchmarks.get(path))
             if row is not None:
+                if study is not None:
+                    row["study"] = study
                 rows.append(row)
     if not rows:
         names = ", ".join(repr(str(m)) for m in manifests) or "(none given)"
         raise ConfigError(f"no result runs (train/recover/lottery) in manifests {names}")
-    df = pd.DataFrame(rows)
+    df = add_ratios(pd.DataFrame(rows))
     _check_series(df)
     for col in LEADING_COLUMNS + TRAILING_COLUMNS:
         if col not in df:
@@ -234,6 +248,33 @@ def collect_runs(manifests: Iterable[Path]) -> pd.DataFrame:
     extra = sorted(c for c in df.columns if c not in LEADING_COLUMNS + TRAILING_COLUMNS)
     df = df[LEADING_COLUMNS + extra + TRAILING_COLUMNS]
     return df.sort_values(SORT_KEYS, kind="mergesort", na_position="last").reset_index(drop=True)
+
+
+def add_ratios(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with the two ratios Blalock et al. (2020) ask every result to report, computed
+    per run from columns the runs already have (`prunebench.analysis.checklist`):
+
+    - `compression_ratio`: the unpruned model's parameters over this model's nonzero ones,
+      1 / (1 - `param_reduction`) (2.0 is half the parameters left; 1.0 for the dense model);
+    - `theoretical_speedup`: the unpruned model's MACs over the MACs this model would execute
+      if zero weights were skipped (its effective MACs): 1 / ((1 - `macs_reduction`) ×
+      `macs_effective` / `macs_dense`). Each factor is a ratio within one MAC counter (the
+      run's own against the unpruned architecture, and the benchmark's effective against
+      dense-kernel MACs of the same model), so the two counters never mix; NaN for a run no
+      benchmark measured (no `macs_effective`).
+
+    A column that cannot be computed (its inputs missing, as in tables written before it
+    existed) is NaN. Returns a copy; existing values are recomputed from their inputs."""
+    out = df.copy()
+    nan = pd.Series(math.nan, index=out.index, dtype=float)
+
+    def number(column: str) -> pd.Series:
+        return pd.to_numeric(out[column], errors="coerce") if column in out else nan
+
+    with_zeros = number("macs_effective") / number("macs_dense")
+    out["compression_ratio"] = 1.0 / (1.0 - number("param_reduction"))
+    out["theoretical_speedup"] = 1.0 / ((1.0 - number("macs_reduction")) * with_zeros)
+    return out
 
 
 def _check_series(df: pd.DataFrame) -> None:
@@ -532,15 +573,17 @@ def _lottery_row(ticket: pd.Series, control: pd.Series | None, dense_top1: float
 
 
 def has_lottery_runs(summary: pd.DataFrame, study: str) -> bool:
-    """Whether `study` has lottery-ticket runs (its report then has their table and figure)."""
+    """Whether `study` has lottery-ticket runs, a lottery chain's or a rewind recovery's (its
+    report then has their table and figure)."""
     return bool(((summary["study"] == study) & (summary["control"] == TICKET)).any())
 
 
 def lottery_table(summary: pd.DataFrame, study: str) -> str | None:
     """Frankle & Carbin's comparison as a table (None without lottery runs): the dense model,
-    then per lottery label and level the ticket's and its random-reinitialisation control's
-    test top-1 and early-stopping iteration (of minimum validation loss). A ticket and its
-    control are the rows of one label and target with `control` "ticket" and "reinit"."""
+    then per ticket series (a lottery label, or a method's `+rewind` recovery: a one-shot
+    ticket) and level the ticket's and its random-reinitialisation control's test top-1 and
+    early-stopping iteration (of minimum validation loss). A ticket and its control are the
+    rows of one label, recovery and target with `control` "ticket" and "reinit"."""
     if not has_lottery_runs(summary, study):
         return None
     rows = summary[summary["study"] == study]
@@ -548,15 +591,24 @@ def lottery_table(summary: pd.DataFrame, study: str) -> str | None:
     dense = rows[rows["series"] == DENSE_LABEL]
     dense_top1 = dense["top1_mean"].iloc[0] if len(dense) else math.nan
     table = [_lottery_row(dense.iloc[0], None, dense_top1)] if len(dense) else []
-    for label in sorted(set(tickets["label"])):
-        controls = rows[(rows["label"] == label) & (rows["control"] == REINIT)]
-        levels = tickets[tickets["label"] == label].sort_values("target_sparsity",
-                                                                kind="mergesort")
+    for series in sorted(set(tickets["series"])):
+        levels = tickets[tickets["series"] == series].sort_values("target_sparsity",
+                                                                  kind="mergesort")
+        controls = ticket_controls(rows, levels.iloc[0])
         for _, ticket in levels.iterrows():
             match = controls[controls["target_sparsity"] == ticket["target_sparsity"]]
             table.append(_lottery_row(ticket, match.iloc[0] if len(match) else None,
                                       dense_top1))
-    return _markdown(pd.DataFrame(table)) + "\n" + LOTTERY_NOTE
+    note = LOTTERY_NOTE + (REWIND_NOTE if (tickets["recovery"] == REWIND).any() else "")
+    return _markdown(pd.DataFrame(table)) + "\n" + note
+
+
+def ticket_controls(rows: pd.DataFrame, ticket: pd.Series) -> pd.DataFrame:
+    """The rows of `rows` that are controls of `ticket`'s series: its label and recovery
+    (null for a lottery chain, "rewind" for a rewind run), `control` "reinit"."""
+    recovery = ticket["recovery"]
+    same = rows["recovery"].isna() if pd.isna(recovery) else rows["recovery"] == recovery
+    return rows[(rows["label"] == ticket["label"]) & same & (rows["control"] == REINIT)]
 
 
 LOTTERY_NOTE = (
@@ -566,13 +618,18 @@ LOTTERY_NOTE = (
     "validation loss, read once per epoch (mean ± std over seeds). The first row is the "
     "dense model.\n"
 )
+REWIND_NOTE = (  # after LOTTERY_NOTE where the table has rewind runs
+    "\nA `+rewind` ticket is instead a one-shot method's mask (or gradual pruning's final "
+    "mask) rewound to the dense run's weights at the study's `rewind.iteration` and "
+    "retrained with the full recipe: a chain of one round.\n"
+)
 
 
 # ---------------------------------------------------------------- benchmark tables
 
 # Execution modes in table order (the benchmark's `MODES`, CPU ones first; not imported from
 # there, which would load torch); a mode this list lacks comes after them, alphabetically.
-MODE_ORDER = ("dense", "sparse_csr", "dense_fp16", "semi_structured_2_4")
+MODE_ORDER = ("dense", "sparse_csr", "onnxruntime", "dense_fp16", "semi_structured_2_4")
 LATENCY_MEAN = re.compile(r"latency_(?P<mode>.+)_b(?P<batch>\d+)_ms_mean")
 BYTES_PER_MB, MACS_PER_M = 1e6, 1e6
 # (header, summary column, factor to the unit shown) of the hardware table's fixed columns
@@ -784,8 +841,114 @@ def modes_table(summary: pd.DataFrame, study: str) -> str | None:
     return _markdown(pd.DataFrame(lines)) + "\n" + MODES_NOTE
 
 
+def at_budget(summary: pd.DataFrame, budget: bool) -> pd.DataFrame:
+    """The rows asked for a budget (`budget=True`), or the others: runs asked for a cost
+    have their own table and figure, the others the sparsity tables (tables written before
+    budgets have none)."""
+    if "budget_kind" not in summary:
+        return summary.iloc[0:0] if budget else summary
+    return summary[summary["budget_kind"].notna() == budget]
+
+
+def budget_points(rows: pd.DataFrame) -> list[tuple[str, float, float]]:
+    """The (kind, value, batch size) budget points of `rows`, in a stable order."""
+    keys = rows[["budget_kind", "budget_value", "budget_batch_size"]].drop_duplicates()
+    order = {kind: i for i, kind in enumerate(BUDGET_KINDS)}
+    return sorted(((k, v, b) for k, v, b in keys.itertuples(index=False)),
+                  key=lambda p: (order.get(p[0], 99), p[1], 0 if pd.isna(p[2]) else p[2]))
+
+
+def budget_label(kind: str, value: float, batch: float) -> str:
+    return Budget(kind, float(value), None if pd.isna(batch) else int(batch)).label()
+
+
+def _setting(row: pd.Series) -> str:
+    """What a method was set to, to meet a budget: its channel fraction or its sparsity."""
+    value = row.get("budget_setting_mean", math.nan)
+    if pd.isna(value):
+        return "–"
+    what = "channels" if _structured(row["method"]) else "sparsity"
+    return f"{what} {value:.3f}"
+
+
+def _structured(method: str) -> bool:
+    from prunebench.pruning import METHODS
+
+    return method in METHODS and METHODS.get(method).structured
+
+
+def equal_cost_table(summary: pd.DataFrame, study: str) -> str | None:
+    """Methods side by side at each budget point (`prunebench.budgets`): what each was set
+    to, the cost it achieved (and how many of its runs are within the tolerance), the
+    parameters and MACs it removed, its paired speed-up where benchmarked, and its accuracy.
+    For masks, "MACs removed" in a `macs` budget counts nonzero-weight MACs (zeros skipped);
+    the dense-kernel MACs column shows they still cost every MAC."""
+    rows = at_budget(summary[summary["study"] == study], budget=True)
+    if rows.empty:
+        return None
+    parts = []
+    dense = summary[(summary["study"] == study) & (summary["series"] == DENSE_LABEL)]
+    for kind, value, batch in budget_points(rows):
+        point = _in_order(rows[(rows["budget_kind"] == kind) & (rows["budget_value"] == value)
+                               & ((rows["budget_batch_size"] == batch) if not pd.isna(batch)
+                                  else rows["budget_batch_size"].isna())])
+        table = {
+            "Method": point["series"],
+            "Set to": [_setting(r) for _, r in point.iterrows()],
+            "Achieved": [_achieved(kind, r) for _, r in point.iterrows()],
+            "Within tolerance": [_met(r) for _, r in point.iterrows()],
+            "Params removed": point["param_reduction_mean"].map(_percent_of),
+            "MACs removed (dense kernels)": point["macs_reduction_mean"].map(_percent_of),
+        }
+        if "macs_effective_mean" in point and "macs_dense_mean" in point:
+            table["MACs removed (zeros skipped)"] = [
+                _percent_of(1 - (1 - r["macs_reduction_mean"]) * r["macs_effective_mean"]
+                            / r["macs_dense_mean"]) for _, r in point.iterrows()]
+        speed = f"speedup_vs_dense_b{int(batch) if not pd.isna(batch) else 128}_mean"
+        if speed in point:
+            table[f"Speed-up b{int(batch) if not pd.isna(batch) else 128} (paired)"] = \
+                point[speed].map(lambda x: "–" if pd.isna(x) else f"{x:.2f}×")
+        table.update(_accuracy_columns(point))
+        parts.append(f"**{budget_label(kind, value, batch)}**\n")
+        parts.append(_markdown(pd.DataFrame(table)))
+    note = EQUAL_COST_NOTE
+    if len(dense):
+        note += f" Dense top-1: {dense['top1_mean'].iloc[0] * 100:.2f} %."
+    return "\n".join(parts) + "\n" + note + "\n"
+
+
+EQUAL_COST_NOTE = (
+    "Each method is set (by search on the real pruning, or exactly for a mask's parameter "
+    "count) to meet the budget; *Achieved* is what its model reached in the budget's unit, "
+    "*Within tolerance* how many of its runs are within the budget's relative tolerance. "
+    "Structured methods remove channels, so their MACs and latency fall with their parameters; "
+    "a mask's MACs fall only for a kernel that skips zeros."
+)
+
+
+def _achieved(kind: str, row: pd.Series) -> str:
+    value = row.get("budget_achieved_mean", math.nan)
+    if pd.isna(value):
+        return "–"
+    if kind in ("params", "macs"):
+        return f"{value * 100:.1f} % removed"
+    return f"{value:.2f}×"
+
+
+def _met(row: pd.Series) -> str:
+    share, n = row.get("budget_met_mean", math.nan), int(row["n"])
+    return "–" if pd.isna(share) else f"{round(share * n)}/{n}"
+
+
+def _percent_of(x: float) -> str:
+    return "–" if pd.isna(x) else f"{x * 100:.1f} %"
+
+
 def study_markdown(summary: pd.DataFrame, study: str) -> list[str]:
-    """The tables of one study, each under a `###` heading (the ones it has rows for)."""
+    """The tables of one study, each under a `###` heading (the ones it has rows for).
+    Runs asked for a budget are in their own table, at equal cost."""
+    budgeted = summary
+    summary = at_budget(summary, budget=False)
     tables = [
         ("Dense and unstructured methods (weight sparsity)", study_table(summary, study)),
         ("Structured methods (channels removed)", structured_table(summary, study)),
@@ -793,6 +956,7 @@ def study_markdown(summary: pd.DataFrame, study: str) -> list[str]:
         ("Lottery tickets vs. random reinitialisation", lottery_table(summary, study)),
         ("Hardware cost (benchmark)", hardware_table(summary, study)),
         ("Execution modes (benchmark latency)", modes_table(summary, study)),
+        ("At equal cost (budgets)", equal_cost_table(budgeted, study)),
     ]
     parts = []
     for heading, table in tables:

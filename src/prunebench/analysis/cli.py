@@ -11,6 +11,8 @@ from pathlib import Path
 
 from prunebench.errors import ConfigError
 
+from prunebench.analysis.names import plot_names  # noqa: E402 (plain Python, cheap)
+
 COMMANDS: tuple[str, ...] = ("aggregate", "plot", "report", "headline", "compare")
 
 
@@ -18,7 +20,7 @@ def add_subcommands(sub) -> None:
     """Add the analysis subcommands to the `prunebench` parser."""
     ag = sub.add_parser("aggregate", help="collect finished runs into runs.csv, summary.csv/.md")
     ag.add_argument("manifests", nargs="*", type=Path, metavar="MANIFEST",
-                    help="job manifests written by train/finetune/distill/lottery "
+                    help="job manifests written by train/finetune/distill/rewind/lottery "
                          "--manifest")
     ag.add_argument("--manifest-list", type=Path, metavar="FILE",
                     help="a file listing more manifests, one path per line")
@@ -28,10 +30,16 @@ def add_subcommands(sub) -> None:
     pl = sub.add_parser("plot", help="draw the per-study figures from the tables")
     pl.add_argument("--tables", type=Path, required=True, metavar="DIR")
     pl.add_argument("--out", type=Path, required=True, metavar="DIR", help="plots directory")
+    pl.add_argument("--figures", nargs="+", metavar="NAME",
+                    choices=list(plot_names(has_budgets=True)),
+                    help="draw only these figures (default: every figure the study has)")
     rp = sub.add_parser("report", help="write the markdown report from tables and figures")
     rp.add_argument("--tables", type=Path, required=True, metavar="DIR")
     rp.add_argument("--plots", type=Path, required=True, metavar="DIR")
     rp.add_argument("--out", type=Path, required=True, metavar="FILE", help="report.md path")
+    rp.add_argument("--checklist", type=Path, metavar="FILE",
+                    help="where to write the reporting checklist as JSON (default: "
+                         "checklist.json beside the report)")
     hl = sub.add_parser("headline", help="a study's headline: one small JSON file per method "
                         "(for `dvc metrics show`)")
     hl.add_argument("metrics", nargs="+", type=Path, metavar="FILE",
@@ -71,12 +79,13 @@ def run_analysis(args: argparse.Namespace) -> int:
         from prunebench.analysis.plots import write_plots
 
         runs, summary = read_tables(args.tables)
-        for path in write_plots(runs, summary, args.out):
+        for path in write_plots(runs, summary, args.out, figures=args.figures):
             print(path)
     elif args.command == "report":
-        from prunebench.analysis.report import write_report
+        from prunebench.analysis.report import CHECKLIST_NAME, write_report
 
-        print(write_report(args.tables, args.plots, args.out))
+        print(write_report(args.tables, args.plots, args.out, args.checklist))
+        print(args.checklist or args.out.parent / CHECKLIST_NAME)
     elif args.command == "headline":
         from prunebench.analysis.aggregate import write_headline_dir
 

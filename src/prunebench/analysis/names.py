@@ -17,7 +17,7 @@ from typing import Any
 from prunebench.errors import ConfigError
 from prunebench.labels import DISTILL_SUFFIX, REINIT_SUFFIX, series_name
 
-__all__ = ["CONTROLS", "DENSE_LABEL", "PLOTS", "RECOVERIES", "check_kind",
+__all__ = ["BUDGET_PLOTS", "CONTROLS", "DENSE_LABEL", "PLOTS", "plot_names", "RECOVERIES", "check_kind",
            "normalise_legacy_record", "series_name"]
 
 # The figures drawn per study, in output order: `<study>_<name>.png` (plots.write_plots),
@@ -34,11 +34,22 @@ PLOTS = (
     "lottery_tickets",
 )
 
+# Drawn only for a study whose runs were asked for budgets (`budgets:`): methods side by
+# side at equal cost. The workflow lists it for the studies that declare budgets.
+BUDGET_PLOTS = ("equal_cost",)
+
+
+def plot_names(has_budgets: bool) -> tuple[str, ...]:
+    """The figures of a study, in output order."""
+    return PLOTS + BUDGET_PLOTS if has_budgets else PLOTS
+
+
 DENSE_LABEL = "dense"
-RECOVERIES = ("finetune", "distill")  # a recovered run's `recovery`; null for the others
-CONTROLS = ("ticket", "reinit")  # a lottery run's `control`; null for the others
+RECOVERIES = ("finetune", "distill", "rewind")  # a recovered run's `recovery`; else null
+CONTROLS = ("ticket", "reinit")  # a lottery or rewind run's `control`; null for the others
 TICKET, REINIT = CONTROLS
 DISTILL = "distill"
+REWIND = "rewind"
 
 
 def _given(value: Any) -> Any:

@@ -14,7 +14,7 @@ a global backend or figure registry; PNGs are rendered by Agg. Each `*_figure` f
 returns its Figure, so tests can inspect the lines it drew.
 
 Lines, bars and markers are one per series (the `series` column: "mag", "mag+distill"); the
-lottery figure pairs tickets and controls by `label` and `control`. The figure names, in
+lottery figure pairs tickets and controls by `label`, `recovery` and `control`. The figure names, in
 output order, are `PLOTS` (defined in `names`, which the workflow imports without pandas or
 matplotlib; re-exported here).
 """
@@ -22,6 +22,7 @@ matplotlib; re-exported here).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 from pathlib import Path
 
 import matplotlib
@@ -33,11 +34,14 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from prunebench.analysis.aggregate import (
     MACS_PER_M,
+    at_budget,
     latency_batches,
     ordered_series,
     studies,
+    ticket_controls,
 )
-from prunebench.analysis.names import DENSE_LABEL, PLOTS, REINIT, TICKET, series_name
+from prunebench.analysis.names import DENSE_LABEL, REINIT, TICKET, plot_names
+from prunebench.budgets import KINDS as BUDGET_KINDS
 from prunebench.io import atomic_write
 
 DPI = 120
@@ -466,15 +470,18 @@ def curves_figure(runs: pd.DataFrame, study: str,
 
 
 def _lottery_lines(rows: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
-    """{(label, control): levels} of each lottery label's tickets and its controls (the rows
-    whose `control` is "ticket" and "reinit"), dense prepended at 100 % remaining."""
+    """{(ticket series, control): levels} of each ticket series (a lottery label, or a
+    method's `+rewind` recovery) and its controls (the rows whose `control` is "ticket" and
+    "reinit"), dense prepended at 100 % remaining."""
     lines = {}
     dense = rows[rows["series"] == DENSE_LABEL]
-    for label in sorted(set(rows.loc[rows["control"] == TICKET, "label"])):
-        for control in (TICKET, REINIT):
-            levels = rows[(rows["label"] == label) & (rows["control"] == control)]
-            if len(levels):
-                lines[(label, control)] = pd.concat([dense, levels]).sort_values(
+    tickets = rows[rows["control"] == TICKET]
+    for series in sorted(set(tickets["series"])):
+        levels = tickets[tickets["series"] == series]
+        controls = ticket_controls(rows, levels.iloc[0])
+        for control, line in ((TICKET, levels), (REINIT, controls)):
+            if len(line):
+                lines[(series, control)] = pd.concat([dense, line]).sort_values(
                     "target_sparsity")
     return lines
 
@@ -482,8 +489,9 @@ def _lottery_lines(rows: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
 def lottery_figure(summary: pd.DataFrame, study: str) -> Figure:
     """Test top-1 (left) and the early-stopping iteration, the iteration of minimum
     validation loss (right), against the percentage of weights remaining (log scale, falling
-    to the right), mean ±std over seeds, for each lottery-ticket label and its random
-    reinitialisation control; both lines start at the dense model (100 %)."""
+    to the right), mean ±std over seeds, for each ticket series (lottery labels, `+rewind`
+    recoveries) and its random reinitialisation control; both lines start at the dense
+    model (100 %)."""
     rows = summary[summary["study"] == study]
     styles = _styles(rows["series"])
     fig = Figure(figsize=(FIGSIZE[0] * 1.8, FIGSIZE[1]), dpi=DPI, layout="tight")
@@ -494,17 +502,17 @@ def lottery_figure(summary: pd.DataFrame, study: str) -> Figure:
     for ax, (metric, scale, ylabel) in zip(axes, panels):
         ax.grid(True, alpha=0.3)
         drawn = 0
-        for (label, control), line in lines.items():
+        for (series, control), line in lines.items():
             if f"{metric}_mean" not in line or line[f"{metric}_mean"].isna().all():
                 continue
-            style = styles[series_name(label, control=TICKET)]  # a control takes its ticket's
+            style = styles[series]  # a control takes its ticket's
             x = 100 * (1.0 - line["weight_sparsity_mean"].to_numpy(dtype=float))
             y = scale * line[f"{metric}_mean"].to_numpy(dtype=float)
             err = scale * _std(line[f"{metric}_std"])
             reinit = control == REINIT
             ax.plot(x, y, color=style["color"], marker=style["marker"],
                     linestyle="--" if reinit else "-", markersize=4,
-                    label=f"{label} (random reinit)" if reinit else f"{label} (ticket)")
+                    label=f"{series} (random reinit)" if reinit else f"{series} (ticket)")
             ax.fill_between(x, y - err, y + err, color=style["color"],
                             alpha=0.08 if reinit else 0.18, linewidth=0)
             drawn += 1
@@ -543,14 +551,83 @@ FIGURES: dict[str, Callable[[pd.DataFrame, pd.DataFrame, str], Figure]] = {
 }
 
 
-def write_plots(runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """All figures of every study as `<study>_<name>.png` in `out_dir`, in the order of
-    `PLOTS`; returns their paths."""
+def equal_cost_figure(summary: pd.DataFrame, study: str) -> Figure:
+    """Top-1 (%) of every method at each budget point, one panel per budget kind (x: the
+    budget's value), mean over seeds with ±std error bars, the dense model as the dashed
+    line: methods side by side at equal cost. Methods at one budget value are spread a
+    little along x (dodged) so that equal accuracies stay visible; the legend has its own
+    panel on the right."""
+    rows = at_budget(summary[summary["study"] == study], budget=True)
+    everything = summary[summary["study"] == study]
+    styles = _styles(everything["series"])
+    kinds = [k for k in BUDGET_KINDS if (rows["budget_kind"] == k).any()] or ["params"]
+    fig = Figure(figsize=(4.2 * len(kinds) + 2.6, FIGSIZE[1]), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, len(kinds) + 1, width_ratios=[4.2] * len(kinds) + [2.6])
+    fig.suptitle(f"{study}: test top-1 at equal cost")
+    names = _methods(rows)
+    for ax, kind in zip(axes, kinds):
+        _dense_reference(ax, everything)
+        of_kind = rows[rows["budget_kind"] == kind]
+        values = sorted(of_kind["budget_value"].unique())
+        log_x = kind in ("compression", "latency")
+        gaps = np.diff(np.log(values) if log_x else values) if len(values) > 1 else [0.0]
+        width = 0.3 * (min(gaps) if len(values) > 1 else (0.2 if log_x else 0.05))
+        for i, name in enumerate(names):
+            m = of_kind[of_kind["series"] == name].sort_values("budget_value")
+            if m.empty:
+                continue
+            x = m["budget_value"].to_numpy(dtype=float)
+            shift = width * ((i + 0.5) / len(names) - 0.5)
+            x = x * np.exp(shift) if log_x else x + shift
+            y, err = 100 * m["top1_mean"].to_numpy(dtype=float), 100 * _std(m["top1_std"])
+            style = styles[name]
+            ax.errorbar(x, y, yerr=err, label=name, capsize=3, color=style["color"],
+                        marker=style.get("marker"), linestyle="-" if len(x) > 1 else "none")
+        batches = sorted(of_kind["budget_batch_size"].dropna().unique())
+        ax.set_xlabel(BUDGET_AXES[kind] + (f" (batch {', '.join(f'{b:g}' for b in batches)})"
+                                           if batches else ""))
+        if log_x:
+            _cost_axis(ax)
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(True, alpha=0.3)
+    legend = axes[-1]
+    legend.axis("off")
+    entries: dict[str, Any] = {}
+    for ax in axes[:-1]:
+        entries.update(zip(*reversed(ax.get_legend_handles_labels())))
+    if entries:
+        legend.legend(list(entries.values()), list(entries.keys()), loc="center left",
+                      fontsize="small", frameon=False)
+    else:
+        _note(axes[0], "no budget runs in this study")
+    return fig
+
+
+BUDGET_AXES = {
+    "params": "parameters removed (fraction)",
+    "compression": "compression (dense / nonzero parameters)",
+    "macs": "MACs removed (fraction; nonzero-weight MACs for masks)",
+    "latency": "measured speed-up asked for",
+}
+
+
+def write_plots(runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path,
+                figures: Sequence[str] | None = None) -> list[Path]:
+    """The figures of every study as `<study>_<name>.png` in `out_dir`, in the order of
+    `plot_names` (the equal-cost figure only for a study with budget runs), or only those
+    named in `figures` (the workflow draws the equal-cost figure in a rule of its own);
+    returns their paths. Runs asked for a budget are drawn in that figure only."""
     out_dir = Path(out_dir)
     written = []
     for study in studies(summary):
-        for name in PLOTS:
-            fig = FIGURES[name](runs, summary, study)
+        has_budgets = not at_budget(summary[summary["study"] == study], budget=True).empty
+        native = at_budget(summary, budget=False)
+        for name in plot_names(has_budgets):
+            if figures is not None and name not in figures:
+                continue
+            fig = (equal_cost_figure(summary, study) if name == "equal_cost"
+                   else FIGURES[name](at_budget(runs, budget=False), native, study))
             written.append(save_figure(fig, out_dir / plot_filename(study, name)))
     return written
 

@@ -7,6 +7,7 @@ and plots gives the same bytes (DVC and Snakemake then see no change).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from prunebench.analysis.aggregate import (
@@ -16,7 +17,8 @@ from prunebench.analysis.aggregate import (
     studies,
     study_markdown,
 )
-from prunebench.analysis.names import PLOTS
+from prunebench.analysis.checklist import checklist_data, checklist_markdown, write_checklist
+from prunebench.analysis.names import PLOTS, plot_names
 from prunebench.analysis.plots import plot_filename
 from prunebench.io import atomic_write_text
 
@@ -30,6 +32,7 @@ TITLES = {
     "pareto_latency": "Accuracy vs. latency (benchmark, Pareto front)",
     "training_curves": "Training curves",
     "lottery_tickets": "Lottery tickets against random reinitialisation",
+    "equal_cost": "Methods at equal cost (budgets)",
 }
 
 CAPTIONS = {
@@ -94,6 +97,15 @@ CAPTIONS = {
         "model (100 %). Tickets should hold dense accuracy, and learn faster (stop earlier), "
         "far below the sparsity where the controls fall behind."
     ),
+    "equal_cost": (
+        "Test top-1 of every method asked for the same cost, one panel per kind of budget "
+        "(parameters or MACs removed, compression, measured speed-up), mean ±1 std over "
+        "seeds; the dashed line is the dense model. Each method was set to meet the budget "
+        "(structured methods by search on the real channel surgery, masks by their exact "
+        "parameter count or a search on nonzero-weight MACs), so the panels compare methods "
+        "at what they cost, not at what they were asked. The table above gives what each "
+        "achieved."
+    ),
 }
 
 
@@ -147,11 +159,33 @@ def provenance_lines(runs) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_report(tables_dir: Path, plots_dir: Path, out_path: Path) -> str:
+CHECKLIST_HEADING = "Reporting checklist (Blalock et al. 2020)"
+CHECKLIST_NAME = "checklist.json"
+
+
+def _figures(plots_dir: Path) -> Callable[[str], list[str]]:
+    """study -> the names (of PLOTS) of its figures that exist in `plots_dir`."""
+    return lambda study: [name for name in PLOTS
+                          if (Path(plots_dir) / plot_filename(study, name)).is_file()]
+
+
+def report_checklist(tables_dir: Path, plots_dir: Path) -> dict:
+    """The reporting checklist of every study in the tables (`checklist.checklist_data`),
+    checking the shared figures against those in `plots_dir`."""
+    runs, _ = read_tables(tables_dir)
+    return checklist_data(runs, figures=_figures(plots_dir))
+
+
+def render_report(tables_dir: Path, plots_dir: Path, out_path: Path,
+                  checklist: dict | None = None, checklist_path: Path | None = None) -> str:
     """The report text; figure links are relative to `out_path`'s directory, and only figures
-    that exist are linked."""
+    that exist are linked. Each study's section opens with its reporting checklist
+    (`checklist`, computed here if not given; `checklist_path` is linked as its data)."""
     runs, summary = read_tables(tables_dir)
     here = Path(out_path).parent
+    if checklist is None:
+        checklist = checklist_data(runs, figures=_figures(plots_dir))
+    data_link = None if checklist_path is None else _link(Path(checklist_path), here)
     tables_link, plots_link = _link(Path(tables_dir), here), _link(Path(plots_dir), here)
     parts = [
         "# Pruning benchmark report\n",
@@ -166,8 +200,11 @@ def render_report(tables_dir: Path, plots_dir: Path, out_path: Path) -> str:
         parts.append(f"## {study}\n")
         parts.append(_threads_line(runs[runs["study"] == study]))
         parts.append(provenance_lines(runs[runs["study"] == study]))
+        if study in checklist["studies"]:
+            parts += [f"### {CHECKLIST_HEADING}\n",
+                      checklist_markdown(checklist["studies"][study], data_link)]
         parts += study_markdown(summary, study)
-        for name in PLOTS:
+        for name in plot_names(True):  # the equal-cost figure exists for budget studies only
             plot = Path(plots_dir) / plot_filename(study, name)
             # The workflow draws every figure for every study (its outputs are fixed); the
             # lottery figure of a study without lottery runs says only that, so is left out.
@@ -188,6 +225,13 @@ def render_report(tables_dir: Path, plots_dir: Path, out_path: Path) -> str:
     return "\n".join(parts)
 
 
-def write_report(tables_dir: Path, plots_dir: Path, out_path: Path) -> Path:
-    """Write the markdown report to `out_path` atomically."""
-    return atomic_write_text(out_path, render_report(tables_dir, plots_dir, out_path))
+def write_report(tables_dir: Path, plots_dir: Path, out_path: Path,
+                 checklist_path: Path | None = None) -> Path:
+    """Write the markdown report to `out_path` and its reporting checklist as data to
+    `checklist_path` (default: `checklist.json` beside the report), each atomically; returns
+    the report's path."""
+    checklist_path = Path(checklist_path or Path(out_path).parent / CHECKLIST_NAME)
+    checklist = report_checklist(tables_dir, plots_dir)
+    text = render_report(tables_dir, plots_dir, out_path, checklist, checklist_path)
+    write_checklist(checklist, checklist_path)
+    return atomic_write_text(out_path, text)

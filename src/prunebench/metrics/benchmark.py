@@ -40,6 +40,9 @@ parameters; MACs are per sample (batch 1):
     energy_unavailable_reason why energy is null (null when it is not)
     modes_skipped             {mode: reason} for modes requested but not run
     sparse_layers_converted   {mode: layers converted} for sparse_csr, semi_structured_2_4
+    mode_settings             {mode: settings} of modes with their own runtime: onnxruntime's
+                              session (`prunebench.export.session_settings`: version, opset,
+                              threads, execution mode, graph optimisation level)
     mode_output_max_abs_diff  {mode: max |output - dense output|} on the first batch, for
                               every mode run besides dense (dense must have been requested)
     environment               device, CPU model, threads, driver and library versions
@@ -49,9 +52,15 @@ The headline entry is the first mode run (dense, unless excluded) at the largest
 
 Modes (`MODES`): "dense" (the model as is: a structurally pruned model is a smaller dense
 model), "dense_fp16" (CUDA only; the baseline for the fp16 semi-structured mode),
-"sparse_csr" (CPU only; sparse Linear/Conv2d layers as CSR sparse matmuls) and
-"semi_structured_2_4" (CUDA only; 2:4 sparse Linear weights on sparse tensor cores); see
-`sparse_exec`. A requested mode that cannot run here is skipped with its reason, not an error.
+"sparse_csr" (CPU only; sparse Linear/Conv2d layers as CSR sparse matmuls),
+"semi_structured_2_4" (CUDA only; 2:4 sparse Linear weights on sparse tensor cores; see
+`sparse_exec`) and "onnxruntime" (CPU only; the model exported to ONNX and run by ONNX
+Runtime with as many intra-op threads as torch has, sequential execution, ORT_ENABLE_ALL;
+see `prunebench.export`; needs the optional `export` extra). Every mode is timed by the same
+`timing.measure` on the same seeded inputs, so its latency compares with the dense mode's and,
+through the benchmark stage's paired speed-up, with the dense model's. A requested mode that
+cannot run here (wrong device, missing package, a model its exporter cannot export) is
+skipped with its reason, not an error.
 """
 
 from __future__ import annotations
@@ -77,7 +86,7 @@ from prunebench.metrics.sparse_exec import (
 from prunebench.metrics.timing import MIN_REPS, measure, memory_method
 
 SCHEMA_VERSION = 1
-MODES = ("dense", "dense_fp16", "sparse_csr", "semi_structured_2_4")
+MODES = ("dense", "dense_fp16", "sparse_csr", "semi_structured_2_4", "onnxruntime")
 _FP16_MODES = ("dense_fp16", "semi_structured_2_4")  # the others run in the model's dtype
 
 
@@ -98,11 +107,30 @@ def _has_sparse_weights(model: nn.Module) -> bool:
     return any(has_zero_weights(m) for m in model.modules() if isinstance(m, LAYER_TYPES))
 
 
-def _mode_model(mode: str, work: nn.Module, device: torch.device
-                ) -> tuple[nn.Module | None, str | None, int | None]:
+def _onnxruntime_model(work: nn.Module, input_shape: tuple[int, ...], device: torch.device
+                       ) -> tuple[nn.Module | None, str | None, None]:
+    """ONNX Runtime on CPU with torch's current thread count, or why it cannot run."""
+    from prunebench import export
+
+    if device.type != "cpu":
+        return None, f"ONNX Runtime is measured on CPU only; device is {device.type}", None
+    reason = export.onnx_unavailable_reason()
+    if reason:
+        return None, reason, None
+    try:
+        return export.onnx_runtime_model(work, input_shape, torch.get_num_threads()), None, None
+    except Exception as err:  # noqa: BLE001 (an op the exporter or ORT lacks: skip the mode)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "failed"
+        return None, f"ONNX export failed: {type(err).__name__}: {first}", None
+
+
+def _mode_model(mode: str, work: nn.Module, device: torch.device,
+                input_shape: tuple[int, ...]) -> tuple[nn.Module | None, str | None, int | None]:
     """(model to run, None, layers converted) or (None, reason it cannot run, None)."""
     if mode == "dense":
         return work, None, None
+    if mode == "onnxruntime":
+        return _onnxruntime_model(work, input_shape, device)
     if mode == "dense_fp16":
         if device.type != "cuda":
             reason = f"fp16 baseline of semi_structured_2_4, CUDA only; device is {device.type}"
@@ -215,6 +243,7 @@ def _benchmark(model: nn.Module, input_shape: tuple[int, ...], mask: Mapping[str
         "modes_skipped": {},
         "sparse_layers_converted": {},
         "mode_output_max_abs_diff": {},
+        "mode_settings": {},
         "environment": environment(device),
         "settings": {
             "threads": torch.get_num_threads(), "batch_sizes": list(batch_sizes),
@@ -227,12 +256,14 @@ def _benchmark(model: nn.Module, input_shape: tuple[int, ...], mask: Mapping[str
     dense_output = _output(work, first, input_shape, seed, device, model_dtype) \
         if "dense" in modes else None
     for mode in modes:
-        runnable, reason, converted = _mode_model(mode, work, device)
+        runnable, reason, converted = _mode_model(mode, work, device, input_shape)
         if runnable is None:
             record["modes_skipped"][mode] = reason
             continue
         if converted is not None:
             record["sparse_layers_converted"][mode] = converted
+        if mode == "onnxruntime":
+            record["mode_settings"][mode] = runnable.settings
         dtype = torch.float16 if mode in _FP16_MODES else model_dtype
         if dense_output is not None and mode != "dense":
             output = _output(runnable, first, input_shape, seed, device, dtype)

@@ -80,6 +80,13 @@ def macs_effective(model: nn.Module, input_shape: tuple[int, ...], macs_dense: i
     return macs_dense - dense_layers + nonzero_layers
 
 
+def nonzero_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Dense-kernel MACs (`count_macs`) less the products with a zero conv/linear weight:
+    what a kernel that skips zeros would do. A budget of MACs asks masks for this."""
+    dense_layers, nonzero_layers = _layer_macs(model, input_shape)
+    return count_macs(model, input_shape) - dense_layers + nonzero_layers
+
+
 def mac_counts(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int | float | bool]:
     """All MAC numbers of the record (see the module docstring)."""
     dense = macs_thop(model, input_shape)

@@ -17,6 +17,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from prunebench import plugins
+from prunebench.budgets import Budget, planned_sparsity, refusal
 from prunebench.config import MethodEntry, TrainConfig
 from prunebench.context import StudyContext
 from prunebench.pruning import METHODS, PruningMethod
@@ -79,9 +80,31 @@ def targets(ctx: StudyContext, entry: MethodEntry) -> tuple[float, ...]:
     return method.sparsities(entry.options, ctx.study.sparsities)
 
 
-def target_meta(method: PruningMethod, target: float) -> dict[str, float | None]:
+def budgets(ctx: StudyContext, entry: MethodEntry) -> tuple[Budget, ...]:
+    """The study's budget points this method is asked for (`prunebench.budgets.refusal`
+    says why the others are not)."""
+    method = method_of(entry)
+    return tuple(b for b in ctx.study.budgets if refusal(method, entry.options, b) is None)
+
+
+def budget_setting(ctx: StudyContext, entry: MethodEntry, budget: Budget) -> float | None:
+    """The sparsity an unstructured method is asked for to meet `budget`, known at planning
+    (`params`, `compression`); None where the prune stage searches for it."""
+    if method_of(entry).structured:
+        return None
+    return planned_sparsity(budget, ctx.scope_counts,
+                            f"studies.{ctx.study.name}.budgets ({entry.label})")
+
+
+def target_meta(method: PruningMethod, target: float | None,
+                budget: Budget | None = None) -> dict[str, Any]:
     """Names that cannot be misread: what a structured method was asked for is the fraction
-    of channels removed, never a weight sparsity."""
+    of channels removed, never a weight sparsity. A run asked for a budget says so in its
+    own columns (`budget_kind`, `budget_value`); its setting is in its metrics."""
+    if budget is not None:
+        return {"target_sparsity": None if method.structured else target,
+                "channel_sparsity": None, "budget_kind": budget.kind,
+                "budget_value": budget.value, "budget_batch_size": budget.batch_size}
     if method.structured:
         return {"target_sparsity": None, "channel_sparsity": target}
     return {"target_sparsity": target, "channel_sparsity": None}

@@ -21,7 +21,18 @@ from prunebench.io import atomic_torch_save, load_tensors
 from prunebench.pruning import PruneContext, apply_mask, load_mask
 from prunebench.runs import Run, seeded
 from prunebench.specs import LevelSpec, ReinitSpec
-from prunebench.stages.base import Stage, dense_run, method_description, method_of, targets
+from prunebench.budgets import Budget
+from prunebench.stages.base import (
+    Stage,
+    budget_setting,
+    budgets,
+    dense_run,
+    method_description,
+    method_of,
+    target_meta,
+    targets,
+)
+from prunebench.stages.budget_search import budget_metrics
 
 if TYPE_CHECKING:
     from prunebench.executor import Executor
@@ -45,7 +56,11 @@ def level_schedule(ctx: StudyContext, entry, target: float) -> list[float]:
     return hooks.levels(entry.options, ctx.dense_arch.build, ctx.scope, target)
 
 
-def level_run(ctx: StudyContext, entry, schedule: list[float], seed: int) -> Run:
+def level_run(ctx: StudyContext, entry, schedule: list[float], seed: int,
+              budget: Budget | None = None) -> Run:
+    """The last level of the chain `schedule`; a chain to a `budget` (its last level at the
+    sparsity that meets it exactly) names the budget in that level, its own run, while the
+    levels before it are the ones every chain of the method shares."""
     dense = dense_run(ctx, seed)
     previous = level_run(ctx, entry, schedule[:-1], seed) if len(schedule) > 1 else dense
     desc = {"parent": dense.description, "scope": ctx.study.scope, **method_description(entry),
@@ -53,9 +68,12 @@ def level_run(ctx: StudyContext, entry, schedule: list[float], seed: int) -> Run
     meta = {**dense.meta, "method": entry.method, "label": entry.label,
             "target_sparsity": schedule[-1], "level": len(schedule),
             "control": LevelSpec.control}
+    if budget is not None:
+        desc["budget"] = budget.describe()
+        meta.update(target_meta(method_of(entry), schedule[-1], budget))
     return Run(ctx.root, "lottery", desc, meta, stage="lottery", label=entry.label,
                spec=LevelSpec(seed=seed, entry=entry, target=schedule[-1], level=len(schedule),
-                              previous=previous, dense=dense))
+                              previous=previous, dense=dense, budget=budget))
 
 
 def reinit_run(ctx: StudyContext, ticket: Run) -> Run:
@@ -65,7 +83,7 @@ def reinit_run(ctx: StudyContext, ticket: Run) -> Run:
     return Run(ctx.root, "lottery_reinit", {"level": ticket.description}, meta, stage="lottery",
                label=ticket.label,
                spec=ReinitSpec(seed=spec.seed, entry=spec.entry, target=spec.target,
-                               ticket=ticket))
+                               ticket=ticket, budget=spec.budget))
 
 
 def rewind_weights(ex: Executor, dense: Run, seed: int, iteration: int) -> dict:
@@ -104,10 +122,15 @@ class LotteryStage(Stage):
                 continue
             wanted = targets(ctx, entry)
             schedules = [shared_levels(level_schedule(ctx, entry, t), wanted) for t in wanted]
+            asked = [(b, shared_levels(level_schedule(ctx, entry, budget_setting(ctx, entry, b)),
+                                       wanted)) for b in budgets(ctx, entry)]
             control = hooks.reinit_control(entry.options)
             for seed in ctx.study.seeds:
-                for schedule in filter(None, schedules):
-                    final = level_run(ctx, entry, schedule, seed)
+                chains = [(None, s) for s in schedules] + asked
+                for budget, schedule in chains:
+                    if not schedule:
+                        continue
+                    final = level_run(ctx, entry, schedule, seed, budget)
                     runs.append(final)
                     if control:
                         runs.append(reinit_run(ctx, final))
@@ -129,7 +152,8 @@ class LotteryStage(Stage):
                                [mask for _, mask in started])
         for run, (model, mask) in zip(runs, started):
             ex.finish(run, model, ex.dense_arch, mask,
-                      {"train_time_s": share, "stack_members": len(runs)})
+                      {"train_time_s": share, "stack_members": len(runs),
+                       **budget_metrics(run.spec, model, ex.dense_arch, ex)})
 
     def execute(self, ex: Executor, run: Run) -> None:
         spec = run.spec
@@ -154,7 +178,8 @@ class LotteryStage(Stage):
                      spec.target, start)
             apply_mask(model, mask)
         elapsed, _ = ex.train(run.path, model, recipe, spec.seed, mask, start_iteration=start)
-        ex.finish(run, model, ex.dense_arch, mask, {"train_time_s": elapsed})
+        ex.finish(run, model, ex.dense_arch, mask,
+                  {"train_time_s": elapsed, **budget_metrics(spec, model, ex.dense_arch, ex)})
 
 
 __all__ = ["LotteryStage", "level_run", "reinit_run", "rewind_weights", "shared_levels"]

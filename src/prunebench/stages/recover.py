@@ -6,6 +6,8 @@ the dense model of the same seed as teacher (Hinton et al. 2015; `studies.<s>.di
 T and alpha). Methods applied to trained weights recover with the `finetune` recipe; methods
 applied at initialisation train the sparse network with the full `train` recipe. Which
 variant a run is, is its spec's `recovery` (and its `recovery` column), never its label.
+A third variant, `rewind` (the mask retrained from the dense run's early weights with the
+full recipe), is a `RecoverStage` of its own module, `prunebench.stages.rewind`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from prunebench.context import StudyContext
 from prunebench.pruning import load_mask
 from prunebench.runs import Run
 from prunebench.specs import RecoverSpec, Recovery
-from prunebench.stages.base import Stage, dense_run, method_of, targets
-from prunebench.stages.prune import one_shot, prune_run
+from prunebench.stages.base import Stage, dense_run, method_of
+from prunebench.stages.prune import grid, one_shot, prune_run
 from prunebench.training.distill import DistillationLoss
 
 if TYPE_CHECKING:
@@ -32,8 +34,9 @@ def recipe_for(ctx: StudyContext, entry):
     return ctx.study.train if method_of(entry).when == "init" else ctx.study.finetune
 
 
-def recover_run(ctx: StudyContext, recovery: Recovery, entry, target: float, seed: int) -> Run:
-    pruned = prune_run(ctx, entry, target, seed)
+def recover_run(ctx: StudyContext, recovery: Recovery, entry, target: float | None, seed: int,
+                budget=None) -> Run:
+    pruned = prune_run(ctx, entry, target, seed, budget)
     desc = {"parent": pruned.description, "recovery": recovery, "train": recipe_for(ctx, entry)}
     teacher = None
     if recovery == "distill":
@@ -41,8 +44,9 @@ def recover_run(ctx: StudyContext, recovery: Recovery, entry, target: float, see
         desc.update(teacher=teacher.description, distill=ctx.study.distill)
     meta = {**pruned.meta, "recovery": recovery, "result": True}
     return Run(ctx.root, "recover", desc, meta, stage=recovery, label=entry.label,
-               spec=RecoverSpec(seed=seed, entry=entry, target=target, recovery=recovery,
-                                pruned=pruned, teacher=teacher))
+               spec=RecoverSpec(seed=seed, entry=entry, target=pruned.spec.target,
+                                recovery=recovery, pruned=pruned, teacher=teacher,
+                                budget=budget))
 
 
 class RecoverStage(Stage):
@@ -56,8 +60,8 @@ class RecoverStage(Stage):
     def runs(self, ctx: StudyContext) -> list[Run]:
         if self.recovery not in ctx.study.recover:
             return []
-        return [recover_run(ctx, self.recovery, entry, t, seed) for entry in ctx.study.methods
-                if one_shot(entry) for seed in ctx.study.seeds for t in targets(ctx, entry)]
+        return [recover_run(ctx, self.recovery, entry, t, seed, b) for entry in ctx.study.methods
+                if one_shot(entry) for seed in ctx.study.seeds for t, b in grid(ctx, entry)]
 
     def stack_recipe(self, ctx: StudyContext, run: Run):
         """Masked networks without a teacher stack (the unpruned architecture, one recipe);
@@ -102,7 +106,9 @@ def _pruned(ex: Executor, spec: RecoverSpec):
 def _recover_metrics(spec: RecoverSpec, train_time_s: float) -> dict:
     oneshot = spec.pruned.metrics()
     return {"train_time_s": train_time_s, "prune_time_s": oneshot["prune_time_s"],
-            "oneshot_top1": oneshot["top1"], "oneshot_top5": oneshot["top5"]}
+            "oneshot_top1": oneshot["top1"], "oneshot_top5": oneshot["top5"],
+            # what the pruning found for a budget (the structure is fixed from then on)
+            **{k: v for k, v in oneshot.items() if k.startswith("budget_")}}
 
 
 FINETUNE = RecoverStage("finetune", "retrain pruned networks on the labels")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from prunebench.budgets import Budget
 from prunebench.context import StudyContext
 from prunebench.data import num_batches
 from prunebench.io import atomic_write_json
@@ -21,9 +22,12 @@ from prunebench.stages.base import (
     method_description,
     method_of,
     pretrained_run,
+    budget_setting,
+    budgets,
     target_meta,
     targets,
 )
+from prunebench.stages.budget_search import budget_metrics
 
 if TYPE_CHECKING:
     from prunebench.executor import Executor
@@ -31,14 +35,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("prunebench")
 
 
-def during_training_run(ctx: StudyContext, entry, sparsity: float, seed: int) -> Run:
+def during_training_run(ctx: StudyContext, entry, sparsity: float | None, seed: int,
+                        budget: Budget | None = None) -> Run:
+    """Training with the method's callback to `sparsity`, or to the sparsity that meets
+    `budget` exactly (`params`, `compression`: the only budgets such a method is asked for)."""
     parent = dense_run(ctx, seed)
+    extra = {}
+    if budget is not None:
+        sparsity = budget_setting(ctx, entry, budget)
+        extra["budget"] = budget.describe()
     desc = {**parent.description, "scope": ctx.study.scope, **method_description(entry),
-            "sparsity": sparsity}
+            "sparsity": sparsity, **extra}
     meta = {**parent.meta, "method": entry.method, "label": entry.label,
-            **target_meta(method_of(entry), sparsity)}
+            **target_meta(method_of(entry), sparsity, budget)}
     return Run(ctx.root, "train", desc, meta, stage="train", label=entry.label,
-               spec=DuringTrainingSpec(seed=seed, entry=entry, target=sparsity, init=parent))
+               spec=DuringTrainingSpec(seed=seed, entry=entry, target=sparsity, init=parent,
+                                       budget=budget))
 
 
 def _start(ex: Executor) -> dict[str, str]:
@@ -64,6 +76,8 @@ class TrainStage(Stage):
             if method.when == "during_training":
                 runs += [during_training_run(ctx, entry, s, seed)
                          for seed in seeds for s in targets(ctx, entry)]
+                runs += [during_training_run(ctx, entry, None, seed, b)
+                         for seed in seeds for b in budgets(ctx, entry)]
         return runs
 
     def stack_recipe(self, ctx: StudyContext, run: Run):
@@ -107,7 +121,8 @@ class TrainStage(Stage):
         log.info("training with %s to %.4f", spec.entry.method, spec.target)
         elapsed, state = ex.train(run.path, model, recipe, spec.seed,
                                   callback.initial_mask(model), callbacks=[callback])
-        ex.finish(run, model, arch, state.mask, {"train_time_s": elapsed})
+        ex.finish(run, model, arch, state.mask, {"train_time_s": elapsed,
+                                                 **budget_metrics(spec, model, arch, ex)})
 
 
 __all__ = ["TrainStage", "during_training_run"]
