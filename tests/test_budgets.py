@@ -61,6 +61,11 @@ def _study(budgets, **extra):
     ([{"kind": "params", "values": [0.5]}, {"kind": "params", "values": [0.5]}],
      "studies.tiny.budgets", "twice"),
     ([{"kind": "params", "values": [0.5], "typo": 1}], "studies.tiny.budgets[0].typo", "kind"),
+    ([{"kind": "latency", "values": [2.0], "batch_size": 128.0}],
+     "studies.tiny.budgets[0].batch_size", "[1, 128]"),
+    # the same parameters left, asked twice under two names
+    ([{"kind": "params", "values": [0.75]}, {"kind": "compression", "values": [4]}],
+     "studies.tiny.budgets", "75% params removed and 4x compression"),
     ("params", "studies.tiny.budgets", "list"),
 ])
 def test_a_bad_budget_is_refused_with_its_key(budgets, key, words):
@@ -295,3 +300,58 @@ def test_rewind_and_lottery_take_a_masks_exact_budget_and_name_it(tmp_path):
     assert {r.meta["control"] for r in budgeted} == {"ticket", "reinit"}  # and its control
     # its earlier levels are the chain's shared ones, not budget runs
     assert chains[0].spec.previous.spec.budget is None
+
+
+def test_a_refused_top_setting_steps_down_and_a_refused_inner_one_ends_the_search():
+    from prunebench.budgets import Infeasible
+
+    def capped(x):  # a method that refuses settings above 0.9 (a layer cap)
+        if x > 0.9:
+            raise Infeasible("cap")
+        return x
+
+    found = search(Budget("params", 0.6), capped, high=0.999)
+    assert found.met and found.setting <= 0.9 and found.probes[0][0] == 0.9
+    with pytest.raises(Infeasible):
+        search(Budget("params", 0.6), lambda x: (_ for _ in ()).throw(Infeasible("no")), 0.999)
+
+
+def test_budget_points_have_distinct_job_names_and_stay_out_of_native_stacks(tmp_path):
+    from prunebench.context import StudyContext
+    from prunebench.stacking import stacks
+    from prunebench.stages import STAGES
+
+    both = [{"kind": "latency", "values": [1.5], "batch_size": 1},
+            {"kind": "latency", "values": [1.5], "batch_size": 128},
+            {"kind": "params", "values": [0.125]}, {"kind": "params", "values": [0.12]}]
+    raw = {"studies": {"tiny": {**copy.deepcopy(BASE), "seeds": [0, 1], "budgets": both}}}
+    points = [(j.stage, j.label, j.point) for j in plan(raw, "jobs")]
+    assert len(points) == len(set(points))
+    assert {"seed0-latency1.5b1", "seed0-latency1.5b128", "seed0-params0.125",
+            "seed0-params0.12"} <= {p for _, _, p in points}
+    # the finetune stacks of the sparsity runs are the same with or without budgets
+    stage = STAGES["finetune"]
+    plain = StudyContext(_study(None, seeds=[0, 1]), tmp_path)
+    budgeted = StudyContext(_study(both, seeds=[0, 1]), tmp_path)
+    native = {p: tuple(r.path for r in s) for p, s in stacks(stage, plain, stage.runs(plain)).items()}
+    mixed = stacks(stage, budgeted, stage.runs(budgeted))
+    assert native and all(tuple(r.path for r in mixed[p]) == s for p, s in native.items())
+    assert all(r.spec.budget is not None for s in mixed.values() for r in s
+               if s[0].spec.budget is not None)
+
+
+def test_two_selected_studies_that_make_one_run_are_refused():
+    one = copy.deepcopy(BASE)
+    raw = {"studies": {"a": one, "b": copy.deepcopy(one)}}
+    with pytest.raises(ConfigError, match="studies 'a' and 'b' both make run .*only="):
+        plan(raw, "jobs")
+    raw["studies"]["b"]["seeds"] = [1]
+    assert plan(raw, "jobs")
+
+
+def test_the_headline_leaves_budget_points_out():
+    from prunebench.analysis.aggregate import headline_metrics
+
+    summary = _summary().assign(params_remaining_frac_mean=0.5)
+    cells = headline_metrics(summary)["s"]
+    assert set(cells) == {"dense"}  # the budget rows have no grid point to stand at

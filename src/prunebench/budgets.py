@@ -18,17 +18,19 @@ study's `sparsities` / `channel_sparsities`:
   or MACs, or, for `latency`, times it paired against the unpruned model at the budget's
   batch size (as the benchmark stage does). The run is pruned at the fraction whose cost is
   closest to the budget, and records the fraction, the cost it achieved and whether that is
-  within the budget's `tolerance` (relative, on the remaining share: 0.05 accepts 48.75-51.25
-  % of the parameters left for `params: 0.5`; for `latency` on the speed-up itself).
+  within the budget's `tolerance` (relative, on the remaining share: 0.05 accepts 47.5-52.5 %
+  of the parameters left for `params: 0.5`; for `latency` on the speed-up itself). A timed
+  search follows the machine's noise near the goal, so a latency budget's setting can
+  differ between machines and loads (each run records the one it used).
 - **Unstructured methods** (masks): `params` and `compression` translate exactly into the
   weight sparsity of the pruning scope, at planning, from the unpruned architecture's counts
   (a budget the scope cannot reach is refused then). `macs` means *nonzero-weight* MACs
   (products with a zero weight skipped, what a sparse kernel could save; dense kernels still
   pay every MAC), and the sparsity is found by bisection on the method's real mask. Tables
   label it so. `latency` is not asked of a mask: on dense kernels it leaves latency as it is.
-- Methods whose options fix their sparsity (N:M), and methods whose mask exists only during
-  or after their own training (gradual, lottery), are given the budgets they can meet
-  exactly (`params`, `compression`) and no others; `refusal` says why, and the report lists it.
+- Methods whose options fix their sparsity (N:M) get no budget. Methods whose mask exists
+  only during or after their own training (gradual, lottery) get the budgets they can meet
+  exactly (`params`, `compression`) and no others. `refusal` says why.
 
 The budget (kind, value, batch size, tolerance) is part of a run's name, and the achieved
 cost and the setting found are in its metrics (`budget_*`).
@@ -88,20 +90,23 @@ class Budget:
             return 1.0 - achieved
         return 1.0 / achieved if achieved > 0 else math.inf
 
-    def met(self, achieved: float) -> bool:
-        """Whether `achieved` is within the tolerance: relative on the remaining share (the
+    def miss(self, achieved: float) -> float:
+        """How far `achieved` is from the budget: relative, on the remaining share (on the
         speed-up itself for latency)."""
         if self.kind == "latency":
-            return abs(achieved / self.value - 1.0) <= self.tolerance
-        want = self.remaining(self.value)
-        return abs(self.remaining(achieved) / want - 1.0) <= self.tolerance
+            return abs(achieved / self.value - 1.0)
+        return abs(self.remaining(achieved) / self.remaining(self.value) - 1.0)
+
+    def met(self, achieved: float) -> bool:
+        """Whether `achieved` is within the tolerance (`miss`)."""
+        return self.miss(achieved) <= self.tolerance
 
     def label(self) -> str:
         """How tables name the point: "50% params removed", "4x compression", ..."""
         if self.kind == "params":
-            return f"{self.value:.0%} params removed"
+            return f"{self.value * 100:g}% params removed"
         if self.kind == "macs":
-            return f"{self.value:.0%} MACs removed"
+            return f"{self.value * 100:g}% MACs removed"
         if self.kind == "compression":
             return f"{self.value:g}x compression"
         return f"{self.value:g}x speed-up at batch {self.batch_size}"
@@ -137,7 +142,8 @@ def parse_budgets(raw: Any, key: str, *, benchmark_batch_sizes: Sequence[int]) -
                               f"got {tolerance!r}")
         batch = item.get("batch_size")
         if kind == "latency":
-            if batch not in benchmark_batch_sizes or isinstance(batch, bool):
+            if (not isinstance(batch, int) or isinstance(batch, bool)
+                    or batch not in benchmark_batch_sizes):
                 raise ConfigError(f"{where}.batch_size must be one of the benchmark's batch "
                                   f"sizes {list(benchmark_batch_sizes)} (key "
                                   f"{key.rsplit('.', 1)[0]}.benchmark.batch_sizes), got {batch!r}")
@@ -147,12 +153,21 @@ def parse_budgets(raw: Any, key: str, *, benchmark_batch_sizes: Sequence[int]) -
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not _in_range(kind, v):
                 raise ConfigError(f"{where}.values: {v!r} is not a {KINDS[kind]}")
             out.append(Budget(kind, float(v), batch, float(tolerance)))
-    seen = set()
+    seen: dict[tuple, Budget] = {}
     for b in out:
-        if (b.kind, b.value, b.batch_size) in seen:
-            raise ConfigError(f"{key} lists {b.label()} twice")
-        seen.add((b.kind, b.value, b.batch_size))
+        # `params: v` and `compression: 1 / (1 - v)` are one point (the same parameters left)
+        point = (("params", round(removed_params(b), 12), None) if b.kind in ("params", "compression")
+                 else (b.kind, b.value, b.batch_size))
+        if point in seen:
+            raise ConfigError(f"{key} lists one point twice: {seen[point].label()} and "
+                              f"{b.label()}")
+        seen[point] = b
     return tuple(out)
+
+
+def removed_params(budget: Budget) -> float:
+    """The fraction of all parameters a `params` or `compression` budget removes."""
+    return budget.value if budget.kind == "params" else 1.0 - 1.0 / budget.value
 
 
 def _in_range(kind: str, v: float) -> bool:
@@ -192,7 +207,7 @@ def planned_sparsity(budget: Budget, counts: ScopeCounts, key: str) -> float | N
     budget needs a search. Refuses a budget that pruning the scope alone cannot reach."""
     if budget.kind not in ("params", "compression"):
         return None
-    removed = budget.value if budget.kind == "params" else 1.0 - 1.0 / budget.value
+    removed = removed_params(budget)
     sparsity = removed * counts.params_total / counts.scope_weights
     if not sparsity < MAX_SPARSITY:
         most = MAX_SPARSITY * counts.scope_weights / counts.params_total
@@ -214,35 +229,58 @@ class SearchResult:
                 "budget_met": self.met, "budget_probes": len(self.probes)}
 
 
+class Infeasible(Exception):
+    """A probe's setting that the method refuses (e.g. sensitivity above its layer cap)."""
+
+
+HIGH_LADDER = (0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.5)  # where a refused top setting retries
+
+
 def search(budget: Budget, probe: Callable[[float], float], high: float,
            steps: int = SEARCH_STEPS) -> SearchResult:
     """The setting in [0, high] whose cost `probe(setting)` (non-decreasing in the setting,
     in the budget's unit) is closest to the budget, by bisection on the smallest setting
-    that reaches it. Channel counts are whole numbers, so the cost is a step function; a
-    budget past what `high` achieves returns `high`, not met."""
+    that reaches it; "closest" as `met` measures it (relative, on the share left). Channel
+    counts are whole numbers, so the cost is a step function. A probe may raise
+    `Infeasible` at a setting the method refuses: the top of the interval then steps down
+    `HIGH_LADDER` (a refusal below an accepted setting ends the bisection). A budget past
+    what the top achieves returns the top, not met. Timed costs (latency) are noisy: the
+    bisection then follows the noise near the goal, so the setting it finds may differ
+    between machines and loads (the run records it)."""
     probes: list[tuple[float, float]] = []
 
-    def cost(x: float) -> float:
-        value = probe(x)
+    def cost(x: float) -> float | None:
+        try:
+            value = probe(x)
+        except Infeasible:
+            return None
         probes.append((x, value))
         return value
 
     top = cost(high)
+    for lower in (h for h in HIGH_LADDER if h < high):
+        if top is not None:
+            break
+        high, top = lower, cost(lower)
+    if top is None:
+        raise Infeasible(f"the method refuses every setting up to {high}")
     if top < budget.goal:
         return SearchResult(high, top, budget.met(top), probes)
     lo, hi, lo_cost, hi_cost = 0.0, high, None, top
     for _ in range(steps):
         mid = (lo + hi) / 2
         c = cost(mid)
+        if c is None:  # refused below a setting it accepted: stop at what is known
+            break
         if c >= budget.goal:
             hi, hi_cost = mid, c
         else:
             lo, lo_cost = mid, c
     best, achieved = hi, hi_cost
-    if lo_cost is not None and abs(lo_cost - budget.goal) < abs(hi_cost - budget.goal):
+    if lo_cost is not None and budget.miss(lo_cost) < budget.miss(hi_cost):
         best, achieved = lo, lo_cost
     return SearchResult(best, achieved, budget.met(achieved), probes)
 
 
-__all__ = ["Budget", "DEFAULT_TOLERANCE", "KINDS", "ScopeCounts", "SearchResult",
-           "parse_budgets", "planned_sparsity", "refusal", "search"]
+__all__ = ["Budget", "DEFAULT_TOLERANCE", "KINDS", "Infeasible", "ScopeCounts", "SearchResult",
+           "parse_budgets", "planned_sparsity", "refusal", "removed_params", "search"]

@@ -27,6 +27,7 @@ from typing import Any
 
 from prunebench.config import Study, config_hash
 from prunebench.context import StudyContext
+from prunebench.errors import ConfigError
 from prunebench.labels import series_name
 from prunebench.runs import Run
 from prunebench.stacking import stacks
@@ -76,8 +77,10 @@ def point_name(run: Run) -> str:
     name = series_name(meta.get("label", run.label), meta.get("recovery"), meta.get("control"))
     parts = [] if name == run.label else [name]
     parts.append(f"seed{meta.get('seed', 0)}")
-    if meta.get("budget_kind") is not None:  # `seed0-macs0.5`, `seed0-latency1.5`
-        parts.append(f"{meta['budget_kind']}{meta['budget_value']:.4g}")
+    if meta.get("budget_kind") is not None:  # `seed0-macs0.5`, `seed0-latency1.5b128`
+        batch = meta.get("budget_batch_size")
+        parts.append(f"{meta['budget_kind']}{meta['budget_value']:.12g}"
+                     + ("" if batch is None else f"b{batch}"))
     elif meta.get("channel_sparsity") is not None:
         parts.append(f"c{meta['channel_sparsity']:.2f}")
     elif meta.get("target_sparsity"):
@@ -146,7 +149,23 @@ def plan(raw_params: Mapping[str, Any], jobs_root: str | Path = "results/jobs") 
     jobs = []
     for study in selected_studies(raw_params).values():
         jobs += study_jobs(study, runs_root, jobs_root)
+    _refuse_shared_runs(jobs)
     return jobs
+
+
+def _refuse_shared_runs(jobs: list[Job]) -> None:
+    """Two selected studies that ask for one run (the same description: the same data,
+    model, recipe and seed) would each plan a job that makes it, and the two jobs would
+    write one directory at once. Refused, naming both studies and the run."""
+    owner: dict[str, str] = {}
+    for job in jobs:
+        for path in job.runs:
+            first = owner.setdefault(path, job.study)
+            if first != job.study:
+                raise ConfigError(
+                    f"studies {first!r} and {job.study!r} both make run {path} ({job.stage}, "
+                    f"{job.label}): their jobs would write it at once; give them different "
+                    "seeds or recipes, or run them one at a time (`--config only=...`)")
 
 
 def final_jobs(jobs: list[Job]) -> list[Job]:

@@ -65,8 +65,11 @@ def stacks(stage, ctx: StudyContext, runs: Sequence[Run]) -> dict[Path, tuple[Ru
     for run in runs:
         recipe = stage.stack_recipe(ctx, run)
         if recipe is not None:
-            # Runs that a stage makes in one job (`job_key`) stack only with each other.
-            key = (run.label, run.spec.control, stage.job_key(run), config_hash(recipe))
+            # Runs that a stage makes in one job (`job_key`) stack only with each other, and
+            # runs asked for a budget only with each other: adding budgets to a study leaves
+            # the stacks, and so the bits, of its sparsity runs as they were.
+            key = (run.label, run.spec.control, stage.job_key(run), config_hash(recipe),
+                   run.spec.budget is not None)
             groups.setdefault(key, (recipe, []))[1].append(run)
     arch = ctx.dense_arch
     out: dict[Path, tuple[Run, ...]] = {}

@@ -194,8 +194,9 @@ def check_run_files(run_dir: Path) -> None:
             "`prunebench rerun` redoes them")
 
 
-def _benchmarks(manifests: Iterable[Path]) -> dict[str, dict]:
-    """Benchmark headlines by the real path of the run they measured (their `of`)."""
+def _benchmarks(manifests: Iterable[Path]) -> dict[tuple[str | None, str], dict]:
+    """Benchmark headlines by (study, real path of the run they measured): two studies may
+    measure one run differently (their own benchmark settings)."""
     out = {}
     for manifest_path in manifests:
         manifest = read_manifest(manifest_path)
@@ -205,7 +206,8 @@ def _benchmarks(manifests: Iterable[Path]) -> dict[str, dict]:
             bench_dir = _run_dir(entry, manifest_path)
             measured = _run_dir({"path": entry["of"]}, manifest_path)
             check_run_files(bench_dir)
-            out[os.path.realpath(measured)] = _read_json_object(bench_dir / "metrics.json")
+            key = (manifest.get("study"), os.path.realpath(measured))
+            out[key] = _read_json_object(bench_dir / "metrics.json")
     return out
 
 
@@ -232,7 +234,7 @@ def collect_runs(manifests: Iterable[Path]) -> pd.DataFrame:
             if (study, path) in seen:
                 continue
             seen.add((study, path))
-            row = read_run(run_dir, benchmarks.get(path))
+            row = read_run(run_dir, benchmarks.get((study, path)))
             if row is not None:
                 if study is not None:
                     row["study"] = study
@@ -369,7 +371,7 @@ def headline_metrics(summary: pd.DataFrame) -> dict:
     by the series name ("mag", "mag+distill"): "s" keys are weight sparsities, "c" keys
     fractions of channels removed; a std over a single seed is null."""
     out: dict = {}
-    for row in summary.itertuples(index=False):
+    for row in at_budget(summary, budget=False).itertuples(index=False):  # grid points only
         cell = out.setdefault(row.study, {}).setdefault(row.series, {})
         cell[target_key(row.target_sparsity, row.channel_sparsity)] = {
             "top1_mean": _json_number(row.top1_mean), "top1_std": _json_number(row.top1_std),

@@ -583,6 +583,10 @@ def equal_cost_figure(summary: pd.DataFrame, study: str) -> Figure:
             style = styles[name]
             ax.errorbar(x, y, yerr=err, label=name, capsize=3, color=style["color"],
                         marker=style.get("marker"), linestyle="-" if len(x) > 1 else "none")
+            missed = _missed(m)
+            if missed.any():  # a point some run did not reach: hollow, over the filled one
+                ax.plot(x[missed], y[missed], linestyle="none", marker=style.get("marker"),
+                        markerfacecolor="white", markeredgecolor=style["color"])
         batches = sorted(of_kind["budget_batch_size"].dropna().unique())
         ax.set_xlabel(BUDGET_AXES[kind] + (f" (batch {', '.join(f'{b:g}' for b in batches)})"
                                            if batches else ""))
@@ -602,6 +606,13 @@ def equal_cost_figure(summary: pd.DataFrame, study: str) -> Figure:
     else:
         _note(axes[0], "no budget runs in this study")
     return fig
+
+
+def _missed(rows: pd.DataFrame) -> np.ndarray:
+    """Which budget points not every run met (within the budget's tolerance)."""
+    if "budget_met_mean" not in rows:
+        return np.zeros(len(rows), dtype=bool)
+    return (rows["budget_met_mean"].to_numpy(dtype=float) < 1.0)
 
 
 BUDGET_AXES = {

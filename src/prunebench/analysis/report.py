@@ -103,8 +103,9 @@ CAPTIONS = {
         "seeds; the dashed line is the dense model. Each method was set to meet the budget "
         "(structured methods by search on the real channel surgery, masks by their exact "
         "parameter count or a search on nonzero-weight MACs), so the panels compare methods "
-        "at what they cost, not at what they were asked. The table above gives what each "
-        "achieved."
+        "at equal cost rather than at equal settings. Points are placed at the budget asked "
+        "for; a hollow marker is a point that some run missed by more than the budget's "
+        "tolerance (the table above gives what each achieved)."
     ),
 }
 

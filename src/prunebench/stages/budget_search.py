@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from prunebench.budgets import MAX_CHANNEL_FRACTION, MAX_SPARSITY, Budget, SearchResult, search
+from prunebench.budgets import (
+    MAX_CHANNEL_FRACTION,
+    MAX_SPARSITY,
+    Budget,
+    Infeasible,
+    SearchResult,
+    search,
+)
+from prunebench.errors import ConfigError
 from prunebench.metrics import count_macs, size_counts
 from prunebench.metrics.macs import nonzero_macs
 from prunebench.metrics.timing import paired_speedup
@@ -72,10 +80,13 @@ def search_budget(ex: Executor, spec: PruneSpec, model: nn.Module, ctx: PruneCon
     def probe(setting: float) -> float:
         work = copy.deepcopy(model)
         trial = dataclasses.replace(ctx, model=work, generator=seeded(spec.seed))
-        if method.structured:
-            method(trial, setting)
-        else:
-            apply_mask(work, method(trial, setting))
+        try:
+            if method.structured:
+                method(trial, setting)
+            else:
+                apply_mask(work, method(trial, setting))
+        except ConfigError as err:  # a setting the method refuses (a layer cap)
+            raise Infeasible(str(err)) from err
         return cost(budget, work, shape, dense, method.structured, reference,
                     probe_time(ex))
 
