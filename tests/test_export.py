@@ -323,6 +323,35 @@ def test_onnxruntime_is_a_benchmark_mode_with_stated_session_settings():
 
 
 @needs_onnx
+def test_an_export_that_computes_something_else_is_not_timed(monkeypatch):
+    import prunebench.metrics.benchmark as bench
+
+    real = bench._onnxruntime_model
+
+    def off_by_a_little(work, input_shape, device):
+        runnable, reason, converted = real(work, input_shape, device)
+
+        class Shifted:  # what a wrong graph would give: the outputs moved by 1e-2
+            settings = runnable.settings
+
+            def __call__(self, x):
+                return runnable(x) + 1e-2
+
+            def eval(self):
+                return self
+
+        return Shifted(), reason, converted
+
+    monkeypatch.setattr(bench, "_onnxruntime_model", off_by_a_little)
+    model, mask = masked()
+    record = benchmark_model(model, DIGITS, mask=mask, device=torch.device("cpu"),
+                             batch_sizes=(1,), min_time_s=0.01, warmup=1,
+                             modes=("dense", "onnxruntime"))
+    assert "onnxruntime" not in record["latency"]
+    assert record["modes_skipped"]["onnxruntime"].startswith("outputs differ from PyTorch's by up to 0.01")
+
+
+@needs_onnx
 def test_the_benchmark_stage_times_onnxruntime_and_the_tables_show_it(tmp_path, monkeypatch,
                                                                       capsys):
     """The stage records the mode's latencies (`latency_onnxruntime_b<batch>_ms`) beside the
