@@ -67,13 +67,7 @@ MODELS = {"resnet": (ResNetLike, (4, 8, 8)), "mlp": (mlp, (32,))}
 REFUSES = {("slimming", "mlp"): "BatchNorm"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and steady on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def build(kind: str, seed: int = 0) -> nn.Module:

@@ -22,12 +22,7 @@ from prunebench.training.stacked import train_stacked
 FLOAT64 = {"rtol": 1e-9, "atol": 1e-12}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def toy_data(n=224, seed=0) -> DataSplits:

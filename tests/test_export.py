@@ -38,7 +38,8 @@ needs_onnx = pytest.mark.skipif(bool(export.missing_packages()),
                                 reason='the `export` extra is not installed: pip install '
                                        '"prunebench[export]"')
 # TorchScript is deprecated by torch (still there in 2.13): its warnings are expected here.
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning"),
+              pytest.mark.usefixtures("one_thread")]  # tests/conftest.py
 
 ATOL = RTOL = 1e-4
 DIGITS, MNIST = (1, 8, 8), (1, 28, 28)
@@ -47,12 +48,6 @@ CLASSES = 10
 SMALL_INPUT = {name: MNIST if name == "lenet5" else DIGITS for name in model_names()}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @torch.no_grad()

@@ -38,13 +38,7 @@ FLOAT32 = {"rtol": 1e-4, "atol": 1e-5}
 SHAPE = (1, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread, above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def toy_images(n=288, shape=SHAPE, seed=0, dtype=torch.float32) -> DataSplits:

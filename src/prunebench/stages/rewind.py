@@ -44,9 +44,9 @@ from prunebench.errors import ConfigError
 from prunebench.pruning import apply_mask, load_mask
 from prunebench.runs import Run
 from prunebench.specs import PruneSpec, RewindReinitSpec, RewindSpec
-from prunebench.stages.base import budgets, dense_run, method_of, targets
+from prunebench.stages.base import dense_run, method_of
 from prunebench.stages.lottery import REINIT_SEED_OFFSET, rewind_weights
-from prunebench.stages.prune import prune_run
+from prunebench.stages.prune import grid, prune_run
 from prunebench.stages.recover import RecoverStage
 from prunebench.stages.train import during_training_run
 
@@ -73,11 +73,6 @@ def masked_run(ctx: StudyContext, entry, target: float | None, seed: int,
     if method_of(entry).when == "during_training":
         return during_training_run(ctx, entry, target, seed, budget)
     return prune_run(ctx, entry, target, seed, budget)
-
-
-def grid(ctx: StudyContext, entry) -> list[tuple[float | None, Budget | None]]:
-    """The method's sparsities, then the budgets it is asked for."""
-    return [(t, None) for t in targets(ctx, entry)] + [(None, b) for b in budgets(ctx, entry)]
 
 
 def rewind_run(ctx: StudyContext, entry, target: float | None, seed: int,
@@ -138,12 +133,13 @@ def _metrics(spec: RewindSpec | RewindReinitSpec, train_time_s: float) -> dict:
     a control) and, for a one-shot parent, its numbers before retraining."""
     out = {"train_time_s": train_time_s,
            "start_iteration": spec.iteration if isinstance(spec, RewindSpec) else 0}
+    parent = spec.pruned.metrics() if isinstance(spec.pruned.spec, PruneSpec) or spec.budget \
+        else {}
     if isinstance(spec.pruned.spec, PruneSpec):
-        oneshot = spec.pruned.metrics()
-        out.update(prune_time_s=oneshot["prune_time_s"], oneshot_top1=oneshot["top1"],
-                   oneshot_top5=oneshot["top5"])
-    if spec.budget is not None:  # what its mask's pruning found and achieved
-        out.update({k: v for k, v in spec.pruned.metrics().items() if k.startswith("budget_")})
+        out.update(prune_time_s=parent["prune_time_s"], oneshot_top1=parent["top1"],
+                   oneshot_top5=parent["top5"])
+    # what its mask's pruning found and achieved, for a budget point
+    out.update({k: v for k, v in parent.items() if k.startswith("budget_")})
     return out
 
 
