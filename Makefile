@@ -21,7 +21,7 @@ install: $(STAMP)
 
 # The default params run the offline digits study; paper scale (datasets + GPU):
 #   make run SNAKEMAKE_ARGS="--config scale=paper"
-# Plain `snakemake` from the root finds workflow/Snakefile and workflow/profiles/default.
+# Plain `snakemake` from the root finds the Snakefile and its profile (profiles -> workflow/profiles).
 run: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 

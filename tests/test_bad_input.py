@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -31,10 +30,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from projectutil import copy_workflow_files
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: snakemake and prunebench
-DRY_RUN = ["-n"]  # plain, as the README says: Snakemake finds workflow/Snakefile and its profile
+DRY_RUN = ["-n"]  # plain, as the README says: Snakemake finds the Snakefile and its profile
 WORKERS = 2  # dry runs at once (each is one CPU-bound process)
 
 NAN, INF = float("nan"), float("inf")
@@ -261,10 +261,7 @@ BY_NAME = {v.name: v for v in VARIANTS}
 
 def copy_workflow(dest: Path, params_text: str) -> Path:
     dest.mkdir(parents=True)
-    if (ROOT / "Snakefile").is_file():  # the workflow's entry file, wherever it lives
-        shutil.copy2(ROOT / "Snakefile", dest)
-    shutil.copytree(ROOT / "workflow", dest / "workflow",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    copy_workflow_files(dest)
     (dest / "params.yaml").write_text(params_text)
     return dest
 

@@ -46,6 +46,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from projectutil import copy_workflow_files
 
 pytest.importorskip("snakemake", reason="the workflow extra is not installed")
 
@@ -89,9 +90,7 @@ def recovery_steps(readme: Path) -> list[str]:
 
 
 def copy_workflow(source: Path, dest: Path) -> Path:
-    dest.mkdir(parents=True)
-    shutil.copytree(source / "workflow", dest / "workflow",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    copy_workflow_files(dest, source)
     (dest / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
     return dest
 

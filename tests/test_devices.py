@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 from prunebench.devices import ENV_FAKE_GPUS, ENV_LOCK_DIR, ENV_WAIT_S, claim_gpu
+from projectutil import copy_workflow_files
 
 HOLD = ("import sys, time; from prunebench.devices import claim_gpu; "
         "print(claim_gpu(int(sys.argv[1]), wait_s=float(sys.argv[2]), poll_s=0.05), flush=True); "
@@ -125,8 +125,7 @@ def test_concurrent_workflow_jobs_each_get_their_own_gpu(env, tmp_path):
     finds both held fails at once: PRUNEBENCH_GPU_WAIT_S=0). Before planning was separated
     from execution, the Snakemake process itself held GPU 0 for the whole run."""
     pytest.importorskip("snakemake", reason="the workflow extra is not installed")
-    shutil.copytree(ROOT / "workflow", tmp_path / "workflow",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    copy_workflow_files(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(TWO_SEEDS, sort_keys=False))
     env = {**env, ENV_FAKE_GPUS: "2", ENV_WAIT_S: "0",
            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}

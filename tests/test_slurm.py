@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from projectutil import copy_workflow_files
 
 pytest.importorskip("snakemake", reason="the workflow extra is not installed")
 pytest.importorskip("snakemake_executor_plugin_slurm",
@@ -138,9 +139,7 @@ def cluster(tmp_path_factory):
 
 
 def copy_workflow(dest: Path, study: dict = STUDY) -> Path:
-    dest.mkdir(parents=True)
-    shutil.copytree(ROOT / "workflow", dest / "workflow",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    copy_workflow_files(dest)
     (dest / "params.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
     return dest
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from projectutil import copy_workflow_files
 
 pytest.importorskip("snakemake", reason="the workflow extra is not installed")
 
@@ -83,8 +84,7 @@ def run_files(cwd: Path) -> dict[str, tuple[str, int]]:
 def project(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("status") / "project"
     dest.mkdir()
-    shutil.copytree(ROOT / "workflow", dest / "workflow",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    copy_workflow_files(dest)
     shutil.copytree(ROOT / "src", dest / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (dest / "params.yaml").write_text(yaml.safe_dump(

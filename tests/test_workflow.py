@@ -30,6 +30,7 @@ from prunebench.study import json_schema
 from prunebench.analysis.names import PLOTS as PLOT_NAMES
 from prunebench.plan import plan
 from prunebench.stages import STAGES
+from projectutil import copy_workflow_files
 
 pytest.importorskip("snakemake", reason="the workflow extra is not installed")
 pytest.importorskip("dvc", reason="the workflow extra is not installed")
@@ -70,10 +71,8 @@ NOTHING_TO_DO = "Nothing to be done"
 
 
 def copy_workflow(dest: Path, params: dict = TINY) -> Path:
-    """The workflow (workflow/Snakefile, rules, profiles) with `params` as params.yaml."""
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(ROOT / "workflow", dest / "workflow",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    """The workflow (Snakefile, workflow/, the profiles link) with `params` as params.yaml."""
+    copy_workflow_files(dest)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return dest
 
@@ -250,6 +249,22 @@ def test_every_job_writes_its_log_and_benchmark(built):
 
 
 @pytest.mark.slow
+def test_the_clone_has_the_promised_layout_and_plain_snakemake_applies_the_profile(built):
+    """The top level a clone shows: a Snakefile as the entry point, workflow/ with the rules,
+    profiles, schemas, scripts and env; plain `snakemake` from the root finds the default
+    profile through the `profiles` link (its rerun triggers leave out modification times)."""
+    for top in ("Snakefile", "workflow", "src", "params.yaml", "dvc.yaml", "results", "tests",
+                "README.md"):
+        assert (built / top).exists(), f"{top} is missing from the top level of a clone"
+    assert not (built / "workflow" / "Snakefile").exists(), "two entry points"
+    for sub in ("rules", "profiles", "schemas", "scripts", "envs"):
+        assert (built / "workflow" / sub).is_dir(), f"workflow/{sub} is missing"
+    assert (built / "profiles").is_symlink()
+    assert (built / "profiles/default").resolve() == (built / "workflow/profiles/default").resolve()
+    out = snakemake(built, "-n")
+    assert "Using workflow specific profile profiles/default" in out, out[:2000]
+
+
 def test_second_run_does_nothing(built):
     before = snapshot(built / "results")
     out = snakemake(built, "--cores", "2")

@@ -7,8 +7,10 @@
 #   snakemake --cores 16 --resources gpu=4      # four trainings at once, one per GPU
 #   snakemake --profile workflow/profiles/slurm # on a SLURM cluster
 #
-# Snakemake finds this file (workflow/Snakefile) and its profile (workflow/profiles/default)
-# from the project root on its own.
+# This file is the entry point; the rules, profiles, schemas, scripts and conda env live in
+# workflow/. Snakemake applies the workflow profile `profiles/default` next to this file on
+# its own: `profiles` is a link to workflow/profiles, so plain `snakemake` from the root gets
+# the settings of workflow/profiles/default (rerun triggers, rerun-incomplete, ...).
 #
 # DAG: download -> train -> sensitivity -> prune -> finetune | distill | rewind | lottery
 #      -> benchmark -> aggregate -> plot -> report (-> headline, granularity)
@@ -20,10 +22,10 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
-include: "rules/common.smk"
-include: "rules/download.smk"
-include: "rules/stages.smk"
-include: "rules/analysis.smk"
+include: "workflow/rules/common.smk"
+include: "workflow/rules/download.smk"
+include: "workflow/rules/stages.smk"
+include: "workflow/rules/analysis.smk"
 
 
 localrules:
