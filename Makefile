@@ -8,13 +8,13 @@ TORCH_SPEC ?= torch==2.13.0
 CORES ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean-results lint
+.PHONY: run test install clean-results lint docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[workflow,gpu,export,dev]"
+	$(BIN)/python -m pip install -q -e ".[workflow,gpu,export,docs,dev]"
 	touch $@
 
 install: $(STAMP)
@@ -27,6 +27,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+
+# The documentation into site/ (mkdocs.yml; strict: a broken link or a missing page fails).
+# Preview with `$(BIN)/mkdocs serve`.
+docs: $(STAMP)
+	$(BIN)/python -m mkdocs build --strict
 
 lint: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint

@@ -14,9 +14,18 @@
 #
 # DAG: download -> train -> sensitivity -> prune -> finetune | distill | rewind | lottery
 #      -> benchmark -> aggregate -> plot -> report (-> headline, granularity)
+import os
+import shlex
+import sys
+
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+# How this invocation was started, for the studies' results pages (workflow/scripts/
+# granularity.py records it); an environment variable, not a rule parameter, so that
+# running with other options reruns nothing.
+os.environ.setdefault("PRUNEBENCH_COMMAND", shlex.join(["snakemake", *sys.argv[1:]]))
 
 
 configfile: "params.yaml"
@@ -36,6 +45,8 @@ localrules:
     report,
     headline,
     granularity,
+    page,
+    results_index,
 
 
 rule all:
@@ -43,3 +54,5 @@ rule all:
     input:
         all_manifests(),
         study_outputs(),
+        results_pages(),
+        "docs/results/index.md",

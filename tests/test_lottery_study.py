@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from prunebench.analysis.aggregate import lottery_table, study_markdown
-from prunebench.analysis.plots import NO_LOTTERY, lottery_figure
+from prunebench.analysis.plots import lottery_figure
 from prunebench.cli import main
 from prunebench.config import read_params
 from prunebench.io import load_tensors
@@ -161,14 +161,17 @@ def test_lottery_figure_draws_tickets_and_controls_from_dense_down_with_bands():
     assert np.allclose(stopping.get_lines()[1].get_ydata(), [9000, 9000, 7500, 18000])
 
 
-def test_lottery_figure_says_why_it_is_empty():
+def test_lottery_figure_without_tickets_is_refused_and_without_early_stops_has_one_panel():
+    from prunebench.errors import ConfigError
+
     summary = _lottery_summary()
-    fig = lottery_figure(summary[summary["method"] == "dense"], "s")
-    assert all(NO_LOTTERY in [t.get_text() for t in ax.texts] for ax in fig.axes)
-    # Runs made before the early-stopping iteration was recorded: accuracy only.
+    with pytest.raises(ConfigError, match="lottery_tickets needs lottery-ticket runs"):
+        lottery_figure(summary[summary["method"] == "dense"], "s")
+    # Runs made before the early-stopping iteration was recorded: accuracy only, no empty
+    # panel beside it.
     fig = lottery_figure(_lottery_summary(with_early_stop=False), "s")
-    assert len(fig.axes[0].get_lines()) == 2
-    assert NO_LOTTERY in [t.get_text() for t in fig.axes[1].texts]
+    assert len(fig.axes) == 1 and len(fig.axes[0].get_lines()) == 2
+    assert not fig.axes[0].texts
 
 
 def _table_rows(table: str) -> tuple[list[str], list[list[str]]]:

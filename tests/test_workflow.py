@@ -65,7 +65,10 @@ TINY = {
     },
 }
 RULE_FOR_STAGE = {stage: stage for stage in STAGES}
-ANALYSIS = ["aggregate", "plot", "report", "headline", "granularity"]
+# TINY has an unstructured method, lottery tickets and training: every plot rule but the
+# budgets' (PLOT_GROUPS)
+ANALYSIS = ["aggregate", "plot", "plot_sparsity", "plot_curves", "plot_lottery", "report",
+            "headline", "granularity", "page", "results_index"]
 PLOTS = list(PLOT_NAMES)
 NOTHING_TO_DO = "Nothing to be done"
 
@@ -169,6 +172,29 @@ def test_dry_run_lists_the_whole_grid(tmp_path):
     expected = Counter(RULE_FOR_STAGE[j.stage] for j in plan(TINY))
     expected.update(["download", *ANALYSIS, "all"])
     assert jobs == expected
+
+
+def test_a_study_gets_the_figures_it_declares_and_each_plot_rule_draws_its_outputs(tmp_path):
+    """A structured-only study without lottery tickets: no sparsity-axis or lottery figure is
+    asked for, and each plot rule's `--figures` are exactly its outputs."""
+    params = json.loads(json.dumps(TINY))
+    params["studies"]["tiny"]["methods"] = {"neuron_magnitude": {}}
+    params["studies"]["tiny"]["channel_sparsities"] = [0.5]
+    out = snakemake(copy_workflow(tmp_path, params), "-n", "-p")
+    blocks = [b for b in re.split(r"\n(?=(?:local)?rule \w+:)", out)
+              if re.match(r"(?:local)?rule plot\w*:", b)]
+    assert sorted(re.match(r"(?:local)?rule (\w+):", b).group(1) for b in blocks) == [
+        "plot", "plot_curves"]
+    drawn = []
+    for block in blocks:
+        outputs = re.findall(r"results/plots/tiny_(\w+)\.png", re.search(r"output: (.+)",
+                                                                        block).group(1))
+        figures = re.search(r"--figures ([\w ]+?) >", block).group(1).split()
+        assert outputs == figures
+        drawn += outputs
+    assert sorted(drawn) == sorted(["accuracy_vs_params", "accuracy_vs_macs", "pareto_macs",
+                                    "pareto_latency", "training_curves"])
+    assert "lottery_tickets" not in out and "accuracy_vs_sparsity" not in out
 
 
 @pytest.mark.parametrize("edit, key", [

@@ -1,7 +1,7 @@
 """Command-line interface: one verb per stage (`prunebench train | sensitivity | prune |
-finetune | distill | rewind | lottery`), plus `evaluate`, `data`, `plan`, `schema` and the
-analysis, and `export` (a finished run's model as one ONNX, TorchScript or torch.export
-file, `prunebench.export`).
+finetune | distill | rewind | lottery`), plus `evaluate`, `data`, `plan`, `schema`, `docs`
+(the documentation's generated reference pages) and the analysis, and `export` (a finished
+run's model as one ONNX, TorchScript or torch.export file, `prunebench.export`).
 
 Every stage verb reads a study from the params file (plus `--set key=value` overrides),
 validates it and loads the data before writing anything, then makes the requested runs of
@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="fetch/verify a study's dataset (mirror or download)")
     _common(data, grid=False)
     sub.add_parser("schema", help="print the JSON Schema of the params file")
+    dc = sub.add_parser("docs", help="print a reference page of the documentation, generated "
+                        "from the code (Markdown; the MkDocs build makes the same pages)")
+    dc.add_argument("page", choices=("methods", "options"),
+                    help="methods: every method and its options; options: every params key")
     pl = sub.add_parser("plan", help="print the jobs the params file asks for (JSON lines)")
     pl.add_argument("--params", default="params.yaml")
     pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -227,6 +231,11 @@ def run_command(args) -> int | None:
         from prunebench.study import json_schema
 
         print(json.dumps(json_schema(), indent=2))
+        return
+    if args.command == "docs":
+        from prunebench.docs import PAGES
+
+        print(PAGES[args.page][1](), end="")
         return
     if args.command == "plan":
         from prunebench.config import apply_overrides, read_params

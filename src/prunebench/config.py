@@ -168,6 +168,8 @@ class Study:
     determinism: str = "native"
     # Cost targets every method is asked for besides its sparsities (prunebench.budgets).
     budgets: tuple = ()
+    # Published results the study's page compares with (prunebench.papers); not in run names.
+    papers: tuple = ()
 
     def method(self, label: str) -> MethodEntry:
         for entry in self.methods:

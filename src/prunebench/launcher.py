@@ -37,7 +37,7 @@ _STATUS = struct.Struct("!i")
 # pulls in torch._dynamo). Importing defines modules; it runs no torch operation.
 PRELOAD = ("prunebench.cli", "prunebench.stages", "prunebench.executor", "prunebench.plan",
            "prunebench.metrics", "torch._dynamo", "torch.utils.flop_counter", "thop",
-           "torch_pruning")
+           "torch_pruning", "prunebench.analysis.pages")  # pages: pandas, matplotlib (Agg)
 
 
 def main() -> int:

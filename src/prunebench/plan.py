@@ -16,6 +16,10 @@ of the runs it produces, so editing one method's options changes only that metho
 paths: Snakemake then builds those and nothing else, without relying on file modification
 times (which DVC checkouts change). The heavy outputs are hash-named run directories that the
 CLI reuses when they are already finished.
+
+The figures a study's runs will fill (`study_figures`) are known here too, from the same
+declaration: the workflow's plot rules list exactly those, so no study gets a figure that
+could only say it is empty.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prunebench.analysis.names import figure_names
 from prunebench.config import Study, config_hash
 from prunebench.context import StudyContext
 from prunebench.errors import ConfigError
@@ -32,6 +37,8 @@ from prunebench.labels import series_name
 from prunebench.runs import Run
 from prunebench.stacking import stacks
 from prunebench.stages import STAGES, Stage
+from prunebench.stages.base import method_of, targets
+from prunebench.stages.rewind import REWIND, rewound
 from prunebench.study import selected_studies
 
 
@@ -171,3 +178,20 @@ def _refuse_shared_runs(jobs: list[Job]) -> None:
 def final_jobs(jobs: list[Job]) -> list[Job]:
     """The jobs whose runs are results (dense baselines, recovered and lottery runs)."""
     return [j for j in jobs if STAGES[j.stage].result]
+
+
+def study_figures(study: Study) -> tuple[str, ...]:
+    """The figures (`analysis.names.figure_names`) that `study`'s runs will fill, from its
+    declaration alone: the sparsity axes for an unstructured method with targets, the
+    lottery figure for a lottery method (iterative hooks) or a rewind recovery of a method
+    that is rewound (both make tickets), training curves where the dense model or a pruned
+    unstructured one trains, the equal-cost figure with `budgets:`. The Pareto figures are
+    every study's: the benchmark stage measures every result run."""
+    ctx = StudyContext(study, Path("."))
+    with_targets = [e for e in study.methods if targets(ctx, e)]
+    unstructured = any(not method_of(e).structured for e in with_targets)
+    lottery = any(method_of(e).iterative is not None for e in with_targets) or (
+        REWIND in study.recover and any(rewound(e) for e in with_targets))
+    curves = study.train.epochs > 0 or (unstructured and study.finetune.epochs > 0)
+    return figure_names(unstructured=unstructured, lottery=lottery, curves=curves,
+                        budgets=bool(study.budgets))

@@ -17,6 +17,8 @@ from typing import Any
 
 from prunebench.budgets import KINDS as BUDGET_KINDS
 from prunebench.budgets import parse_budgets
+from prunebench.papers import parse_papers
+from prunebench.papers import schema as papers_schema
 from prunebench.config import (
     BenchmarkConfig,
     CheckpointConfig,
@@ -41,7 +43,7 @@ from prunebench.options import options_schema
 STUDY_KEYS = (
     "data", "model", "train", "finetune", "scope", "methods", "sparsities", "seeds", "scale",
     "calibration_batches", "eval_batch_size", "channel_sparsities", "recover", "distill", "rewind",
-    "benchmark", "threads", "stack", "plugins", "determinism", "budgets",
+    "benchmark", "threads", "stack", "plugins", "determinism", "budgets", "papers",
 )
 MAX_STACK = 64
 SCALES = ("default", "paper", "smoke", "reference")
@@ -231,10 +233,33 @@ def parse_study(name: str, raw: Mapping[str, Any]) -> Study:
     if budgets:
         _check_budgets_asked(budgets, methods, f"{key}.budgets")
         extra["budgets"] = budgets
+    if raw.get("papers") is not None:
+        extra["papers"] = parse_papers(raw["papers"], f"{key}.papers",
+                                       _series_grid(methods, sparsities, channel, recover))
     return Study(name, data, model, train, finetune, scope, methods, sparsities, tuple(seeds),
                  scale, channel_sparsities=channel, recover=tuple(recover), distill=distill,
                  rewind=rewind,
                  benchmark=benchmark, stack=stack, **extra)
+
+
+def _series_grid(methods: Sequence[MethodEntry], sparsities, channel, recover,
+                 ) -> dict[str, tuple[float, ...]]:
+    """Every series a study shows (`labels.series_name`) -> its targets: what a paper's
+    values may name (`prunebench.papers`)."""
+    from prunebench.labels import series_name
+    from prunebench.pruning import METHODS
+
+    grid: dict[str, tuple[float, ...]] = {"dense": ()}
+    for entry in methods:
+        method = METHODS.get(entry.method)
+        targets = (tuple(channel) if method.structured
+                   else tuple(method.sparsities(entry.options, sparsities)))
+        grid[entry.label] = targets
+        for variant in recover:
+            if variant != "finetune":
+                grid[series_name(entry.label, variant)] = targets
+        grid[series_name(entry.label, None, "reinit")] = targets
+    return grid
 
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -496,6 +521,7 @@ def json_schema() -> dict:
                         "description": "torch CPU threads of every job; results depend on it, "
                                        "so it is part of every run's name (when not 1)"},
             "determinism": DETERMINISM.schema(),
+            "papers": papers_schema(),
             "budgets": {
                 "type": "array", "default": [],
                 "description": "cost targets every method is asked for besides its "

@@ -28,12 +28,16 @@ rule aggregate:
         " > {log} 2>&1"
 
 
+# The figures, one rule per group of PLOT_GROUPS (names.py): "plot" draws those every study
+# has, the others a group that only some studies have (sparsity axes, training curves,
+# lottery tickets, equal cost), so that each rule's outputs are fixed and a study asks only
+# for the figures its runs will fill (plot_files).
 rule plot:
     input:
         runs=rules.aggregate.output.runs,
         summary=rules.aggregate.output.summary,
     output:
-        plot_files("{study}"),
+        [f"results/plots/{{study}}_{name}.png" for name in PLOT_GROUPS["plot"]],
     log:
         "results/logs/{study}/plot.log",
     benchmark:
@@ -43,37 +47,42 @@ rule plot:
     params:
         tables=lambda wildcards, input: Path(input.runs).parent,
         plots=lambda wildcards, output: Path(output[0]).parent,
-        figures=" ".join(PLOTS),
+        figures=" ".join(PLOT_GROUPS["plot"]),
     shell:
         "prunebench plot --tables {params.tables} --out {params.plots}"
         " --figures {params.figures} > {log} 2>&1"
 
 
-# Methods side by side at equal cost: only for a study with `budgets:` (the only figure a
-# study may or may not have, so a rule of its own with a fixed output).
-rule plot_budgets:
-    input:
-        runs=rules.aggregate.output.runs,
-        summary=rules.aggregate.output.summary,
-    output:
-        "results/plots/{study}_equal_cost.png",
-    log:
-        "results/logs/{study}/plot_budgets.log",
-    conda:
-        "../envs/prunebench.yaml"
-    params:
-        tables=lambda wildcards, input: Path(input.runs).parent,
-        plots=lambda wildcards, output: Path(output[0]).parent,
-    shell:
-        "prunebench plot --tables {params.tables} --out {params.plots}"
-        " --figures equal_cost > {log} 2>&1"
+for _group, _figures in PLOT_GROUPS.items():
+    if _group == "plot":
+        continue
+
+    rule:
+        name:
+            _group
+        localrule: True
+        input:
+            runs=rules.aggregate.output.runs,
+            summary=rules.aggregate.output.summary,
+        output:
+            [f"results/plots/{{study}}_{name}.png" for name in _figures],
+        log:
+            f"results/logs/{{study}}/{_group}.log",
+        conda:
+            "../envs/prunebench.yaml"
+        params:
+            tables=lambda wildcards, input: Path(input.runs).parent,
+            plots=lambda wildcards, output: Path(output[0]).parent,
+            figures=" ".join(_figures),
+        shell:
+            "prunebench plot --tables {params.tables} --out {params.plots}"
+            " --figures {params.figures} > {log} 2>&1"
 
 
 rule report:
     input:
         tables=rules.aggregate.output,
-        plots=rules.plot.output,
-        budget_plots=lambda wildcards: budget_plot_files(wildcards.study),
+        plots=lambda wildcards: plot_files(wildcards.study),
     output:
         report="results/studies/{study}/report.md",
         checklist="results/studies/{study}/checklist.json",
@@ -126,4 +135,46 @@ rule granularity:
         jobs=JOBS_ROOT,
     shell:
         "python {input.script} {input.benchmarks} --jobs {params.jobs} --out {output}"
+        " > {log} 2>&1"
+
+
+# Each study's results page in the docs (docs/results/<study>.md): how it was made (the
+# command and wall time recorded in granularity.json, the runs' code and machine), the
+# checklist, the comparison with the papers the study declares, tables and figures. The
+# papers are a parameter so that editing them rewrites the page.
+rule page:
+    input:
+        tables=rules.aggregate.output,
+        plots=lambda wildcards: plot_files(wildcards.study),
+        checklist=rules.report.output.checklist,
+        granularity=rules.granularity.output,
+    output:
+        "docs/results/{study}.md",
+    log:
+        "results/logs/{study}/page.log",
+    conda:
+        "../envs/prunebench.yaml"
+    params:
+        tables=lambda wildcards, input: Path(input.tables[0]).parent,
+        plots=lambda wildcards, input: Path(input.plots[0]).parent,
+        papers=lambda wildcards: json.dumps(
+            [dataclasses.asdict(p) for p in STUDIES[wildcards.study].papers], sort_keys=True),
+    shell:
+        "prunebench page --tables {params.tables} --plots {params.plots} --study {wildcards.study}"
+        " --granularity {input.granularity} --params params.yaml --out {output} > {log} 2>&1"
+
+
+# The docs' results index and the README's block of headline numbers, from every study whose
+# tables are in results/studies/ (those not selected this time too, as committed).
+rule results_index:
+    input:
+        lambda wildcards: results_pages(),
+    output:
+        "docs/results/index.md",
+    log:
+        "results/logs/results_index.log",
+    conda:
+        "../envs/prunebench.yaml"
+    shell:
+        "prunebench pages --studies results/studies --out docs/results --readme README.md"
         " > {log} 2>&1"

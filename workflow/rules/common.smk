@@ -5,6 +5,7 @@
 # new paths and only those jobs run. Inputs are marked ancient(): modification times never
 # trigger a rerun (DVC checkouts and `dvc pull` change them); the hash in the path and the
 # params/input/code triggers do.
+import dataclasses
 import json
 import os
 import re
@@ -17,10 +18,10 @@ from snakemake.utils import validate
 from prunebench.config import canonical, read_params
 from prunebench.study import validate_params
 from prunebench.errors import ConfigError
-from prunebench.plan import final_jobs, plan
+from prunebench.plan import final_jobs, plan, study_figures
 from prunebench.stages import STAGES
 from prunebench import launcher
-from prunebench.analysis.names import BUDGET_PLOTS, PLOTS
+from prunebench.analysis.names import PLOT_GROUPS
 
 # The jobs read their study from this file (the CLI's --params), so the grid must live
 # there: `--config` may pick `scale`, `only`, `runs_root` and `gpus_per_job`, not edit
@@ -158,15 +159,11 @@ def result_manifests(study):
 
 
 def plot_files(study):
-    """The figures every study has (the plot rule's outputs)."""
-    return [f"results/plots/{study}_{plot}.png" for plot in PLOTS]
-
-
-def budget_plot_files(study):
-    """The equal-cost figure (rule plot_budgets), for a study that asks for budgets only."""
-    if not STUDIES[study].budgets:
-        return []
-    return [f"results/plots/{study}_{plot}.png" for plot in BUDGET_PLOTS]
+    """The figures of a study that its declaration says its runs will fill
+    (`prunebench.plan.study_figures`: no lottery figure without lottery tickets, no sparsity
+    axis without an unstructured method, ...); each is the output of the plot rule of its
+    group (PLOT_GROUPS)."""
+    return [f"results/plots/{study}_{name}.png" for name in study_figures(STUDIES[study])]
 
 
 TABLES = ("runs.csv", "summary.csv", "summary.md", "metrics.json")
@@ -180,7 +177,7 @@ def study_outputs():
     files = []
     for study in SELECTED:
         files += [f"results/studies/{study}/{name}" for name in TABLES]
-        files += plot_files(study) + budget_plot_files(study)
+        files += plot_files(study)
         files += [f"results/studies/{study}/{name}"
                   for name in ("report.md", "checklist.json", "granularity.json")]
         files.append(f"results/headline/{study}")
@@ -195,3 +192,8 @@ def job_benchmarks(study):
             stem = Path(j.manifest).relative_to(JOBS_ROOT).with_suffix(".tsv")
             files.append(str(Path("results/benchmarks") / stem))
     return files + [f"results/benchmarks/{study}/{r}.tsv" for r in ("aggregate", "plot", "report")]
+
+
+def results_pages():
+    """The docs pages of the selected studies (rule page)."""
+    return [f"docs/results/{study}.md" for study in SELECTED]

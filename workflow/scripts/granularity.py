@@ -8,6 +8,11 @@ as they are launched the same way. The result says how the jobs were launched (f
 the local job server, or each a fresh process) and compares the share with the 15 % target.
 A high share means the jobs are too small for how they are launched.
 
+It also records how the study was made, for its results page: the command that ran the
+workflow (`PRUNEBENCH_COMMAND`, which the Snakefile sets) and the elapsed wall time from the
+first stage job's start to the last one's end (each job's `benchmark:` file is written when
+it ends, so its modification time less its `s` is when it started).
+
     python workflow/scripts/granularity.py BENCHMARK.tsv ... [--jobs results/jobs]
         [--root results/benchmarks] [--out results/granularity.json]
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import sys
 from collections import Counter
@@ -43,11 +49,18 @@ def manifest_of(tsv: Path, root: Path, jobs: Path) -> dict | None:
     return read_json(path) if path.is_file() else None
 
 
+COMMAND_ENV = "PRUNEBENCH_COMMAND"
+
+
 def granularity(tsvs: list[Path], root: Path, jobs: Path) -> dict:
     rows = []  # (stage, wall, overhead or None, launcher)
+    spans = []  # (start, end) of the stage jobs: those with a manifest
     for tsv in tsvs:
         wall = wall_seconds(tsv)
         manifest = manifest_of(tsv, root, jobs)
+        if manifest is not None:
+            end = tsv.stat().st_mtime
+            spans.append((end - wall, end))
         if manifest is not None and "work_s" in manifest:
             rows.append((stage_of(tsv, root), wall, max(wall - manifest["work_s"], 0.0),
                          manifest.get("launcher", "direct")))
@@ -81,6 +94,12 @@ def granularity(tsvs: list[Path], root: Path, jobs: Path) -> dict:
         "target_share": TARGET_SHARE,
         "by_stage": dict(sorted(by_stage.items())),
         "method": "job wall time (benchmark: files) minus the work_s its manifest records",
+        "stage_jobs": len(spans),
+        "elapsed_s": (round(max(e for _, e in spans) - min(s for s, _ in spans), 1)
+                      if spans else None),
+        "elapsed_method": "first stage job's start to the last one's end, from the "
+                          "benchmark: files' modification times less their wall time",
+        "command": os.environ.get(COMMAND_ENV),
     }
 
 

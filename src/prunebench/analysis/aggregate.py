@@ -366,6 +366,14 @@ def _json_number(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
+def _params_removed(row) -> float:
+    """The share of the dense model's parameters a grid point removed, zeroed or cut out
+    (`param_reduction`); tables without that column: the zeroed share of its own total,
+    which misses channels cut out."""
+    removed = getattr(row, "param_reduction_mean", math.nan)
+    return 1.0 - row.params_remaining_frac_mean if pd.isna(removed) else removed
+
+
 def headline_metrics(summary: pd.DataFrame) -> dict:
     """{study: {series: {"s0.80" | "c0.50": {"top1_mean", "top1_std"}}}} for DVC metrics,
     by the series name ("mag", "mag+distill"): "s" keys are weight sparsities, "c" keys
@@ -375,7 +383,7 @@ def headline_metrics(summary: pd.DataFrame) -> dict:
         cell = out.setdefault(row.study, {}).setdefault(row.series, {})
         cell[target_key(row.target_sparsity, row.channel_sparsity)] = {
             "top1_mean": _json_number(row.top1_mean), "top1_std": _json_number(row.top1_std),
-            "params_removed": _json_number(1.0 - row.params_remaining_frac_mean),
+            "params_removed": _json_number(_params_removed(row)),
         }
     return out
 

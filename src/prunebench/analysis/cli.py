@@ -1,4 +1,5 @@
-"""CLI subcommands of the analysis stage (aggregate, plot, report, headline, compare).
+"""CLI subcommands of the analysis stage (aggregate, plot, report, page, pages, headline,
+compare).
 
 This module is imported to build the `prunebench` parser for every command, so pandas and
 matplotlib are imported only when an analysis command actually runs.
@@ -13,7 +14,8 @@ from prunebench.errors import ConfigError
 
 from prunebench.analysis.names import plot_names  # noqa: E402 (plain Python, cheap)
 
-COMMANDS: tuple[str, ...] = ("aggregate", "plot", "report", "headline", "compare")
+COMMANDS: tuple[str, ...] = ("aggregate", "plot", "report", "page", "pages", "headline",
+                              "compare")
 
 
 def add_subcommands(sub) -> None:
@@ -32,7 +34,8 @@ def add_subcommands(sub) -> None:
     pl.add_argument("--out", type=Path, required=True, metavar="DIR", help="plots directory")
     pl.add_argument("--figures", nargs="+", metavar="NAME",
                     choices=list(plot_names(has_budgets=True)),
-                    help="draw only these figures (default: every figure the study has)")
+                    help="draw only these figures; one whose data the tables lack is an "
+                         "error (default: every figure the tables can fill)")
     rp = sub.add_parser("report", help="write the markdown report from tables and figures")
     rp.add_argument("--tables", type=Path, required=True, metavar="DIR")
     rp.add_argument("--plots", type=Path, required=True, metavar="DIR")
@@ -40,6 +43,27 @@ def add_subcommands(sub) -> None:
     rp.add_argument("--checklist", type=Path, metavar="FILE",
                     help="where to write the reporting checklist as JSON (default: "
                          "checklist.json beside the report)")
+    pg = sub.add_parser("page", help="write a study's results page for the docs")
+    pg.add_argument("--tables", type=Path, required=True, metavar="DIR")
+    pg.add_argument("--plots", type=Path, required=True, metavar="DIR")
+    pg.add_argument("--study", required=True, metavar="NAME")
+    pg.add_argument("--out", type=Path, required=True, metavar="FILE",
+                    help="the page, e.g. docs/results/<study>.md")
+    pg.add_argument("--granularity", type=Path, metavar="FILE",
+                    help="the study's granularity.json: the command and wall time that made it")
+    pg.add_argument("--params", type=Path, metavar="FILE",
+                    help="params.yaml: the papers the study declares (studies.<s>.papers)")
+    pg.add_argument("--docs-plots", type=Path, metavar="DIR",
+                    help="the directory through which the docs reach the figures (default: "
+                         "plots/ beside the page's directory)")
+    ps = sub.add_parser("pages", help="write the results index of the docs and the README's "
+                        "block of headline numbers from every study's tables")
+    ps.add_argument("--studies", type=Path, default=Path("results/studies"), metavar="DIR")
+    ps.add_argument("--out", type=Path, default=Path("docs/results"), metavar="DIR",
+                    help="where the study pages are; the index is written there")
+    ps.add_argument("--readme", type=Path, metavar="FILE",
+                    help="also replace this file's block between <!-- results:begin --> and "
+                         "<!-- results:end -->")
     hl = sub.add_parser("headline", help="a study's headline: one small JSON file per method "
                         "(for `dvc metrics show`)")
     hl.add_argument("metrics", nargs="+", type=Path, metavar="FILE",
@@ -86,6 +110,26 @@ def run_analysis(args: argparse.Namespace) -> int:
 
         print(write_report(args.tables, args.plots, args.out, args.checklist))
         print(args.checklist or args.out.parent / CHECKLIST_NAME)
+    elif args.command == "page":
+        from prunebench.analysis.pages import write_page
+
+        papers = ()
+        if args.params is not None:
+            from prunebench.study import load_study
+
+            papers = load_study(args.params, args.study).papers
+        print(write_page(args.tables, args.plots, args.out, args.study, args.granularity,
+                         papers, args.docs_plots))
+    elif args.command == "pages":
+        from prunebench.analysis.pages import BEGIN, update_readme, write_index
+
+        print(write_index(args.studies, args.out))
+        if args.readme is not None:
+            if not args.readme.is_file() or BEGIN not in args.readme.read_text():
+                print(f"{args.readme}: no {BEGIN} block; left alone")
+            else:
+                changed = update_readme(args.readme, args.studies, args.out)
+                print(f"{args.readme}: {'updated' if changed else 'already current'}")
     elif args.command == "headline":
         from prunebench.analysis.aggregate import write_headline_dir
 

@@ -1,11 +1,18 @@
-"""The names the analysis shows: the figure names (`PLOTS`), the values of the `recovery`
-and `control` columns, and the reading of run records written before `control` existed
-(`normalise_legacy_record`). The series name a result is shown under ("mag+distill",
-"lottery_reinit") is composed by `prunebench.labels.series_name`, the one place for it,
-re-exported here; nothing in the analysis parses a name back.
+"""The names the analysis shows: the figure names (`PLOTS`) and which of them a study has
+(`figure_names`), the values of the `recovery` and `control` columns, and the reading of run
+records written before `control` existed (`normalise_legacy_record`). The series name a
+result is shown under ("mag+distill", "lottery_reinit") is composed by
+`prunebench.labels.series_name`, the one place for it, re-exported here; nothing in the
+analysis parses a name back.
 
-Plain Python only (no pandas, matplotlib or torch): the Snakemake process imports `PLOTS`
-from here to name the plot rule's outputs.
+A study has only the figures that say something: no lottery figure without lottery
+tickets, no sparsity axis without an unstructured method, no training curves without
+training. `figure_names` decides from plain facts; the workflow takes them from what the
+study declares, before any training (`prunebench.plan.study_figures`), and `prunebench plot`
+without `--figures` from the tables (`prunebench.analysis.plots.drawable_figures`).
+
+Plain Python only (no pandas, matplotlib or torch): the Snakemake process imports the names
+from here to name the plot rules' outputs.
 """
 
 from __future__ import annotations
@@ -17,8 +24,19 @@ from typing import Any
 from prunebench.errors import ConfigError
 from prunebench.labels import DISTILL_SUFFIX, REINIT_SUFFIX, series_name
 
-__all__ = ["BUDGET_PLOTS", "CONTROLS", "DENSE_LABEL", "PLOTS", "plot_names", "RECOVERIES", "check_kind",
-           "normalise_legacy_record", "series_name"]
+__all__ = [
+    "BUDGET_PLOTS",
+    "CONTROLS",
+    "DENSE_LABEL",
+    "PLOTS",
+    "PLOT_GROUPS",
+    "RECOVERIES",
+    "check_kind",
+    "figure_names",
+    "normalise_legacy_record",
+    "plot_names",
+    "series_name",
+]
 
 # The figures drawn per study, in output order: `<study>_<name>.png` (plots.write_plots),
 # the report's figure sections and the workflow's plot outputs all follow this tuple.
@@ -35,12 +53,45 @@ PLOTS = (
 )
 
 # Drawn only for a study whose runs were asked for budgets (`budgets:`): methods side by
-# side at equal cost. The workflow lists it for the studies that declare budgets.
+# side at equal cost.
 BUDGET_PLOTS = ("equal_cost",)
+
+# The figures by what a study needs for them to say something, each group one rule of the
+# workflow (a rule's outputs are fixed, and a study has a whole group or none of it):
+# "plot": every study (every method on the measured parameter and MAC axes; the benchmark
+# stage measures every result run); "plot_sparsity": a weight-sparsity axis, for a study
+# with an unstructured method; "plot_curves": a study that trains (histories);
+# "plot_lottery": lottery tickets (a lottery method, or a rewind recovery of a method it
+# applies to); "plot_budgets": a study with `budgets:`.
+SPARSITY_PLOTS = ("accuracy_vs_sparsity", "delta_vs_dense", "params_remaining")
+BENCHMARK_PLOTS = ("pareto_macs", "pareto_latency")
+PLOT_GROUPS = {
+    "plot": ("accuracy_vs_params", "accuracy_vs_macs", *BENCHMARK_PLOTS),
+    "plot_sparsity": SPARSITY_PLOTS,
+    "plot_curves": ("training_curves",),
+    "plot_lottery": ("lottery_tickets",),
+    "plot_budgets": BUDGET_PLOTS,
+}
+
+
+def figure_names(*, unstructured: bool, lottery: bool, curves: bool, budgets: bool,
+                 benchmark: bool = True) -> tuple[str, ...]:
+    """The figures of a study that has an unstructured method (`unstructured`: the sparsity
+    axes), lottery tickets (`lottery`), training histories (`curves`), budget runs
+    (`budgets`: the equal-cost figure) and benchmark results (`benchmark`: the Pareto
+    figures), in output order; the others would only say that they are empty."""
+    left_out = set()
+    for has, names in ((unstructured, SPARSITY_PLOTS), (lottery, PLOT_GROUPS["plot_lottery"]),
+                       (curves, PLOT_GROUPS["plot_curves"]), (budgets, BUDGET_PLOTS),
+                       (benchmark, BENCHMARK_PLOTS)):
+        if not has:
+            left_out.update(names)
+    return tuple(name for name in PLOTS + BUDGET_PLOTS if name not in left_out)
 
 
 def plot_names(has_budgets: bool) -> tuple[str, ...]:
-    """The figures of a study, in output order."""
+    """Every figure a study can have, in output order (the equal-cost figure only with
+    budgets); which ones a study has says `figure_names`."""
     return PLOTS + BUDGET_PLOTS if has_budgets else PLOTS
 
 

@@ -1,62 +1,145 @@
 """Figures per study: accuracy and its loss against sparsity, accuracy against the parameters
 and MACs left, parameters left, accuracy against measured MACs and latency (Pareto fronts),
-training curves, and lottery tickets (Frankle & Carbin's two curves: test accuracy and the
+training curves, lottery tickets (Frankle & Carbin's two curves: test accuracy and the
 early-stopping iteration against the weights remaining, tickets beside their reinitialised
-controls).
+controls) and methods at equal cost.
+
+A study has only the figures that say something (`names.figure_names`): the workflow lists
+them from the study's declaration (`prunebench.plan.study_figures`), and `write_plots`
+without `figures` from the tables (`drawable_figures`). A figure asked for whose data the
+tables lack (no unstructured runs for a sparsity axis, no lottery tickets, no benchmark
+results, no history.csv, no budget runs) is refused with a ConfigError that says what is
+missing, never drawn as an empty frame.
 
 The sparsity-axis figures show the dense model and the unstructured methods only: a
 structured method's target is a fraction of channels, not a weight sparsity. The
-parameter, MAC and Pareto figures put every method, structured or not, on one measured axis;
-the Pareto figures need the benchmark's columns and say so in the figure when it has none.
+parameter, MAC and Pareto figures put every method, structured or not, on one measured axis.
+
+Accuracy axes zoom to where the methods differ (`_zoom_accuracy`): they span the dense model
+and every point within COLLAPSE_PP of the best one; a collapsed point further down (a model
+at chance accuracy) is drawn as a downward triangle on the lower edge in its series'
+colour, with its true value written above it, and the legend says so.
+
+Every series (the `series` column: "mag", "mag+distill", "lottery_reinit") has one colour
+and marker (`series_styles`), the same in every figure of a study, and no two series share
+both; up to 20 series no two share a colour, and black is the dense model's alone. Lines,
+bars and markers are one per series; the lottery figure pairs tickets and controls by
+`label`, `recovery` and `control`.
 
 Figures are built with `matplotlib.figure.Figure` directly (no pyplot), so nothing depends on
 a global backend or figure registry; PNGs are rendered by Agg. Each `*_figure` function
-returns its Figure, so tests can inspect the lines it drew.
-
-Lines, bars and markers are one per series (the `series` column: "mag", "mag+distill"); the
-lottery figure pairs tickets and controls by `label`, `recovery` and `control`. The figure names, in
-output order, are `PLOTS` (defined in `names`, which the workflow imports without pandas or
-matplotlib; re-exported here).
+returns its Figure, so tests can inspect the lines it drew. The figure names, in output
+order, are `PLOTS` (defined in `names`, which the workflow imports without pandas or
+matplotlib).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.transforms import offset_copy
 
 from prunebench.analysis.aggregate import (
     MACS_PER_M,
     at_budget,
+    has_lottery_runs,
     latency_batches,
     ordered_series,
     studies,
     ticket_controls,
 )
-from prunebench.analysis.names import DENSE_LABEL, REINIT, TICKET, plot_names
+from prunebench.analysis.names import (
+    BUDGET_PLOTS,
+    DENSE_LABEL,
+    PLOTS,
+    REINIT,
+    TICKET,
+    figure_names,
+)
 from prunebench.budgets import KINDS as BUDGET_KINDS
+from prunebench.errors import ConfigError
 from prunebench.io import atomic_write
 
 DPI = 120
 FIGSIZE = (6.4, 4.2)
 LEGEND_ONE_COLUMN = 12  # more legend entries than this: a wider figure, two columns
 COLLAPSE_PP = 25.0  # a model this far below the best one has collapsed (chance accuracy)
+ZOOM_PAD = 0.08  # an accuracy axis reaches this share of its span beyond the points kept
+ZOOM_MIN_PAD = 0.5  # ... and at least this many percentage points
+CLIPPED_BAND = 0.12  # share of a zoomed axis kept free at its foot for collapsed points
+CLIPPED_NEAR = 0.05  # collapsed points closer than this (axes width) stack their values
 DENSE_COLOR = "black"
-MARKERS = "osD^vPX*"  # distinct markers keep overlapping lines apart
-NO_UNSTRUCTURED = "no unstructured methods in this study"  # why a sparsity axis is empty
-NO_BENCHMARK = "no benchmark results in this study"  # why a Pareto figure is empty
 DENSE_MARKER = "*"
+# Filled markers that tell series apart where their lines meet; not "v", the off-axis
+# marker, nor "*", the dense model's. 11 is prime to the 21 of `series_styles`' step.
+MARKERS = "osD^PXp<>hd"
+CLIPPED_MARKER = "v"
+CLIPPED_LEGEND = "collapsed: below the axis (value written above)"
 EFFECTIVE_LEGEND = "hollow: effective MACs (zeros skipped)"
 FRONT_COLOR = "grey"
 STRUCTURED_LINESTYLE = "-."  # tells channel-pruned methods apart where all methods meet
-NO_LOTTERY = "no lottery-ticket runs in this study"
+
+
+def _palette() -> tuple[tuple[float, ...], ...]:
+    """20 qualitative colours, none grey or black: tab20's nine strong hues (its grey left
+    out), two dark ones of tab20b (indigo, moss), then tab20's nine light hues."""
+    tab20, tab20b = matplotlib.colormaps["tab20"].colors, matplotlib.colormaps["tab20b"].colors
+    grey = 7  # tab20's pair 7 is grey and light grey
+    strong = [c for i, c in enumerate(tab20[0::2]) if i != grey]
+    light = [c for i, c in enumerate(tab20[1::2]) if i != grey]
+    return tuple(tuple(c) for c in [*strong, tab20b[0], tab20b[4], *light])
+
+
+PALETTE = _palette()
+
+
+class _Missing(ConfigError):
+    """A figure asked for whose data the tables lack: it would say only that it is empty."""
+
+
+def _lacking(study: str, figure: str, what: str, source: str = "the tables") -> _Missing:
+    return _Missing(f"study {study!r}: figure {figure} needs {what}, which {source} lack (a "
+                    "study gets only the figures its runs fill: "
+                    "prunebench.analysis.names.figure_names)")
+
+
+# ---------------------------------------------------------------- styles
+
+
+def _colour(i: int) -> tuple[float, ...]:
+    """The i-th series' colour (dense apart): the palette in turn; past every (palette
+    colour, marker) pair, fresh hues at golden-ratio steps round the colour wheel."""
+    if i < len(PALETTE) * len(MARKERS):
+        return PALETTE[i % len(PALETTE)]
+    return tuple(float(c) for c in matplotlib.colormaps["hsv"]((i * 0.6180339887) % 1.0)[:3])
+
+
+def series_styles(names: Iterable[str]) -> dict[str, dict]:
+    """{series: {"color", "marker"}} for every series in `names`, by its place in
+    `ordered_series` (dense first, then alphabetically), so every figure of a study that is
+    given the study's series draws each one alike. The i-th series after dense gets
+    PALETTE[i % 20] and MARKERS[(i + i // 20) % 11]: up to 20 series every colour differs;
+    up to 220 every (colour, marker) pair does (a colour comes back every 20 series, 21
+    marker steps later, and 21 is prime to 11); past that each has a colour of its own.
+    Dense is black with a star, a colour no other series has."""
+    methods = [x for x in ordered_series(names) if x != DENSE_LABEL]
+    n = len(PALETTE)
+    return {DENSE_LABEL: {"color": DENSE_COLOR, "marker": DENSE_MARKER},
+            **{name: {"color": _colour(i), "marker": MARKERS[(i + i // n) % len(MARKERS)]}
+               for i, name in enumerate(methods)}}
+
+
+def _study_styles(rows: pd.DataFrame, styles: dict[str, dict] | None) -> dict[str, dict]:
+    return styles if styles is not None else series_styles(rows["series"])
 
 
 # ---------------------------------------------------------------- axes helpers
@@ -111,15 +194,61 @@ def _cost_axis(ax: Axes) -> None:
     ax.margins(0.1)
 
 
-def _styles(names: Sequence[str]) -> dict[str, dict]:
-    """One stable colour and marker per series (dense is always black)."""
-    methods = [x for x in ordered_series(names) if x != DENSE_LABEL]
-    # tab20 holds 10 dark/light pairs: the 10 dark ones first, then the light ones.
-    palette = matplotlib.colormaps["tab20"].colors
-    return {DENSE_LABEL: {"color": DENSE_COLOR},
-            **{name: {"color": palette[(2 * i) % 20 + (2 * i) // 20 % 2],
-                      "marker": MARKERS[i % len(MARKERS)]}
-               for i, name in enumerate(methods)}}
+Point = tuple[float, float, str]  # (x, y, series) of one drawn mean
+
+
+def _points(x: Iterable[float], y: Iterable[float], series: str) -> list[Point]:
+    return [(float(a), float(b), series) for a, b in zip(x, y)]
+
+
+def _zoom_accuracy(ax: Axes, points: Sequence[Point], styles: dict[str, dict],
+                   keep: Sequence[float] = (), bounds: tuple[float, float] | None = (0.0, 100.0),
+                   ) -> list[Point]:
+    """Zoom the y axis (an accuracy, in %, or its change in points) to where the methods
+    differ: it spans `keep` (the dense model's band) and every point within COLLAPSE_PP of
+    the highest value, padded by ZOOM_PAD of that span (ZOOM_MIN_PAD at least) and kept
+    within `bounds`. A collapsed point further down would squash every other line into a
+    band at the top; it is drawn instead as a downward triangle on the lower edge, in its
+    series' colour, with its true value written above it (points close in x stand side by
+    side, their values stacked), in a band of CLIPPED_BAND of the axis kept free for them;
+    the legend gets one entry, CLIPPED_LEGEND. The lines keep their true values and leave the axes through the
+    bottom. Returns the clipped points. Call it once the x axis is set."""
+    values = np.array([y for _, y, _ in points] + list(keep), dtype=float)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return []
+    kept = values[values >= values.max() - COLLAPSE_PP]
+    lo, hi = float(kept.min()), float(kept.max())
+    pad = max(ZOOM_PAD * (hi - lo), ZOOM_MIN_PAD)
+    bottom, top = lo - pad, hi + pad
+    if bounds is not None:
+        bottom = max(bottom, bounds[0] - ZOOM_MIN_PAD)
+        top = min(top, bounds[1] + ZOOM_MIN_PAD)
+    if any(np.isfinite(y) and y < bottom for _, y, _ in points):
+        bottom -= CLIPPED_BAND * (top - bottom)
+    ax.set_ylim(bottom, top)
+    clipped = [p for p in points if np.isfinite(p[1]) and p[1] < bottom]
+    ax.get_xlim()  # settle the x axis: values are stacked by their place along it
+    to_axes = ax.transData + ax.transAxes.inverted()
+    placed: list[tuple[float, int]] = []  # (x in axes fractions, stack level)
+    for x, y, series in sorted(clipped, key=lambda p: (p[0], -p[1])):
+        color = styles[series]["color"]
+        where = float(to_axes.transform((x, bottom))[0])
+        near = {level for other, level in placed if abs(other - where) < CLIPPED_NEAR}
+        level = min(set(range(len(near) + 1)) - near)
+        placed.append((where, level))
+        shift = 6 * level  # points: several at one place stand side by side
+        ax.plot([x], [bottom], linestyle="none", marker=CLIPPED_MARKER, markersize=8,
+                color=color, clip_on=False, zorder=5, label=f"_{series} below the axis",
+                transform=offset_copy(ax.transData, ax.figure, x=shift, units="points"))
+        ax.annotate(f"{y:.1f}", xy=(x, bottom), xytext=(shift, 6 + 8 * level),
+                    textcoords="offset points", ha="center", va="bottom", fontsize="x-small",
+                    color=tuple(0.65 * c for c in to_rgb(color)),
+                    annotation_clip=False)
+    if clipped:
+        ax.plot([], [], linestyle="none", marker=CLIPPED_MARKER, color=FRONT_COLOR,
+                label=CLIPPED_LEGEND)
+    return clipped
 
 
 def _new_figure(title: str) -> tuple[Figure, Axes]:
@@ -166,98 +295,108 @@ def _grid_sparsities(summary: pd.DataFrame) -> list[float]:
     return sorted(summary.loc[summary["series"] != DENSE_LABEL, "target_sparsity"].unique())
 
 
-def _note(ax: Axes, text: str) -> None:
-    """Say in the figure why it is (partly) empty, rather than leave a blank frame."""
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
-
-
-def _dense_reference(ax: Axes, rows: pd.DataFrame) -> None:
-    """The dense model's top-1 as a dashed horizontal line with its ±std band."""
+def _dense_reference(ax: Axes, rows: pd.DataFrame) -> tuple[float, ...]:
+    """The dense model's top-1 as a dashed horizontal line with its ±std band; returns the
+    band's edges (what an accuracy axis keeps in view), none without a dense row."""
     dense = _dense(rows)
     if dense is None:
-        return
+        return ()
     mean, std = 100 * dense["top1_mean"], 100 * _std(pd.Series([dense["top1_std"]]))[0]
     ax.axhline(mean, color=DENSE_COLOR, linestyle="--", linewidth=1.2,
                label=f"{DENSE_LABEL} (n={int(dense['n'])})")
     if std > 0:
         ax.axhspan(mean - std, mean + std, color=DENSE_COLOR, alpha=0.08, linewidth=0)
+    return (mean - std, mean + std)
 
 
-def _accuracy_line(ax: Axes, x: np.ndarray, m: pd.DataFrame, label: str, style: dict) -> None:
-    """Mean top-1 (%) of one method against `x`, with a ±std band."""
+def _accuracy_line(ax: Axes, x: np.ndarray, m: pd.DataFrame, label: str,
+                   style: dict) -> list[Point]:
+    """Mean top-1 (%) of one method against `x`, with a ±std band; returns its points."""
     y, err = 100 * m["top1_mean"].to_numpy(dtype=float), 100 * _std(m["top1_std"])
     ax.plot(x, y, label=label, **style)
     ax.fill_between(x, np.clip(y - err, 0, 100), np.clip(y + err, 0, 100),
                     color=style["color"], alpha=0.15, linewidth=0)
+    return _points(x, y, label)
 
 
 # ---------------------------------------------------------------- figures
 
 
-def accuracy_figure(summary: pd.DataFrame, study: str) -> Figure:
+def accuracy_figure(summary: pd.DataFrame, study: str,
+                    styles: dict[str, dict] | None = None) -> Figure:
     """Top-1 (%) against achieved weight sparsity: one line per unstructured method with a
-    ±std band, and the dense model as a dashed horizontal line with its band."""
+    ±std band, and the dense model as a dashed horizontal line with its band; the accuracy
+    axis zoomed (`_zoom_accuracy`)."""
     rows = summary[summary["study"] == study]
-    styles = _styles(rows["series"])
+    styles = _study_styles(rows, styles)
     rows = _unstructured(rows)
-    fig, ax = _new_figure(f"{study}: test top-1 accuracy vs. sparsity")
-    _dense_reference(ax, rows)
     methods = _methods(rows)
+    if not methods:
+        raise _lacking(study, "accuracy_vs_sparsity", "runs of an unstructured method")
+    fig, ax = _new_figure(f"{study}: test top-1 accuracy vs. sparsity")
+    keep = _dense_reference(ax, rows)
+    points = []
     for name in methods:
         m = rows[rows["series"] == name].sort_values("target_sparsity")
-        _accuracy_line(ax, m["weight_sparsity_mean"].to_numpy(dtype=float), m, name,
-                       styles[name])
-    if not methods:
-        _note(ax, NO_UNSTRUCTURED)
+        points += _accuracy_line(ax, m["weight_sparsity_mean"].to_numpy(dtype=float), m, name,
+                                 styles[name])
     _sparsity_axis(ax, _grid_sparsities(rows), "achieved weight sparsity (log-density scale)")
     ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_ylim(top=100.5)
+    _zoom_accuracy(ax, points, styles, keep)
     _method_legend(fig, ax)
     return fig
 
 
-def delta_figure(summary: pd.DataFrame, study: str) -> Figure:
+def delta_figure(summary: pd.DataFrame, study: str,
+                 styles: dict[str, dict] | None = None) -> Figure:
     """Top-1 difference to dense (percentage points) per method, grouped by target sparsity;
-    error bars are the method's std over seeds."""
+    error bars are the method's std over seeds, the method's marker sits on each bar's end
+    (bars only have a colour); the axis zoomed as an accuracy axis, zero kept in view."""
     rows = summary[summary["study"] == study]
-    styles = _styles(rows["series"])
+    styles = _study_styles(rows, styles)
     rows = _unstructured(rows)
     methods = _methods(rows)
+    if not methods:
+        raise _lacking(study, "delta_vs_dense", "runs of an unstructured method")
     grid = _grid_sparsities(rows)
     fig, ax = _new_figure(f"{study}: top-1 change vs. dense")
-    width = 0.8 / max(len(methods), 1)
+    width = 0.8 / len(methods)
+    points = []
     for i, name in enumerate(methods):
         m = rows[rows["series"] == name].set_index("target_sparsity").reindex(grid)
         pos = np.arange(len(grid)) - 0.4 + width * (i + 0.5)
-        ax.bar(pos, 100 * m["delta_top1_vs_dense"].to_numpy(dtype=float), width,
-               yerr=100 * _std(m["top1_std"]), capsize=3, color=styles[name]["color"],
-               label=name)
+        delta = 100 * m["delta_top1_vs_dense"].to_numpy(dtype=float)
+        style = styles[name]
+        ax.bar(pos, delta, width, yerr=100 * _std(m["top1_std"]), capsize=3,
+               color=style["color"], label=f"_{name}")
+        ax.plot(pos, delta, linestyle="none", marker=style["marker"], markersize=4,
+                color=style["color"], label=name)
+        points += _points(pos, delta, name)
     ax.axhline(0.0, color=DENSE_COLOR, linewidth=1.0)
     ax.set_xticks(np.arange(len(grid)), [_fmt_sparsity(s) for s in grid])
     ax.set_xlabel("target weight sparsity")
     ax.set_ylabel("Δ top-1 vs. dense (percentage points)")
-    if methods:
-        _method_legend(fig, ax)
-    else:
-        _note(ax, NO_UNSTRUCTURED)
+    _zoom_accuracy(ax, points, styles, keep=(0.0,), bounds=(-100.0, 100.0))
+    _method_legend(fig, ax)
     return fig
 
 
-def params_figure(summary: pd.DataFrame, study: str) -> Figure:
+def params_figure(summary: pd.DataFrame, study: str,
+                  styles: dict[str, dict] | None = None) -> Figure:
     """Fraction of all parameters that are nonzero (biases included) per method, against the
     target sparsity, with 1 − sparsity (prunable weights only) as reference."""
     rows = summary[summary["study"] == study]
-    styles = _styles(rows["series"])
+    styles = _study_styles(rows, styles)
     rows = _unstructured(rows)
+    methods = _methods(rows)
+    if not methods:
+        raise _lacking(study, "params_remaining", "runs of an unstructured method")
     grid = _grid_sparsities(rows)
     fig, ax = _new_figure(f"{study}: parameters remaining")
     ax.axhline(100.0, color=DENSE_COLOR, linestyle="--", linewidth=1.2, label=DENSE_LABEL)
-    if grid:
-        ax.plot(grid, [100 * (1 - s) for s in grid], color="grey", linestyle=":",
-                label="1 − target sparsity")
-    else:
-        _note(ax, NO_UNSTRUCTURED)
-    for name in _methods(rows):
+    ax.plot(grid, [100 * (1 - s) for s in grid], color=FRONT_COLOR, linestyle=":",
+            label="1 − target sparsity")
+    for name in methods:
         m = rows[rows["series"] == name].sort_values("target_sparsity")
         ax.plot(m["target_sparsity"], 100 * m["params_remaining_frac_mean"], label=name,
                 **styles[name])
@@ -272,45 +411,47 @@ def params_figure(summary: pd.DataFrame, study: str) -> Figure:
 
 
 def _accuracy_vs_remaining(summary: pd.DataFrame, study: str, reduction: str, title: str,
-                           xlabel: str) -> Figure:
+                           xlabel: str, styles: dict[str, dict] | None) -> Figure:
     """Top-1 (%) of every method against `1 − <reduction>_mean` (what is left of the unpruned
     model), so structured, unstructured and distilled methods meet on one measured axis;
-    structured methods are dash-dotted."""
+    structured methods are dash-dotted, the accuracy axis zoomed."""
     rows = summary[summary["study"] == study]
-    styles = _styles(rows["series"])
+    styles = _study_styles(rows, styles)
     fig, ax = _new_figure(title)
-    _dense_reference(ax, rows)
+    keep = _dense_reference(ax, rows)
     column = f"{reduction}_mean"
-    fractions = []
+    fractions, points = [], []
     for name in _methods(rows):
         m = rows[rows["series"] == name].dropna(subset=[column])
         m = m.assign(_left=1.0 - m[column]).sort_values("_left", ascending=False)
         style = dict(styles[name])
         if m["channel_sparsity"].notna().any():
             style["linestyle"] = STRUCTURED_LINESTYLE
-        _accuracy_line(ax, m["_left"].to_numpy(dtype=float), m, name, style)
+        points += _accuracy_line(ax, m["_left"].to_numpy(dtype=float), m, name, style)
         fractions += m["_left"].tolist()
     _fraction_axis(ax, fractions, xlabel)
     ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_ylim(top=100.5)
+    _zoom_accuracy(ax, points, styles, keep)
     _method_legend(fig, ax)
     return fig
 
 
-def accuracy_vs_params_figure(summary: pd.DataFrame, study: str) -> Figure:
+def accuracy_vs_params_figure(summary: pd.DataFrame, study: str,
+                              styles: dict[str, dict] | None = None) -> Figure:
     """Top-1 against the fraction of the unpruned model's parameters that are left (nonzero
     and not removed): methods compared at equal size, whatever they prune."""
     return _accuracy_vs_remaining(
         summary, study, "param_reduction", f"{study}: test top-1 vs. parameters remaining",
-        "parameters remaining (fraction of unpruned, log scale)")
+        "parameters remaining (fraction of unpruned, log scale)", styles)
 
 
-def accuracy_vs_macs_figure(summary: pd.DataFrame, study: str) -> Figure:
+def accuracy_vs_macs_figure(summary: pd.DataFrame, study: str,
+                            styles: dict[str, dict] | None = None) -> Figure:
     """Top-1 against the fraction of the dense MACs left on dense kernels: masked methods
     stay at 100 %, only removed channels save compute."""
     return _accuracy_vs_remaining(
         summary, study, "macs_reduction", f"{study}: test top-1 vs. MACs remaining",
-        "MACs remaining on dense kernels (fraction of unpruned, log scale)")
+        "MACs remaining on dense kernels (fraction of unpruned, log scale)", styles)
 
 
 def pareto_front(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -333,91 +474,99 @@ def _point_style(styles: dict[str, dict], name: str) -> dict:
             "markersize": 12 if dense else 7, "linestyle": "none"}
 
 
-def _pareto_figure(summary: pd.DataFrame, study: str, column: str | None, factor: float,
-                   title: str, xlabel: str,
-                   extra: Callable[[Axes, pd.DataFrame, dict], None] | None = None) -> Figure:
+def _pareto_rows(summary: pd.DataFrame, study: str, column: str | None) -> pd.DataFrame:
+    rows = summary[summary["study"] == study]
+    return rows.dropna(subset=[column, "top1_mean"]) if column in rows else rows.iloc[:0]
+
+
+def _pareto_figure(summary: pd.DataFrame, study: str, figure: str, column: str | None,
+                   factor: float, title: str, xlabel: str, styles: dict[str, dict] | None,
+                   extra: Callable[[Axes, pd.DataFrame, dict], list[Point]] | None = None,
+                   ) -> Figure:
     """Mean top-1 (%) of every benchmarked model against `factor` × `column` on a log axis,
     one marker per method, the Pareto front as a thin grey step line, and what `extra` draws
-    on the same rows before the legend is made. Without benchmark results (no `column`, or
-    no values in it) the figure says so."""
+    on the same rows before the legend is made (its points join the accuracy zoom). Without
+    benchmark results (no `column`, or no values in it) the figure is refused."""
     rows = summary[summary["study"] == study]
-    styles = _styles(rows["series"])
+    styles = _study_styles(rows, styles)
+    drawn = _pareto_rows(summary, study, column)
+    if drawn.empty:
+        raise _lacking(study, figure, "benchmark results")
     fig, ax = _new_figure(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test top-1 accuracy (%)")
-    drawn = rows.dropna(subset=[column, "top1_mean"]) if column in rows else rows.iloc[:0]
-    if drawn.empty:
-        _note(ax, NO_BENCHMARK)
-        return fig
     front_x, front_y = pareto_front(factor * drawn[column], 100 * drawn["top1_mean"])
     ax.step(front_x, front_y, where="post", color=FRONT_COLOR, linewidth=0.8,
             label="Pareto front")
+    points = []
     for name in ordered_series(drawn["series"]):
         m = drawn[drawn["series"] == name]
-        ax.plot(factor * m[column], 100 * m["top1_mean"], label=name,
-                **_point_style(styles, name))
+        x, y = factor * m[column], 100 * m["top1_mean"]
+        ax.plot(x, y, label=name, **_point_style(styles, name))
+        points += _points(x, y, name)
     if extra is not None:
-        extra(ax, drawn, styles)
+        points += extra(ax, drawn, styles)
     _cost_axis(ax)
-    _clip_collapsed(ax, 100 * drawn["top1_mean"])
+    _zoom_accuracy(ax, points, styles)
     _method_legend(fig, ax)
     return fig
 
 
-def _clip_collapsed(ax: Axes, top1: pd.Series) -> None:
-    """Keep the accuracy axis on the models that work: one collapsed model (chance accuracy)
-    would squash every other point into a line. Models more than COLLAPSE_PP below the best
-    fall off the axis, and a note says how many."""
-    floor = top1.max() - COLLAPSE_PP
-    below = int((top1 < floor).sum())
-    if below:
-        ax.set_ylim(bottom=floor, top=min(top1.max() + 1.0, 100.5))
-        ax.text(0.01, 0.01, f"{below} model(s) below {floor:.0f} % not shown", fontsize="small",
-                transform=ax.transAxes, color=FRONT_COLOR)
-
-
-def _effective_macs(ax: Axes, rows: pd.DataFrame, styles: dict[str, dict]) -> None:
+def _effective_macs(ax: Axes, rows: pd.DataFrame, styles: dict[str, dict]) -> list[Point]:
     """Hollow markers at the effective MACs (zero weights skipped) of the masked methods: what
     sparse kernels could at best save, next to what dense kernels cost. Labels starting with
     "_" keep them out of the legend, which gets one grey entry for all of them."""
     masked = rows[(rows["series"] != DENSE_LABEL) & rows["target_sparsity"].notna()]
     if "macs_effective_mean" not in masked or masked["macs_effective_mean"].isna().all():
-        return
+        return []
     masked = masked.dropna(subset=["macs_effective_mean"])
+    points = []
     for name in ordered_series(masked["series"]):
         m = masked[masked["series"] == name]
-        ax.plot(m["macs_effective_mean"] / MACS_PER_M, 100 * m["top1_mean"],
-                label=f"_{name} effective", markerfacecolor="none",
+        x, y = m["macs_effective_mean"] / MACS_PER_M, 100 * m["top1_mean"]
+        ax.plot(x, y, label=f"_{name} effective", markerfacecolor="none",
                 **_point_style(styles, name))
+        points += _points(x, y, name)
     ax.plot([], [], color=FRONT_COLOR, marker="o", markerfacecolor="none", linestyle="none",
             label=EFFECTIVE_LEGEND)
+    return points
 
 
-def pareto_macs_figure(summary: pd.DataFrame, study: str) -> Figure:
+def pareto_macs_figure(summary: pd.DataFrame, study: str,
+                       styles: dict[str, dict] | None = None) -> Figure:
     """Top-1 against the MACs per sample on dense kernels (the Pareto front is over these):
     masked models stack at the dense model's cost; hollow markers show their effective MACs."""
-    return _pareto_figure(summary, study, "macs_dense_mean", 1 / MACS_PER_M,
+    return _pareto_figure(summary, study, "pareto_macs", "macs_dense_mean", 1 / MACS_PER_M,
                           f"{study}: test top-1 vs. MACs (benchmark)",
-                          "MACs per sample on dense kernels (M, log scale)", _effective_macs)
+                          "MACs per sample on dense kernels (M, log scale)", styles,
+                          _effective_macs)
 
 
-def pareto_latency_figure(summary: pd.DataFrame, study: str) -> Figure:
-    """Top-1 against what each model costs on the hardware as it runs today, at the study's
-    largest batch size on dense kernels: its latency relative to the dense model's, timed
-    alternately in one process (1 / the paired speed-up), where the benchmark recorded it;
-    otherwise the measured median latency."""
+def _latency_column(summary: pd.DataFrame, study: str) -> tuple[pd.DataFrame, str | None, str]:
+    """(rows, column, axis label) of the latency figure: the latency relative to the dense
+    model's (1 / the paired speed-up) at the study's largest batch size where the benchmark
+    recorded it, else the median latency on dense kernels (column None: no latency)."""
     rows = summary[summary["study"] == study]
     batches = latency_batches(rows)
     batch = f"{batches[-1]}" if batches else "the largest size"
     paired = f"speedup_vs_dense_b{batch}_mean"
-    title = f"{study}: test top-1 vs. latency (benchmark)"
     if paired in rows and rows[paired].notna().any():
-        relative = summary.assign(_relative_latency=1.0 / summary[paired])
-        return _pareto_figure(relative, study, "_relative_latency", 1.0, title,
-                              f"latency at batch {batch} / dense model's (paired, log scale)")
+        return (summary.assign(_relative_latency=1.0 / summary[paired]), "_relative_latency",
+                f"latency at batch {batch} / dense model's (paired, log scale)")
     column = f"latency_dense_b{batches[-1]}_ms_mean" if batches else None
-    return _pareto_figure(summary, study, column, 1.0, title,
-                          f"median latency per batch of {batch}, dense kernels (ms, log scale)")
+    return (summary, column,
+            f"median latency per batch of {batch}, dense kernels (ms, log scale)")
+
+
+def pareto_latency_figure(summary: pd.DataFrame, study: str,
+                          styles: dict[str, dict] | None = None) -> Figure:
+    """Top-1 against what each model costs on the hardware as it runs today, at the study's
+    largest batch size on dense kernels: its latency relative to the dense model's, timed
+    alternately in one process (1 / the paired speed-up), where the benchmark recorded it;
+    otherwise the measured median latency."""
+    rows, column, xlabel = _latency_column(summary, study)
+    return _pareto_figure(rows, study, "pareto_latency", column, 1.0,
+                          f"{study}: test top-1 vs. latency (benchmark)", xlabel, styles)
 
 
 def read_history(run_dir: str | Path) -> pd.DataFrame | None:
@@ -439,31 +588,42 @@ def curve_runs(runs: pd.DataFrame, study: str) -> dict[str, pd.DataFrame]:
     return picked
 
 
-def curves_figure(runs: pd.DataFrame, study: str,
-                  read: Callable[[str], pd.DataFrame | None] = read_history) -> Figure:
-    """Validation top-1 per epoch, averaged over seeds (band: ±std), for dense and for each
-    unstructured method at its highest target sparsity."""
-    styles = _styles(runs.loc[runs["study"] == study, "series"])
-    fig, ax = _new_figure(f"{study}: validation accuracy during training")
-    drawn = 0
+def _histories(runs: pd.DataFrame, study: str, read: Callable[[str], pd.DataFrame | None],
+               ) -> dict[str, tuple[pd.DataFrame, list[pd.DataFrame]]]:
+    """{series: (its picked runs, their histories)} of the curve runs that have any."""
+    found = {}
     for series, picked in curve_runs(runs, study).items():
         histories = [h for h in map(read, picked["run_dir"]) if h is not None]
-        if not histories:
-            continue
+        if histories:
+            found[series] = (picked, histories)
+    return found
+
+
+def curves_figure(runs: pd.DataFrame, study: str,
+                  read: Callable[[str], pd.DataFrame | None] = read_history,
+                  styles: dict[str, dict] | None = None) -> Figure:
+    """Validation top-1 per epoch, averaged over seeds (band: ±std), for dense and for each
+    unstructured method at its highest target sparsity, each method with its marker on a
+    few epochs. Not zoomed: early epochs are low by nature."""
+    styles = _study_styles(runs[runs["study"] == study], styles)
+    found = _histories(runs, study, read)
+    if not found:
+        raise _lacking(study, "training_curves", "a history.csv",
+                       "the run directories of the dense model and the unstructured methods")
+    fig, ax = _new_figure(f"{study}: validation accuracy during training")
+    for series, (picked, histories) in found.items():
         per_epoch = pd.concat(histories).groupby("epoch")["val_top1"].agg(["mean", "std"])
         x = per_epoch.index.to_numpy(dtype=float)
         y, err = 100 * per_epoch["mean"].to_numpy(), 100 * _std(per_epoch["std"])
         sparsity = picked["target_sparsity"].iloc[0]
-        name = series if series == DENSE_LABEL else f"{series} @ {_fmt_sparsity(sparsity)}"
-        ax.plot(x, y, color=styles[series]["color"], label=name,
-                linestyle="--" if series == DENSE_LABEL else "-")
-        ax.fill_between(x, y - err, y + err, color=styles[series]["color"], alpha=0.12,
-                        linewidth=0)
-        drawn += 1
-    if drawn:
-        _method_legend(fig, ax)
-    else:
-        _note(ax, "no history.csv found in the run directories")
+        dense = series == DENSE_LABEL
+        name = series if dense else f"{series} @ {_fmt_sparsity(sparsity)}"
+        style = styles[series]
+        ax.plot(x, y, color=style["color"], label=name, linestyle="--" if dense else "-",
+                marker=None if dense else style["marker"], markersize=4,
+                markevery=max(1, len(x) // 6))
+        ax.fill_between(x, y - err, y + err, color=style["color"], alpha=0.12, linewidth=0)
+    _method_legend(fig, ax)
     ax.set_xlabel("epoch (of the run's own training or recovery)")
     ax.set_ylabel("validation top-1 accuracy (%)")
     return fig
@@ -486,26 +646,37 @@ def _lottery_lines(rows: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
     return lines
 
 
-def lottery_figure(summary: pd.DataFrame, study: str) -> Figure:
+LOTTERY_PANELS = (("top1", 100.0, "test top-1 accuracy (%)"),
+                  ("early_stop_iteration", 1.0, "early-stopping iteration (min. validation loss)"))
+
+
+def lottery_figure(summary: pd.DataFrame, study: str,
+                   styles: dict[str, dict] | None = None) -> Figure:
     """Test top-1 (left) and the early-stopping iteration, the iteration of minimum
     validation loss (right), against the percentage of weights remaining (log scale, falling
     to the right), mean ±std over seeds, for each ticket series (lottery labels, `+rewind`
-    recoveries) and its random reinitialisation control; both lines start at the dense
-    model (100 %)."""
+    recoveries) and its random reinitialisation control (dashed, in its own series' style);
+    both lines start at the dense model (100 %), and the accuracy axis is zoomed. Runs made
+    before the early-stopping iteration was recorded get the accuracy panel alone."""
     rows = summary[summary["study"] == study]
-    styles = _styles(rows["series"])
-    fig = Figure(figsize=(FIGSIZE[0] * 1.8, FIGSIZE[1]), dpi=DPI, layout="tight")
-    axes = fig.subplots(1, 2)
+    styles = _study_styles(rows, styles)
     lines = _lottery_lines(rows)
-    panels = (("top1", 100.0, "test top-1 accuracy (%)"),
-              ("early_stop_iteration", 1.0, "early-stopping iteration (min. validation loss)"))
+    if not lines:
+        raise _lacking(study, "lottery_tickets", "lottery-ticket runs")
+    panels = [p for p in LOTTERY_PANELS
+              if any(f"{p[0]}_mean" in line and line[f"{p[0]}_mean"].notna().any()
+                     for line in lines.values())]
+    fig = Figure(figsize=(FIGSIZE[0] * (0.9 + 0.9 * len(panels)), FIGSIZE[1]), dpi=DPI,
+                 layout="tight")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (metric, scale, ylabel) in zip(axes, panels):
         ax.grid(True, alpha=0.3)
-        drawn = 0
+        points = []
         for (series, control), line in lines.items():
             if f"{metric}_mean" not in line or line[f"{metric}_mean"].isna().all():
                 continue
-            style = styles[series]  # a control takes its ticket's
+            own = line.loc[line["series"] != DENSE_LABEL, "series"].iloc[0]
+            style = styles[own]
             x = 100 * (1.0 - line["weight_sparsity_mean"].to_numpy(dtype=float))
             y = scale * line[f"{metric}_mean"].to_numpy(dtype=float)
             err = scale * _std(line[f"{metric}_std"])
@@ -515,63 +686,44 @@ def lottery_figure(summary: pd.DataFrame, study: str) -> Figure:
                     label=f"{series} (random reinit)" if reinit else f"{series} (ticket)")
             ax.fill_between(x, y - err, y + err, color=style["color"],
                             alpha=0.08 if reinit else 0.18, linewidth=0)
-            drawn += 1
-        if drawn:
-            ax.set_xscale("log")
-            ax.invert_xaxis()
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.legend(fontsize="small")
-        else:
-            _note(ax, NO_LOTTERY)
+            points += _points(x, y, own)
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        if metric == "top1":
+            _zoom_accuracy(ax, points, styles)
+        ax.legend(fontsize="small")
         ax.set_xlabel("weights remaining (%, log scale)")
         ax.set_ylabel(ylabel)
     fig.suptitle(f"{study}: lottery tickets against random reinitialisation")
     return fig
 
 
-# ---------------------------------------------------------------- writing
-
-
-def save_figure(fig: Figure, path: Path) -> Path:
-    """Render to a temp file next to `path`, then rename it into place."""
-    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI), mode="wb")
-
-
-# What draws each of PLOTS: (runs, summary, study) -> Figure.
-FIGURES: dict[str, Callable[[pd.DataFrame, pd.DataFrame, str], Figure]] = {
-    "accuracy_vs_sparsity": lambda runs, summary, study: accuracy_figure(summary, study),
-    "delta_vs_dense": lambda runs, summary, study: delta_figure(summary, study),
-    "params_remaining": lambda runs, summary, study: params_figure(summary, study),
-    "accuracy_vs_params": lambda runs, summary, study: accuracy_vs_params_figure(summary, study),
-    "accuracy_vs_macs": lambda runs, summary, study: accuracy_vs_macs_figure(summary, study),
-    "pareto_macs": lambda runs, summary, study: pareto_macs_figure(summary, study),
-    "pareto_latency": lambda runs, summary, study: pareto_latency_figure(summary, study),
-    "training_curves": lambda runs, summary, study: curves_figure(runs, study),
-    "lottery_tickets": lambda runs, summary, study: lottery_figure(summary, study),
-}
-
-
-def equal_cost_figure(summary: pd.DataFrame, study: str) -> Figure:
+def equal_cost_figure(summary: pd.DataFrame, study: str,
+                      styles: dict[str, dict] | None = None) -> Figure:
     """Top-1 (%) of every method at each budget point, one panel per budget kind (x: the
     budget's value), mean over seeds with ±std error bars, the dense model as the dashed
-    line: methods side by side at equal cost. Methods at one budget value are spread a
-    little along x (dodged) so that equal accuracies stay visible; the legend has its own
-    panel on the right."""
+    line: methods side by side at equal cost, the accuracy axes zoomed. Methods at one
+    budget value are spread a little along x (dodged) so that equal accuracies stay
+    visible; the legend has its own panel on the right."""
     rows = at_budget(summary[summary["study"] == study], budget=True)
     everything = summary[summary["study"] == study]
-    styles = _styles(everything["series"])
-    kinds = [k for k in BUDGET_KINDS if (rows["budget_kind"] == k).any()] or ["params"]
+    styles = _study_styles(everything, styles)
+    kinds = [k for k in BUDGET_KINDS if (rows["budget_kind"] == k).any()]
+    names = _methods(rows)
+    if not kinds or not names:
+        raise _lacking(study, "equal_cost", "budget runs")
     fig = Figure(figsize=(4.2 * len(kinds) + 2.6, FIGSIZE[1]), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, len(kinds) + 1, width_ratios=[4.2] * len(kinds) + [2.6])
     fig.suptitle(f"{study}: test top-1 at equal cost")
-    names = _methods(rows)
     for ax, kind in zip(axes, kinds):
-        _dense_reference(ax, everything)
+        keep = _dense_reference(ax, everything)
         of_kind = rows[rows["budget_kind"] == kind]
         values = sorted(of_kind["budget_value"].unique())
         log_x = kind in ("compression", "latency")
         gaps = np.diff(np.log(values) if log_x else values) if len(values) > 1 else [0.0]
         width = 0.3 * (min(gaps) if len(values) > 1 else (0.2 if log_x else 0.05))
+        points = []
         for i, name in enumerate(names):
             m = of_kind[of_kind["series"] == name].sort_values("budget_value")
             if m.empty:
@@ -587,6 +739,7 @@ def equal_cost_figure(summary: pd.DataFrame, study: str) -> Figure:
             if missed.any():  # a point some run did not reach: hollow, over the filled one
                 ax.plot(x[missed], y[missed], linestyle="none", marker=style.get("marker"),
                         markerfacecolor="white", markeredgecolor=style["color"])
+            points += _points(x, y, name)
         batches = sorted(of_kind["budget_batch_size"].dropna().unique())
         ax.set_xlabel(BUDGET_AXES[kind] + (f" (batch {', '.join(f'{b:g}' for b in batches)})"
                                            if batches else ""))
@@ -595,16 +748,14 @@ def equal_cost_figure(summary: pd.DataFrame, study: str) -> Figure:
         ax.set_xticks(values, [f"{v:g}" for v in values])
         ax.set_ylabel("test top-1 (%)")
         ax.grid(True, alpha=0.3)
+        _zoom_accuracy(ax, points, styles, keep)
     legend = axes[-1]
     legend.axis("off")
     entries: dict[str, Any] = {}
     for ax in axes[:-1]:
         entries.update(zip(*reversed(ax.get_legend_handles_labels())))
-    if entries:
-        legend.legend(list(entries.values()), list(entries.keys()), loc="center left",
-                      fontsize="small", frameon=False)
-    else:
-        _note(axes[0], "no budget runs in this study")
+    legend.legend(list(entries.values()), list(entries.keys()), loc="center left",
+                  fontsize="small", frameon=False)
     return fig
 
 
@@ -623,22 +774,81 @@ BUDGET_AXES = {
 }
 
 
+# ---------------------------------------------------------------- which figures, writing
+
+
+# What draws each of PLOTS from the runs and summary without budget points, and the
+# study's series styles: (runs, summary, study, styles) -> Figure.
+FIGURES: dict[str, Callable[[pd.DataFrame, pd.DataFrame, str, dict], Figure]] = {
+    "accuracy_vs_sparsity": lambda runs, summary, study, styles: accuracy_figure(
+        summary, study, styles),
+    "delta_vs_dense": lambda runs, summary, study, styles: delta_figure(summary, study, styles),
+    "params_remaining": lambda runs, summary, study, styles: params_figure(
+        summary, study, styles),
+    "accuracy_vs_params": lambda runs, summary, study, styles: accuracy_vs_params_figure(
+        summary, study, styles),
+    "accuracy_vs_macs": lambda runs, summary, study, styles: accuracy_vs_macs_figure(
+        summary, study, styles),
+    "pareto_macs": lambda runs, summary, study, styles: pareto_macs_figure(
+        summary, study, styles),
+    "pareto_latency": lambda runs, summary, study, styles: pareto_latency_figure(
+        summary, study, styles),
+    "training_curves": lambda runs, summary, study, styles: curves_figure(
+        runs, study, styles=styles),
+    "lottery_tickets": lambda runs, summary, study, styles: lottery_figure(
+        summary, study, styles),
+}
+
+
+def drawable_figures(runs: pd.DataFrame, summary: pd.DataFrame, study: str,
+                     read: Callable[[str], pd.DataFrame | None] = read_history,
+                     ) -> tuple[str, ...]:
+    """The figures `study`'s tables can fill (`names.figure_names` of what they hold):
+    unstructured runs, lottery tickets, training histories (`read` from the run
+    directories), budget runs, benchmark results (MACs and latency)."""
+    rows = summary[summary["study"] == study]
+    native = at_budget(rows, budget=False)
+    timed, latency, _ = _latency_column(native, study)
+    return figure_names(
+        unstructured=bool(_methods(_unstructured(native))),
+        lottery=has_lottery_runs(native, study),
+        curves=bool(_histories(at_budget(runs, budget=False), study, read)),
+        budgets=not at_budget(rows, budget=True).empty,
+        benchmark=not (_pareto_rows(native, study, "macs_dense_mean").empty
+                       or _pareto_rows(timed, study, latency).empty))
+
+
+def draw_figure(name: str, runs: pd.DataFrame, summary: pd.DataFrame, study: str,
+                styles: dict[str, dict] | None = None) -> Figure:
+    """Figure `name` (of PLOTS or BUDGET_PLOTS) of `study`: the runs asked for a budget in
+    the equal-cost figure only. `styles` default to the study's series in `summary`."""
+    styles = _study_styles(summary[summary["study"] == study], styles)
+    if name in BUDGET_PLOTS:
+        return equal_cost_figure(summary, study, styles)
+    return FIGURES[name](at_budget(runs, budget=False), at_budget(summary, budget=False),
+                         study, styles)
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Render to a temp file next to `path`, then rename it into place."""
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI), mode="wb")
+
+
 def write_plots(runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path,
                 figures: Sequence[str] | None = None) -> list[Path]:
-    """The figures of every study as `<study>_<name>.png` in `out_dir`, in the order of
-    `plot_names` (the equal-cost figure only for a study with budget runs), or only those
-    named in `figures` (the workflow draws the equal-cost figure in a rule of its own);
-    returns their paths. Runs asked for a budget are drawn in that figure only."""
+    """The figures of every study as `<study>_<name>.png` in `out_dir`, in output order:
+    those named in `figures` (the workflow's plot rules name those the study declares; one
+    whose data the tables lack is refused, naming what is missing), else every figure the
+    tables can fill (`drawable_figures`). Every figure of a study draws its series alike
+    (`series_styles` of all its rows); returns the paths."""
     out_dir = Path(out_dir)
     written = []
     for study in studies(summary):
-        has_budgets = not at_budget(summary[summary["study"] == study], budget=True).empty
-        native = at_budget(summary, budget=False)
-        for name in plot_names(has_budgets):
-            if figures is not None and name not in figures:
-                continue
-            fig = (equal_cost_figure(summary, study) if name == "equal_cost"
-                   else FIGURES[name](at_budget(runs, budget=False), native, study))
+        names = (drawable_figures(runs, summary, study) if figures is None
+                 else [n for n in PLOTS + BUDGET_PLOTS if n in figures])
+        styles = series_styles(summary.loc[summary["study"] == study, "series"])
+        for name in names:
+            fig = draw_figure(name, runs, summary, study, styles)
             written.append(save_figure(fig, out_dir / plot_filename(study, name)))
     return written
 

@@ -12,14 +12,13 @@ from pathlib import Path
 
 from prunebench.analysis.aggregate import (
     TABLES_NOTE,
-    has_lottery_runs,
     read_tables,
     studies,
     study_markdown,
 )
 from prunebench.analysis.checklist import checklist_data, checklist_markdown, write_checklist
 from prunebench.analysis.names import PLOTS, plot_names
-from prunebench.analysis.plots import plot_filename
+from prunebench.analysis.plots import COLLAPSE_PP, plot_filename
 from prunebench.io import atomic_write_text
 
 TITLES = {
@@ -43,11 +42,14 @@ CAPTIONS = {
         "-log10(1 − sparsity), so 0.9, 0.99, 0.999 are evenly spaced; ticks mark the grid "
         "sparsities. Structured methods have no weight-sparsity target and appear in the "
         "parameters- and MACs-remaining figures instead."
+        f" The accuracy axis is zoomed to where the methods differ: it spans the dense model's band and every point within {COLLAPSE_PP:g} percentage points of the best one; a model further down has collapsed and is drawn as a downward triangle on the lower edge, in its method's colour, with its true top-1 written above it. Each method keeps one colour and marker in every figure of the study."
     ),
     "delta_vs_dense": (
         "Mean test top-1 of each method minus the mean of the dense model, in percentage "
         "points, grouped by target weight sparsity (unstructured methods); error bars are the "
-        "method's std over seeds. Bars below zero lost accuracy to pruning."
+        "method's std over seeds. Bars below zero lost accuracy to pruning. The method's marker "
+        f"sits on each bar's end; a bar more than {COLLAPSE_PP:g} points below the best ends at the lower "
+        "edge with a triangle and its true change written above it."
     ),
     "params_remaining": (
         "Nonzero parameters as a share of all parameters (biases and unprunable layers "
@@ -60,12 +62,14 @@ CAPTIONS = {
         "left, 1 − params removed, on a log axis that decreases to the right; mean over seeds "
         "with a ±1 std band. Methods are compared at equal remaining size whatever they "
         "prune: a structured method's channel fraction is not on this axis, what it removed is."
+        f" The accuracy axis is zoomed to where the methods differ: it spans the dense model's band and every point within {COLLAPSE_PP:g} percentage points of the best one; a model further down has collapsed and is drawn as a downward triangle on the lower edge, in its method's colour, with its true top-1 written above it. Each method keeps one colour and marker in every figure of the study."
     ),
     "accuracy_vs_macs": (
         "Test top-1 accuracy against the measured fraction of the unpruned model's MACs left "
         "on dense kernels, 1 − MACs removed. Masked (unstructured) models sit at 100 %: their "
         "zeros still cost multiply-accumulates without sparse kernels; only removed channels "
         "save compute."
+        f" The accuracy axis is zoomed to where the methods differ: it spans the dense model's band and every point within {COLLAPSE_PP:g} percentage points of the best one; a model further down has collapsed and is drawn as a downward triangle on the lower edge, in its method's colour, with its true top-1 written above it. Each method keeps one colour and marker in every figure of the study."
     ),
     "pareto_macs": (
         "Mean test top-1 of every benchmarked model against its MACs per sample on dense "
@@ -74,6 +78,7 @@ CAPTIONS = {
         "(unstructured) models sit at the dense model's MACs; their hollow markers show the "
         "effective MACs, what kernels that skip zeros could at best save. Look for which "
         "methods reach the front: on dense kernels only removed channels move a model left."
+        f" The accuracy axis is zoomed to where the methods differ: it spans the dense model's band and every point within {COLLAPSE_PP:g} percentage points of the best one; a model further down has collapsed and is drawn as a downward triangle on the lower edge, in its method's colour, with its true top-1 written above it. Each method keeps one colour and marker in every figure of the study."
     ),
     "pareto_latency": (
         "Mean test top-1 against the measured median latency in the dense execution mode at "
@@ -81,19 +86,22 @@ CAPTIONS = {
         "Masked models sit at the dense model's latency: unstructured sparsity gives no "
         "speed-up on dense kernels. Channel-pruned models are smaller dense models and run "
         "faster; the execution-mode table shows whether sparse kernels change that."
+        f" The accuracy axis is zoomed to where the methods differ: it spans the dense model's band and every point within {COLLAPSE_PP:g} percentage points of the best one; a model further down has collapsed and is drawn as a downward triangle on the lower edge, in its method's colour, with its true top-1 written above it. Each method keeps one colour and marker in every figure of the study."
     ),
     "training_curves": (
         "Validation top-1 per epoch, averaged over seeds (band: ±1 std), for the dense model "
         "and each unstructured method at its highest target sparsity. Recovered (fine-tuned "
         "or distilled) methods count epochs from the start of recovery; lottery tickets and "
-        "their reinitialised controls retrain with the full recipe."
+        "their reinitialised controls retrain with the full recipe. Markers on a few epochs "
+        "identify the method."
     ),
     "lottery_tickets": (
         "Frankle & Carbin's two curves: test top-1 (left) and the early-stopping iteration, "
         "the iteration of minimum validation loss, recorded once per epoch (right), against "
         "the percentage of weights remaining (log scale), mean ±1 std over seeds. Solid: "
         "the winning tickets (iterative magnitude pruning, survivors rewound); dashed: the "
-        "same masks trained from a fresh random initialisation. Both start at the dense "
+        "same masks trained from a fresh random initialisation, each control in its own colour "
+        "and marker. Both start at the dense "
         "model (100 %). Tickets should hold dense accuracy, and learn faster (stop earlier), "
         "far below the sparsity where the controls fall behind."
     ),
@@ -106,6 +114,7 @@ CAPTIONS = {
         "at equal cost rather than at equal settings. Points are placed at the budget asked "
         "for; a hollow marker is a point that some run missed by more than the budget's "
         "tolerance (the table above gives what each achieved)."
+        f" The accuracy axis is zoomed to where the methods differ: it spans the dense model's band and every point within {COLLAPSE_PP:g} percentage points of the best one; a model further down has collapsed and is drawn as a downward triangle on the lower edge, in its method's colour, with its true top-1 written above it. Each method keeps one colour and marker in every figure of the study."
     ),
 }
 
@@ -207,10 +216,7 @@ def render_report(tables_dir: Path, plots_dir: Path, out_path: Path,
         parts += study_markdown(summary, study)
         for name in plot_names(True):  # the equal-cost figure exists for budget studies only
             plot = Path(plots_dir) / plot_filename(study, name)
-            # The workflow draws every figure for every study (its outputs are fixed); the
-            # lottery figure of a study without lottery runs says only that, so is left out.
-            if not plot.is_file() or (name == "lottery_tickets"
-                                      and not has_lottery_runs(summary, study)):
+            if not plot.is_file():  # the workflow draws only the figures a study fills
                 continue
             parts.append(f"### {TITLES[name]}\n")
             parts.append(f"![{study}: {TITLES[name].lower()}]({_link(plot, here)})\n")
