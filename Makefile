@@ -1,6 +1,8 @@
-# `make run` and `make test` bootstrap their own virtual environment. The CPU build of
-# torch is installed first and pinned, so the loose `torch>=2.4` in pyproject.toml is
-# already satisfied and pip never pulls the multi-GB CUDA wheels.
+# `make run` and `make test` bootstrap their own virtual environment. The pinned torch
+# (TORCH_SPEC) is installed first, so the loose `torch>=2.4` in pyproject.toml is already
+# satisfied and pip adds no other torch. Which build that is depends on pip's configuration:
+# on this project's machines a local CPU wheel, on stock PyPI for Linux the CUDA build
+# (docs/running.md#which-torch).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -12,8 +12,10 @@
 # its own: `profiles` is a link to workflow/profiles, so plain `snakemake` from the root gets
 # the settings of workflow/profiles/default (rerun triggers, rerun-incomplete, ...).
 #
-# DAG: download -> train -> sensitivity -> prune -> finetune | distill | rewind | lottery
-#      -> benchmark -> aggregate -> plot -> report (-> headline, granularity)
+# DAG: download ─► train ─► sensitivity ─► prune ─► finetune | distill | rewind | lottery
+#      ─► benchmark ─► aggregate ─► plot ─► report ─► page ─► results index
+#      (beside them: headline, granularity; `plot` is several rules, plot_*, one per group
+#      of figures; `results index` is the rule results_index)
 import os
 import shlex
 import sys
