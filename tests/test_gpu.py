@@ -1,14 +1,17 @@
 """The CUDA paths, run for real where a GPU is present (skipped elsewhere, CI included):
-stacked training on the GPU, NVML energy and allocator memory in the benchmark record, and
-2:4 sparse weights on the sparse tensor cores."""
+stacked training on the GPU, NVML energy and allocator memory in the benchmark record,
+2:4 sparse weights on the sparse tensor cores, and the compiled (inductor, CUDA graphs),
+bf16 and channels-last training steps (tests/test_compile.py checks them on the CPU)."""
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
 
 from prunebench.config import TrainConfig
 from prunebench.metrics import benchmark_model
@@ -16,6 +19,14 @@ from prunebench.models import get_model
 from prunebench.pruning import METHODS, PruneContext, Scope
 from prunebench.training import train
 from prunebench.training.stacked import train_stacked
+from test_compile import (
+    EPOCH_SHAPES,
+    RECIPE,
+    assert_pruned_zero,
+    assert_same_weights,
+    eager_and_compiled,
+    graphs,
+)
 from test_stacked import inits, magnitude_mask, toy_images
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -83,3 +94,102 @@ def test_2_4_sparse_weights_run_on_the_sparse_tensor_cores():
     # laid-out sparse weight would be off by the size of the outputs themselves.
     assert diff["semi_structured_2_4"] <= 2 * diff["dense_fp16"] + 1e-3
     assert record["latency"]["semi_structured_2_4"]["256"]["latency_median_ms"] > 0
+
+
+# Compiled and eager CUDA steps compared in float64 (as test_compile's INDUCTOR, for the same
+# reason: training compounds rounding); inductor on the CPU ended these runs 4e-10 apart at
+# most, a wrong mask, batch or a stale CUDA-graph input is off by 1e-3 and more.
+GPU_COMPILED = {"rtol": 1e-6, "atol": 1e-8}
+
+
+@pytest.fixture
+def fresh_compiler():
+    counters.clear()
+    yield
+    torch.compiler.reset()
+
+
+@pytest.mark.parametrize("name, mode", [
+    ("lenet_300_100", "reduce-overhead"),  # the step as CUDA graphs: what compile is for
+    ("lenet_300_100", "default"),
+    ("cnn_digits_bn", "reduce-overhead"),  # BatchNorm buffers updated inside the graphs
+])
+def test_compiled_step_on_the_gpu_ends_where_the_eager_step_ends(fresh_compiler, name, mode):
+    shape = (1, 8, 8) if name == "cnn_digits_bn" else (1, 12, 12)
+    recipe = replace(RECIPE, epochs=2, channels_last=name == "cnn_digits_bn")
+    eager, compiled, mask, first, second, per_epoch = eager_and_compiled(
+        name, recipe, torch.float64, mode=mode, device=CUDA, shape=shape)
+    assert next(compiled.parameters()).device.type == "cuda"
+    assert_same_weights(eager, compiled, GPU_COMPILED)
+    for a, b in zip(first, second):
+        torch.testing.assert_close(b["train_loss"], a["train_loss"], **GPU_COMPILED)
+    assert_pruned_zero(compiled, mask)
+    assert per_epoch == [EPOCH_SHAPES + 1] * recipe.epochs  # no recompiles after epoch 1
+
+
+def test_compiled_stack_on_the_gpu_ends_where_the_eager_stack_ends(fresh_compiler):
+    shape = (1, 8, 8)
+    data = toy_images(shape=shape, dtype=torch.float64).to(CUDA)
+    recipe = replace(RECIPE, epochs=2, optimizer="sgd", lr=0.05, nesterov=True)
+    models = [m.to(CUDA) for m in inits("cnn_digits_bn", 3, shape, torch.float64)]
+    masks = [None] + [magnitude_mask(m, s) for m, s in zip(models[1:], (0.5, 0.9))]
+    eager = [copy.deepcopy(m) for m in models]
+    train_stacked(eager, data, recipe, seeds=[0, 0, 1], masks=masks, progress=False)
+    per_epoch = []
+    train_stacked(models, data, replace(recipe, compile="reduce-overhead"), seeds=[0, 0, 1],
+                  masks=masks, progress=False,
+                  on_epoch_end=lambda states: per_epoch.append(graphs()))
+    for a, b in zip(eager, models):
+        assert_same_weights(a, b, GPU_COMPILED)
+    for model, mask in zip(models[1:], masks[1:]):
+        assert_pruned_zero(model, mask)
+    assert per_epoch == [EPOCH_SHAPES + 1] * recipe.epochs
+
+
+def test_bf16_and_channels_last_train_on_the_gpu(fresh_compiler):
+    """bf16 autocast keeps float32 weights, learns, differs from fp32 and stays near it (on
+    the CPU: epoch losses within 0.1 %), eager or compiled; channels-last lays the conv
+    weights out NHWC and ends where the contiguous run ends, to rounding."""
+    if torch.cuda.get_device_capability(CUDA) < (8, 0):
+        pytest.skip("bf16 needs compute capability 8.0 or later")
+    shape = (1, 8, 8)
+    data = toy_images(shape=shape).to(CUDA)
+    (model,) = inits("cnn_digits_bn", 1, shape)
+    model.to(CUDA)
+    mask = magnitude_mask(model, 0.6)
+    recipe = replace(RECIPE, epochs=3)
+    runs = {}
+    for key, change in (("fp32", {}), ("bf16", {"precision": "bf16"}),
+                        ("bf16_compiled", {"precision": "bf16", "compile": "reduce-overhead"})):
+        runs[key] = copy.deepcopy(model)
+        history = train(runs[key], data, replace(recipe, **change), seed=0, mask=mask,
+                        progress=False).history
+        runs[key + "_losses"] = [r["train_loss"] for r in history]
+        assert all(p.dtype == torch.float32 for p in runs[key].parameters())
+        assert_pruned_zero(runs[key], mask)
+    for key in ("bf16", "bf16_compiled"):
+        losses = runs[key + "_losses"]
+        assert losses[-1] < losses[0]
+        for a, b in zip(runs["fp32_losses"], losses):
+            assert abs(a - b) < 0.05 * a, (key, runs["fp32_losses"], losses)
+    gap = max((a - b).abs().max().item()
+              for a, b in zip(runs["fp32"].parameters(), runs["bf16"].parameters()))
+    assert gap > 1e-4  # bf16 did something
+
+    # float32 without TF32: cuDNN runs float64 convolutions contiguous whatever the layout,
+    # so only float32 exercises its channels-last kernels. They sum in another order than
+    # the contiguous ones (on the CPU: 1.3e-6 apart after 2 epochs); a layout mix-up is off
+    # by the size of the weights.
+    plain, nhwc = copy.deepcopy(model), copy.deepcopy(model)
+    recipe = replace(RECIPE, epochs=2, optimizer="sgd", lr=0.05)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        train(plain, data, recipe, seed=0, mask=mask, progress=False)
+        train(nhwc, data, replace(recipe, channels_last=True), seed=0, mask=mask,
+              progress=False)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    assert nhwc[3].weight.is_contiguous(memory_format=torch.channels_last)
+    assert_same_weights(plain, nhwc, {"rtol": 1e-3, "atol": 1e-4})
+    assert_pruned_zero(nhwc, mask)

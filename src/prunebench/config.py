@@ -86,6 +86,9 @@ class TrainConfig:
     gamma: float = 0.1
     label_smoothing: float = 0.0
     bn_l1: float = field(default=0.0, metadata={"help": "L1 penalty on BatchNorm scales (network slimming's sparsity training)"})
+    compile: str = field(default="off", metadata={**_choices("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"), "help": "torch.compile the training step (prunebench.training.execution): off (eager); default (inductor: fused kernels); reduce-overhead (inductor, replayed as CUDA graphs on a GPU: a step is a few launches); max-autotune-no-cudagraphs (inductor, autotuned kernels, long compiles); max-autotune (both). Compiled are the forward pass and loss with their backward, and the mask re-application; the optimiser step is optimizer_impl's. Changes rounding, so part of the run's name"})
+    precision: str = field(default="fp32", metadata={**_choices("fp32", "bf16"), "help": "fp32, or bf16: the forward pass and loss under bfloat16 autocast, with float32 weights, gradients and optimiser state (CUDA from compute capability 8.0, or CPU)"})
+    channels_last: bool = field(default=False, metadata={"help": "conv nets: weights and 4-d input batches in channels-last memory layout during training (faster convolutions on CUDA tensor cores); same values, different rounding"})
 
 
 @dataclass(frozen=True)

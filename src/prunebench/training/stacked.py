@@ -28,6 +28,11 @@ one run at a time): other module types (ResNet's residual blocks, Dropout, whose
 masks cannot be drawn as each run alone would draw them), a custom loss (distillation),
 callbacks (gradual pruning changes a mask mid-training) and `stop_at_iteration`.
 `stack_refusal` says why a list of models does not stack.
+
+The recipe's `compile`, `precision` and `channels_last` apply as in `train`
+(`training.execution`): the stack's forward pass and loss (and so its backward) and its mask
+re-application compiled, under bf16 autocast; its convolutions run channels-last anyway, and
+`channels_last` lays out a shared input batch so too.
 """
 
 from __future__ import annotations
@@ -45,6 +50,15 @@ from prunebench.training.engine import (
     TrainState,
     add_bn_l1_subgradient,
     load_optimizer_state,
+)
+from prunebench.training.execution import (
+    autocast,
+    begin_step,
+    compile_step,
+    enforce_mask,
+    input_layout,
+    keep,
+    start_compiled,
 )
 from prunebench.training.loop import run_epochs
 from prunebench.training.schedule import make_optimizer
@@ -177,6 +191,10 @@ class StackEngine:
         self.device = _device(self.models[0])
         self.epoch, self.iteration = 0, 0
         self.histories: list[list[dict]] = [[] for _ in self.models]
+        self.compiled = recipe.compile != "off"
+        start_compiled(recipe)
+        self._forward = compile_step(_stack_forward, recipe)
+        self._enforce_mask = compile_step(enforce_mask, recipe)
         self.reset()
 
     def reset(self) -> None:
@@ -205,15 +223,21 @@ class StackEngine:
     def step(self, x: Tensor, shared: bool, y: Tensor) -> tuple[Tensor, Tensor]:
         self._optimizer_states = None
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.stack(x, shared)  # (K, classes, B)
-        losses = F.cross_entropy(logits, y, reduction="none",
-                                 label_smoothing=self.recipe.label_smoothing).mean(1)
+        if self.compiled:
+            begin_step((*self.stack.params.values(), *self.stack.buffers.values(),
+                        *(m for _, m in self.stack.masks)))
+        losses, hits = self._forward(self.stack, x, shared, y, self.recipe.label_smoothing,
+                                     self.recipe.precision, self.recipe.channels_last)
         losses.sum().backward()  # member k's loss depends on member k's slice alone
+        losses = losses.detach()
+        if self.compiled:
+            losses, hits = keep(losses, hits)
         if self.bn_l1:
             add_bn_l1_subgradient(self.bn_scales, self.bn_l1)
         self.optimizer.step()
-        self.stack.enforce_masks()
-        return losses.detach(), logits.detach().argmax(1).eq(y).sum(1)
+        if self.stack.masks:
+            self._enforce_mask(self.stack.masks)
+        return losses, hits
 
     def after_step(self) -> None:
         pass  # no callbacks: a mask changed mid-training has no stacked form here
@@ -248,6 +272,19 @@ class StackEngine:
             load_optimizer_state(state.optimizer, opt_state)
             states.append(state)
         return states
+
+
+def _stack_forward(stack: _Stack, x: Tensor, shared: bool, y: Tensor, label_smoothing: float,
+                   precision: str, channels_last: bool) -> tuple[Tensor, Tensor]:
+    """Each member's mean loss (K,), float32 for backward, and its count of correct top-1
+    predictions (K,): what a stack's step computes before its backward (compiled when
+    asked)."""
+    x = input_layout(x, channels_last and shared)
+    with autocast(x.device, precision):
+        logits = stack(x, shared)  # (K, classes, B)
+        losses = F.cross_entropy(logits, y, reduction="none",
+                                 label_smoothing=label_smoothing).mean(1)
+    return losses.float(), logits.detach().argmax(1).eq(y).sum(1)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -351,10 +388,8 @@ class _Stack:
             self.masks.append((p, stacked))
         self.enforce_masks()
 
-    @torch.no_grad()
     def enforce_masks(self) -> None:
-        for p, m in self.masks:
-            p.mul_(m)
+        enforce_mask(self.masks)
 
     def batch_norm_scales(self) -> list[Tensor]:
         return [self.params[f"{name}.weight"] for name, m in self.layers
