@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +41,7 @@ from prunebench.analysis.report import (
     CHECKLIST_HEADING,
     TITLES,
     _figures,
+    _link,
     provenance_lines,
     _threads_line,
 )
@@ -51,10 +51,6 @@ from prunebench.papers import Paper
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 INDEX_NAME = "index.md"
-
-
-def _link(target: Path, start: Path) -> str:
-    return Path(os.path.relpath(target, start)).as_posix()
 
 
 def _duration(seconds: float | None) -> str:
@@ -286,7 +282,7 @@ def study_rows(studies_root: Path) -> list[dict]:
     return out
 
 
-def _equal_cost_rows(studies_root: Path) -> tuple[str, list[str]] | None:
+def _equal_cost_rows(studies_root: Path) -> tuple[str, str, list[str]] | None:
     """The first study with budgets: its methods at its middle MACs (or other) budget."""
     for directory in _study_dirs(studies_root):
         _, summary = read_tables(directory)
@@ -311,7 +307,7 @@ def _equal_cost_rows(studies_root: Path) -> tuple[str, list[str]] | None:
         label = {"macs": "MACs", "params": "parameters"}.get(kind, kind)
         what = (f"{100 * value:.0f} % of the {label} removed" if kind in ("macs", "params")
                 else f"{kind} {value:g}")
-        return f"{study}, every method at {what}", lines
+        return study, f"every method at {what}", lines
     return None
 
 
@@ -335,10 +331,10 @@ def readme_block(studies_root: Path, pages_dir: Path, readme_dir: Path) -> str:
     parts = [index_markdown(studies_root, pages_dir, readme_dir)]
     equal = _equal_cost_rows(studies_root)
     if equal is not None:
-        title, lines = equal
-        page = Path(pages_dir) / f"{title.split(',')[0]}.md"
-        parts.append(f"At equal cost ([{title.split(',')[0]}]({_link(page, readme_dir)}):"
-                     f"{title.split(',', 1)[1]}), mean over seeds. The speed-up is the dense "
+        study, what, lines = equal
+        page = Path(pages_dir) / f"{study}.md"
+        parts.append(f"At equal cost ([{study}]({_link(page, readme_dir)}): {what}), "
+                     "mean over seeds. The speed-up is the dense "
                      "model's eager latency over this model's, timed alternately in one "
                      "process; ONNX Runtime's column is the same model's eager latency over "
                      "its ONNX Runtime latency. The study's page has the full tables.\n")
